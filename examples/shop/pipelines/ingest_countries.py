@@ -1,0 +1,6 @@
+import ingestkit
+
+
+@ingestkit.source(ingestkit.read_csv("../data/countries.csv"), key="code")
+def process_country(record, db):
+    db.upsert("countries", {"code": record["code"], "name": record["name"]}, conflict=("code",))

@@ -1,0 +1,45 @@
+"""ingestkit: pytest for data ingestion into PostgreSQL.
+
+Drop ``ingest_*.py`` files with ``process_*`` functions into a folder, run
+``ingestkit``, and every record's outcome is recorded in ``ingestkit.items``,
+committed together with the record's own writes.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import pluggy
+
+from .fixtures import fixture
+from .outcomes import LookupMissing, Skipped, UsageError, skip
+from .readers import read_csv, read_json, read_jsonl
+from .sources import Entry, Reader, source
+
+#: Marks a plugin function as an implementation of a hook in ``ingestkit.hookspec``.
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+
+def main(args: list[str] | None = None, plugins: list | None = None) -> int:
+    """Run ingestkit in-process, as the ``ingestkit`` command would; return the exit code."""
+    from .main import main as _main
+
+    return _main(args, plugins)
+
+
+__all__ = [
+    "Entry",
+    "LookupMissing",
+    "Reader",
+    "Skipped",
+    "UsageError",
+    "__version__",
+    "fixture",
+    "hookimpl",
+    "main",
+    "read_csv",
+    "read_json",
+    "read_jsonl",
+    "skip",
+    "source",
+]

@@ -1,0 +1,283 @@
+"""Collection: find ``ingest_*.py`` files, import them, make Processors.
+
+Built-in plugin ``collection``; the walking itself is :func:`collect`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .config import split_nodeid
+from .outcomes import UsageError
+from .sources import SOURCE_ATTR, SourceSpec
+
+if TYPE_CHECKING:
+    from .main import Session
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+_SKIP_DIRS = {"__pycache__", "node_modules", ".ingestkit", ".git", ".hg", ".tox", ".nox"}
+
+
+@dataclass(eq=False)
+class Processor:
+    """One ``process_*`` function: what runs once per record of its source."""
+
+    nodeid: str  # "<path relative to rootdir>::<function>"
+    name: str
+    func: Any
+    path: Path
+    module: ModuleType
+    source: SourceSpec | None = None
+    selected_keys: set[str] | None = None  # node ids with [KEY] narrow to these
+    keywords: set[str] = field(default_factory=set)
+
+    @property
+    def module_nodeid(self) -> str:
+        return self.nodeid.split("::", 1)[0]
+
+    @property
+    def location(self) -> str:
+        return f"{self.module_nodeid}:{self.func.__code__.co_firstlineno}"
+
+
+@dataclass
+class CollectReport:
+    """A file that could not be collected."""
+
+    nodeid: str
+    path: Path
+    lineno: int | None
+    message: str
+    longrepr: str
+
+
+def _relpath(path: Path, rootdir: Path) -> str:
+    try:
+        return path.relative_to(rootdir).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path, rootdir)).as_posix()
+
+
+def _matches(name: str, patterns: Any) -> bool:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _module_name(relpath: str) -> str:
+    stem = relpath[:-3] if relpath.endswith(".py") else relpath
+    return "_ingestkit_." + re.sub(r"\W", "_", stem.replace("/", "."))
+
+
+class Collector:
+    """Imports files for one session, and undoes its sys.path/sys.modules changes."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.config = session.config
+        self.rootdir = session.config.rootdir
+        self._conftests: dict[Path, ModuleType | None] = {}
+        self.added_modules: list[str] = []
+        self.added_paths: list[str] = []
+
+    def import_file(self, path: Path) -> ModuleType:
+        relpath = _relpath(path, self.rootdir)
+        name = _module_name(relpath)
+        directory = str(path.parent)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+            self.added_paths.append(directory)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        self.added_modules.append(name)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+
+    def load_conftests(self, directory: Path) -> None:
+        """Load conftest.py files from rootdir (or the top) down to ``directory``."""
+        chain = [directory, *directory.parents]
+        if self.rootdir in chain:
+            chain = chain[: chain.index(self.rootdir) + 1]
+        for folder in reversed(chain):
+            path = folder / "conftest.py"
+            if path in self._conftests or not path.is_file():
+                continue
+            self._conftests[path] = None
+            module = self.import_file(path)  # errors propagate: reported for the file
+            self._conftests[path] = module
+            baseid = _relpath(folder, self.rootdir)
+            baseid = "" if baseid == "." else baseid + "/"
+            self.config.pluginmanager.register(module, name=str(path))
+            self.session.fixturemanager.parse(module, baseid)
+
+    def cleanup(self) -> None:
+        for name in self.added_modules:
+            sys.modules.pop(name, None)
+        for directory in self.added_paths:
+            if directory in sys.path:
+                sys.path.remove(directory)
+        for module in self._conftests.values():
+            if module is not None and self.config.pluginmanager.is_registered(module):
+                self.config.pluginmanager.unregister(module)
+
+
+def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectReport:
+    relpath = _relpath(path, rootdir)
+    lineno = None
+    where = path
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where, lineno = Path(exc.filename), exc.lineno
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        user = [
+            f for f in frames if "importlib" not in f.filename and "/ingestkit/" not in f.filename
+        ]
+        if user:
+            where, lineno = Path(user[-1].filename), user[-1].lineno
+    message = f"{type(exc).__name__}: {exc}".strip()
+    shown = _relpath(where.resolve(), rootdir) if where.is_absolute() else str(where)
+    header = f"{shown}:{lineno}: {message}" if lineno else f"{shown}: {message}"
+    tb = "".join(
+        traceback.format_exception(
+            type(exc), exc, exc.__traceback__ if not isinstance(exc, SyntaxError) else None
+        )
+    )
+    return CollectReport(relpath, path, lineno, header, tb)
+
+
+def processors_in(module: ModuleType, path: Path, session: Session) -> list[Processor]:
+    config = session.config
+    relpath = _relpath(path, config.rootdir)
+    patterns = config.getini("functions")
+    found = []
+    seen: set[int] = set()
+    for name, obj in list(vars(module).items()):
+        if not _matches(name, patterns) or not inspect.isfunction(obj) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        keywords = {name, path.name, *Path(relpath).parent.parts}
+        found.append(
+            Processor(
+                nodeid=f"{relpath}::{name}",
+                name=name,
+                func=obj,
+                path=path,
+                module=module,
+                source=getattr(obj, SOURCE_ATTR, None),
+                keywords=keywords,
+            )
+        )
+    return found
+
+
+@hookimpl(trylast=True)
+def ingestkit_collect_file(file_path: Path, session: Session) -> list[Processor] | None:
+    if not _matches(file_path.name, session.config.getini("files")):
+        return None
+    module = session.collector.import_file(file_path)
+    session.fixturemanager.parse(module, f"{_relpath(file_path, session.config.rootdir)}::")
+    return processors_in(module, file_path, session)
+
+
+@hookimpl(trylast=True)
+def ingestkit_ignore_collect(collection_path: Path, config: Any) -> bool | None:
+    name = collection_path.name
+    if collection_path.is_dir():
+        return (
+            name in _SKIP_DIRS
+            or name.startswith(".")
+            or (collection_path / "pyvenv.cfg").exists()
+            or name == "site-packages"
+        )
+    return None
+
+
+def _walk(path: Path, session: Session) -> list[Path]:
+    hook = session.config.hook
+    if path.is_file():
+        return [path]
+    files = []
+    for child in sorted(path.iterdir()):
+        if hook.ingestkit_ignore_collect(collection_path=child, config=session.config):
+            continue
+        if child.is_dir():
+            files.extend(_walk(child, session))
+        elif child.suffix == ".py" and child.name != "conftest.py":
+            files.append(child)
+    return files
+
+
+def _parse_selector(rest: str) -> tuple[str, str | None]:
+    """``"process_x[KEY]"`` -> ``("process_x", "KEY")``."""
+    if rest.endswith("]") and "[" in rest:
+        name, _, key = rest[:-1].partition("[")
+        return name, key
+    return rest, None
+
+
+def collect(session: Session) -> tuple[list[Processor], list[CollectReport]]:
+    """Collect the processors of ``session.config.args`` in pytest's order."""
+    config = session.config
+    if config.args:
+        args = config.args
+    elif config.getini("paths"):
+        args = [str(config.rootdir / p) for p in config.getini("paths")]
+    else:
+        args = [str(config.invocation_dir)]
+    hook = config.hook
+    processors: list[Processor] = []
+    errors: list[CollectReport] = []
+    done: dict[Path, list[Processor]] = {}
+    for arg in args:
+        path_part, rest = split_nodeid(arg)
+        path = (config.invocation_dir / path_part).resolve()
+        if not path.exists():
+            raise UsageError(f"file or directory not found: {arg}")
+        selected: list[Processor] = []
+        for file_path in _walk(path, session):
+            if file_path in done:
+                found = done[file_path]
+            else:
+                try:
+                    session.collector.load_conftests(file_path.parent)
+                    results = hook.ingestkit_collect_file(file_path=file_path, session=session)
+                except Exception as exc:
+                    report = collection_error(file_path, config.rootdir, exc)
+                    errors.append(report)
+                    hook.ingestkit_collectreport(report=report)
+                    results = []
+                found = [p for result in results if result for p in result]
+                done[file_path] = found
+            selected.extend(found)
+        if rest:
+            name, key = _parse_selector(rest)
+            matching = [p for p in selected if p.name == name]
+            if not matching and not errors:
+                raise UsageError(f"not found: {arg} (no processor {name!r} in {path_part})")
+            for proc in matching:
+                if key is not None:
+                    proc.selected_keys = (proc.selected_keys or set()) | {key}
+            selected = matching
+        for proc in selected:
+            if proc not in processors:
+                processors.append(proc)
+    return processors, errors

@@ -1,0 +1,231 @@
+"""Configuration: rootdir and config-file discovery, options, plugin loading."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import hookspec
+from .outcomes import UsageError
+
+#: Built-in plugins, registered in this order. Those in ESSENTIAL cannot be blocked.
+BUILTIN_PLUGINS = (
+    "main",
+    "collection",
+    "builtin",
+    "runner",
+    "recorder",
+    "keyword",
+    "lastfailed",
+    "terminal",
+    "junitxml",
+)
+ESSENTIAL = frozenset({"main", "collection", "builtin", "runner", "recorder"})
+
+#: ``[tool.ingestkit]`` keys ingestkit itself understands.
+CONFIG_KEYS = {
+    "dsn": "database to ingest into (else INGESTKIT_DSN, DATABASE_URL, or embedded)",
+    "paths": "where to collect when no paths are given on the command line",
+    "files": "glob patterns of files to collect (default: ingest_*.py)",
+    "functions": "glob patterns of processor functions (default: process_*)",
+    "addopts": "extra command-line options, as if typed before the others",
+    "store_payloads": "'failed' (default) or 'all'",
+}
+DEFAULTS: dict[str, Any] = {
+    "paths": [],
+    "files": ["ingest_*.py"],
+    "functions": ["process_*"],
+    "addopts": [],
+    "store_payloads": "failed",
+    "dsn": None,
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def split_nodeid(arg: str) -> tuple[str, str]:
+    """``"a/b.py::process_x[k]"`` -> ``("a/b.py", "process_x[k]")``."""
+    path, sep, rest = arg.partition("::")
+    return path, rest
+
+
+def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict]:
+    """Return (rootdir, config file or None, config values).
+
+    Going up from the common ancestor of the path arguments, the first
+    directory holding a ``pyproject.toml`` with ``[tool.ingestkit]``, an
+    ``ingestkit.toml`` or an ``.ingestkit/`` folder; else the invocation dir.
+    """
+    paths = [(invocation_dir / split_nodeid(a)[0]).resolve() for a in args if not a.startswith("-")]
+    paths = [p if p.is_dir() else p.parent for p in paths] or [invocation_dir.resolve()]
+    ancestor = Path(os.path.commonpath([str(p) for p in paths]))
+    for directory in (ancestor, *ancestor.parents):
+        ini = directory / "ingestkit.toml"
+        if ini.is_file():
+            return directory, ini, _read_toml(ini)
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file():
+            data = _read_toml(pyproject)
+            section = data.get("tool", {}).get("ingestkit")
+            if section is not None:
+                return directory, pyproject, section
+        if (directory / ".ingestkit").is_dir():
+            return directory, None, {}
+    return invocation_dir.resolve(), None, {}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+class Config:
+    """Parsed options, config values, rootdir and the plugin manager of one run."""
+
+    def __init__(self, pluginmanager: pluggy.PluginManager, invocation_dir: Path) -> None:
+        self.pluginmanager = pluginmanager
+        self.hook = pluginmanager.hook
+        self.invocation_dir = invocation_dir
+        self.rootdir = invocation_dir
+        self.inipath: Path | None = None
+        self.inicfg: dict = {}
+        self.option = argparse.Namespace()
+        self.args: list[str] = []
+        self.argv: list[str] = []
+        self.config_keys = dict(CONFIG_KEYS)
+        self.secrets: list[str] = []
+        self.stash: dict[str, Any] = {}
+
+    # -- values ------------------------------------------------------------
+
+    def getini(self, name: str) -> Any:
+        if name in self.inicfg:
+            return self.inicfg[name]
+        if name not in self.config_keys:
+            raise ValueError(f"unknown config key {name!r}")
+        return DEFAULTS.get(name)
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        return getattr(self.option, name, default)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """An option if set on the command line, else a config value, else ``default``."""
+        value = getattr(self.option, name, None)
+        if value is not None:
+            return value
+        return self.inicfg.get(name, default)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret (DSN passwords) replaced by ``***``."""
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.rootdir / ".ingestkit"
+
+    def ensure_cache_dir(self) -> Path:
+        path = self.cache_dir
+        path.mkdir(exist_ok=True)
+        ignore = path / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# created by ingestkit\n*\n")
+        readme = path / "README.md"
+        if not readme.exists():
+            readme.write_text(
+                "# ingestkit cache directory\n\n"
+                "Created by ingestkit. It marks the rootdir and holds"
+                " the embedded PostgreSQL (`pgdata/`). Do not commit it.\n"
+            )
+        return path
+
+    # -- construction ------------------------------------------------------
+
+    def parse(self, args: list[str]) -> None:
+        """Find rootdir and the config file, then parse ``addopts + args``."""
+        early = _preparse_plugins(args)
+        self.rootdir, self.inipath, self.inicfg = find_rootdir(
+            [a for a in args if not a.startswith("-")], self.invocation_dir
+        )
+        unknown = sorted(set(self.inicfg) - set(self.config_keys))
+        addopts = self.inicfg.get("addopts", [])
+        if isinstance(addopts, str):
+            addopts = shlex.split(addopts)
+        early += _preparse_plugins(addopts)
+        self._load_plugins(early)
+        parser = ArgumentParser(prog="ingestkit", add_help=True)
+        self.hook.ingestkit_addoption.call_historic(
+            kwargs=dict(parser=parser, config_keys=self.config_keys)
+        )
+        unknown = sorted(set(self.inicfg) - set(self.config_keys))
+        if unknown:
+            raise UsageError(f"{self.inipath}: unknown config key(s): {', '.join(unknown)}")
+        self.argv = [*addopts, *args]
+        self.option = parser.parse_args(self.argv)
+        self.args = list(self.option.file_or_dir)
+
+    def _load_plugins(self, specs: list[str]) -> None:
+        pm = self.pluginmanager
+        for spec in specs:
+            if spec.startswith("no:"):
+                name = spec[3:]
+                if name in ESSENTIAL:
+                    raise UsageError(f"plugin {name!r} cannot be disabled")
+                pm.set_blocked(name)
+                pm.set_blocked(f"ingestkit.{name}")
+        for name in BUILTIN_PLUGINS:
+            if pm.is_blocked(name):
+                continue
+            module = importlib.import_module(f"ingestkit.{name}")
+            pm.register(module, name=name)
+        pm.load_setuptools_entrypoints("ingestkit")
+        for spec in specs:
+            if spec.startswith("no:") or pm.has_plugin(spec) or pm.is_blocked(spec):
+                continue
+            try:
+                module = importlib.import_module(spec)
+            except ImportError as exc:
+                raise UsageError(f"-p {spec}: cannot import plugin module: {exc}") from None
+            pm.register(module, name=spec)
+
+
+def _preparse_plugins(args: list[str]) -> list[str]:
+    specs = []
+    for i, arg in enumerate(args):
+        if arg == "-p" and i + 1 < len(args):
+            specs.append(args[i + 1])
+        elif arg.startswith("-p") and len(arg) > 2:
+            specs.append(arg[2:])
+    return specs
+
+
+def make_pluginmanager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("ingestkit")
+    pm.add_hookspecs(hookspec)
+    return pm
+
+
+def make_config(args: list[str], plugins: list[Any] | None = None) -> Config:
+    pm = make_pluginmanager()
+    config = Config(pm, Path.cwd())
+    for plugin in plugins or ():
+        pm.register(plugin)
+    config.parse(args)
+    return config

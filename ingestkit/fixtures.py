@@ -1,0 +1,338 @@
+"""Fixtures: definition, discovery, resolution by scope, and teardown.
+
+Semantics follow pytest: a fixture is found by name, the definition nearest to
+the processor wins (its module, then conftest.py files from its directory up to
+rootdir, then plugins), a definition may request an outer one of the same name,
+and each value is cached for its scope and torn down, in reverse setup order,
+when that scope ends.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .outcomes import FixtureLookupError, ScopeMismatch
+
+if TYPE_CHECKING:
+    from .collection import Processor
+    from .config import Config
+
+#: Scopes, narrowest first.
+SCOPES = ("item", "processor", "module", "batch")
+SCOPE_RANK = {name: rank for rank, name in enumerate(SCOPES)}
+
+FIXTURE_ATTR = "_ingestkit_fixture"
+
+
+@dataclass(frozen=True)
+class FixtureMarker:
+    scope: str = "item"
+    autouse: bool = False
+    name: str | None = None
+
+    def __call__(self, func: Callable) -> Callable:
+        setattr(func, FIXTURE_ATTR, self)
+        return func
+
+
+def fixture(
+    func: Callable | None = None,
+    *,
+    scope: str = "item",
+    autouse: bool = False,
+    name: str | None = None,
+) -> Any:
+    """Mark a function as a fixture: ``@fixture`` or ``@fixture(scope=..., ...)``."""
+    if scope not in SCOPE_RANK:
+        raise ValueError(f"unknown fixture scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    marker = FixtureMarker(scope, autouse, name)
+    if func is not None:
+        return marker(func)
+    return marker
+
+
+def argnames_of(func: Callable) -> tuple[str, ...]:
+    """Names of the parameters a function wants injected (no defaults, no *args)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    )
+
+
+@dataclass(eq=False)
+class FixtureDef:
+    """One definition of a fixture; ``baseid`` is the node-id prefix it is visible under."""
+
+    name: str
+    func: Callable
+    scope: str
+    baseid: str
+    autouse: bool = False
+    argnames: tuple[str, ...] = ()
+    location: str = ""
+
+    @property
+    def doc(self) -> str:
+        lines = (inspect.getdoc(self.func) or "").strip().splitlines()
+        return lines[0] if lines else ""
+
+    def visible_to(self, nodeid: str) -> bool:
+        return not self.baseid or nodeid.startswith(self.baseid)
+
+
+def _location(func: Callable, rootdir: Any) -> str:
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return ""
+    filename = code.co_filename
+    try:
+        from pathlib import Path
+
+        filename = str(Path(filename).relative_to(rootdir))
+    except ValueError:
+        pass
+    return f"{filename}:{code.co_firstlineno}"
+
+
+class FixtureManager:
+    """Holds every known FixtureDef and computes what a processor needs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._defs: dict[str, list[FixtureDef]] = {}
+
+    def parse(self, holder: Any, baseid: str) -> None:
+        """Register the fixtures defined on a module or plugin object."""
+        for attr in list(vars(holder) if not isinstance(holder, dict) else holder):
+            obj = getattr(holder, attr, None) if not isinstance(holder, dict) else holder[attr]
+            marker = getattr(obj, FIXTURE_ATTR, None)
+            if not isinstance(marker, FixtureMarker) or not callable(obj):
+                continue
+            self.add(
+                FixtureDef(
+                    name=marker.name or getattr(obj, "__name__", attr),
+                    func=obj,
+                    scope=marker.scope,
+                    baseid=baseid,
+                    autouse=marker.autouse,
+                    argnames=argnames_of(obj),
+                    location=_location(obj, self.config.rootdir),
+                )
+            )
+
+    def add(self, fdef: FixtureDef) -> None:
+        defs = self._defs.setdefault(fdef.name, [])
+        defs.append(fdef)
+        # outermost first; for the same baseid the later definition wins
+        defs.sort(key=lambda d: len(d.baseid))
+
+    def defs_for(self, name: str, nodeid: str) -> list[FixtureDef]:
+        """The definitions of ``name`` visible at ``nodeid``, outermost first."""
+        return [d for d in self._defs.get(name, ()) if d.visible_to(nodeid)]
+
+    def visible(self, nodeid: str) -> dict[str, list[FixtureDef]]:
+        out = {}
+        for name in sorted(self._defs):
+            defs = self.defs_for(name, nodeid)
+            if defs:
+                out[name] = defs
+        return out
+
+    def closure(self, nodeid: str, argnames: Iterable[str], scope: str = "item") -> Closure:
+        """Resolve ``argnames`` (plus autouse fixtures) for a requester of ``scope``."""
+        autouse = [d.name for defs in self.visible(nodeid).values() for d in defs[-1:] if d.autouse]
+        autouse.sort(key=lambda n: -SCOPE_RANK[self.defs_for(n, nodeid)[-1].scope])
+        closure = Closure()
+        for name in [*autouse, *argnames]:
+            try:
+                fdef = self._resolve(name, nodeid, None, scope, closure, "processor")
+            except (FixtureLookupError, ScopeMismatch) as exc:
+                closure.error = exc
+                return closure
+            if name in argnames:
+                closure.args.append((name, fdef))
+            elif fdef is not None and fdef not in closure.autouse:
+                closure.autouse.append(fdef)
+        return closure
+
+    def _resolve(
+        self,
+        name: str,
+        nodeid: str,
+        below: FixtureDef | None,
+        scope: str,
+        closure: Closure,
+        requester: str,
+    ) -> FixtureDef | None:
+        if name == "request":
+            return None
+        defs = self.defs_for(name, nodeid)
+        if below is not None and below.name == name:
+            defs = defs[: defs.index(below)] if below in defs else []
+        if not defs:
+            available = ", ".join(sorted({*self.visible(nodeid), "request"}))
+            raise FixtureLookupError(
+                f"fixture '{name}' not found\n"
+                f"available fixtures: {available}\n"
+                "use 'ingestkit --fixtures [paths]' for help on them."
+            )
+        fdef = defs[-1]
+        if SCOPE_RANK[fdef.scope] < SCOPE_RANK[scope]:
+            raise ScopeMismatch(
+                f"ScopeMismatch: {requester} with scope '{scope}' requested fixture "
+                f"'{name}' with scope '{fdef.scope}'"
+            )
+        if fdef in closure.deps:
+            return fdef
+        closure.deps[fdef] = []  # guards against cycles
+        for argname in fdef.argnames:
+            dep = self._resolve(
+                argname, nodeid, fdef, fdef.scope, closure, f"fixture '{fdef.name}'"
+            )
+            closure.deps[fdef].append((argname, dep))
+        closure.order.append(fdef)
+        return fdef
+
+
+@dataclass(eq=False)
+class Closure:
+    """What one requester needs: its own arguments and every fixture below them."""
+
+    args: list[tuple[str, FixtureDef | None]] = field(default_factory=list)
+    autouse: list[FixtureDef] = field(default_factory=list)
+    deps: dict[FixtureDef, list[tuple[str, FixtureDef | None]]] = field(default_factory=dict)
+    order: list[FixtureDef] = field(default_factory=list)  # dependencies first
+    error: Exception | None = None
+
+    def wider_than_item(self) -> list[FixtureDef]:
+        return [d for d in self.order if d.scope != "item"]
+
+    def item_scoped(self) -> list[FixtureDef]:
+        return [d for d in self.order if d.scope == "item"]
+
+
+class FixtureRequest:
+    """The ``request`` fixture: who is asking, and access to the fixture system."""
+
+    def __init__(
+        self,
+        runtime: FixtureRuntime,
+        nodeid: str,
+        scope: str,
+        fixturename: str | None,
+        processor: Processor | None,
+    ) -> None:
+        self._runtime = runtime
+        self.nodeid = nodeid
+        self.scope = scope
+        self.fixturename = fixturename
+        self.processor = processor
+
+    @property
+    def config(self) -> Config:
+        return self._runtime.config
+
+    def addfinalizer(self, finalizer: Callable[[], object]) -> None:
+        """Call ``finalizer`` when this request's scope ends."""
+        self._runtime.finalizers[self.scope].append(finalizer)
+
+    def getfixturevalue(self, name: str) -> Any:
+        """Set up (or reuse) fixture ``name`` from code."""
+        closure = self._runtime.manager.closure(self.nodeid, [name], self.scope)
+        if closure.error is not None:
+            raise closure.error
+        return self._runtime.value(closure, closure.args[0][1], self)
+
+
+class FixtureRuntime:
+    """Cached fixture values and finalizers of one batch, per scope."""
+
+    def __init__(self, manager: FixtureManager) -> None:
+        self.manager = manager
+        self.config = manager.config
+        self.cache: dict[str, dict[FixtureDef, tuple[Any, BaseException | None]]] = {
+            s: {} for s in SCOPES
+        }
+        self.finalizers: dict[str, list[Callable[[], object]]] = {s: [] for s in SCOPES}
+        self.processor: Processor | None = None
+        self.item_nodeid = ""
+
+    def seed(self, fdef: FixtureDef, value: Any) -> None:
+        self.cache[fdef.scope][fdef] = (value, None)
+
+    def value(self, closure: Closure, fdef: FixtureDef | None, requester: FixtureRequest) -> Any:
+        if fdef is None:  # "request"
+            return requester
+        cached = self.cache[fdef.scope].get(fdef)
+        if cached is not None:
+            if cached[1] is not None:
+                raise cached[1]
+            return cached[0]
+        nodeid = self.item_nodeid if fdef.scope == "item" else self._nodeid_for(fdef.scope)
+        request = FixtureRequest(self, nodeid, fdef.scope, fdef.name, self.processor)
+        try:
+            kwargs = {
+                argname: self.value(closure, dep, request)
+                for argname, dep in closure.deps.get(fdef, ())
+            }
+            result = fdef.func(**kwargs)
+            if inspect.isgenerator(result):
+                value = next(result)
+                self.finalizers[fdef.scope].append(_generator_finalizer(fdef, result))
+            else:
+                value = result
+        except StopIteration:
+            exc = RuntimeError(f"fixture '{fdef.name}' did not yield a value")
+            self.cache[fdef.scope][fdef] = (None, exc)
+            raise exc from None
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.cache[fdef.scope][fdef] = (None, exc)
+            raise
+        self.cache[fdef.scope][fdef] = (value, None)
+        return value
+
+    def _nodeid_for(self, scope: str) -> str:
+        proc = self.processor
+        if proc is None or scope == "batch":
+            return ""
+        return proc.nodeid if scope == "processor" else proc.module_nodeid
+
+    def kwargs(self, closure: Closure, nodeid: str) -> dict[str, Any]:
+        """Set up the autouse fixtures and return the arguments for one call."""
+        request = FixtureRequest(self, nodeid, "item", None, self.processor)
+        for fdef in closure.autouse:
+            self.value(closure, fdef, request)
+        return {name: self.value(closure, fdef, request) for name, fdef in closure.args}
+
+    def teardown(self, scope: str) -> list[BaseException]:
+        """Run the finalizers of ``scope`` in reverse order; return what they raised."""
+        errors: list[BaseException] = []
+        finalizers = self.finalizers[scope]
+        while finalizers:
+            fin = finalizers.pop()
+            try:
+                fin()
+            except Exception as exc:
+                errors.append(exc)
+        self.cache[scope].clear()
+        return errors
+
+
+def _generator_finalizer(fdef: FixtureDef, gen: Any) -> Callable[[], None]:
+    def finish() -> None:
+        try:
+            next(gen)
+        except StopIteration:
+            return
+        raise RuntimeError(f"fixture '{fdef.name}' yielded more than once")
+
+    return finish

@@ -1,0 +1,124 @@
+"""``--lf`` / ``--ff`` (plugin ``lastfailed``): rerun what failed, from stored payloads.
+
+The latest outcome of every (processor, key) is in ``ingestkit.latest``; items
+whose latest outcome is ``failed`` or ``error`` are re-fed from the record
+stored with them, so a rerun works after the source file moved or changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from .queries import q
+from .sources import Entry
+
+if TYPE_CHECKING:
+    from .collection import Processor
+    from .config import Config
+    from .main import Session
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+
+@hookimpl
+def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lf",
+        "--last-failed",
+        dest="last_failed",
+        action="store_true",
+        help="rerun only items whose latest outcome is failed or error",
+    )
+    parser.add_argument(
+        "--ff",
+        "--failed-first",
+        dest="failed_first",
+        action="store_true",
+        help="rerun failed items first, then the sources as usual",
+    )
+
+
+def _failed_entries(session: Session, processor: Processor) -> list[Entry]:
+    with session.txn.conn.cursor() as cur:
+        cur.execute(q("last-failed"), {"processor": processor.nodeid})
+        rows = cur.fetchall()
+    session.txn.conn.commit()
+    entries = []
+    for key, attempt, error_message, payload in rows:
+        if processor.selected_keys is not None and key not in processor.selected_keys:
+            continue
+        if payload is None:
+            problem = (
+                None
+                if key == ""
+                else f"no stored record to rerun for key {key!r} (it could not be read): "
+                "fix the source and run without --lf"
+            )
+            record = None
+        else:
+            problem = None
+            record = json.loads(payload) if isinstance(payload, str) else payload
+        entries.append(
+            Entry(
+                record,
+                f"stored record of {processor.nodeid}[{key}]",
+                error=problem,
+                key=key,
+                attempt=attempt + 1,
+                previous_error=error_message,
+                rerun=True,
+            )
+        )
+    return entries
+
+
+@hookimpl(tryfirst=True)
+def ingestkit_processor_entries(processor: Processor, session: Session) -> Iterable[Entry] | None:
+    option = session.config.option
+    if not (option.last_failed or option.failed_first):
+        return None
+    failed = _failed_entries(session, processor)
+    whole_source = processor.source is not None and any(
+        e.key == "" and e.record is None for e in failed
+    )
+    if whole_source:
+        return None  # last time the source itself could not be read: read it again
+    if option.last_failed:
+        return failed
+    return _failed_first(failed, processor, session)
+
+
+def _failed_first(failed: list[Entry], processor: Processor, session: Session) -> Iterator[Entry]:
+    """The failed entries, then the source; the runner skips keys it already ran."""
+    from .runner import default_entries
+
+    yield from failed
+    yield from default_entries(processor, session)
+
+
+@hookimpl
+def ingestkit_collection_modifyitems(
+    session: Session, config: Config, processors: list[Processor]
+) -> None:
+    if not config.option.last_failed or session.txn is None:
+        return
+    with session.txn.conn.cursor() as cur:
+        cur.execute(q("last-failed-processors"))
+        failed = {row[0] for row in cur.fetchall()}
+    session.txn.conn.commit()
+    collected = {p.nodeid for p in processors}
+    files = {p.module_nodeid for p in processors}
+    for nodeid in sorted(failed - collected):
+        path = nodeid.split("::", 1)[0]
+        if path in files or not (config.rootdir / path).exists():
+            session.notes.append(
+                f"--lf: {nodeid} has failed items but no longer exists; they are not rerun"
+            )
+    processors[:] = [p for p in processors if p.nodeid in failed]
+    if not processors:
+        session.nothing_to_rerun = True

@@ -1,0 +1,276 @@
+"""The command line (plugin ``main``): options, the Session, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import __version__
+from .capture import LogCapture
+from .collection import Collector, CollectReport, Processor, collect
+from .config import Config, make_config
+from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
+from .fixtures import FixtureManager, FixtureRuntime
+from .lookup import Lookup
+from .outcomes import UsageError
+from .schema import ensure_schema
+from .transaction import ConnectionLost, Transaction
+
+if TYPE_CHECKING:
+    from .runner import Chunk
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes, as pytest's (2 also when -x/--maxfail stopped the batch early)."""
+
+    OK = 0
+    ITEMS_FAILED = 1
+    INTERRUPTED = 2
+    INTERNAL_ERROR = 3
+    USAGE_ERROR = 4
+    NO_PROCESSORS_COLLECTED = 5
+
+
+@dataclass
+class Batch:
+    """The ``batch`` fixture."""
+
+    id: uuid.UUID
+    dry_run: bool = False
+    started_at: datetime | None = None
+    meta: dict = field(default_factory=dict)
+    lock_key: int | None = None
+
+
+@hookimpl
+def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file_or_dir", nargs="*", help="paths or node ids (path::process_x[KEY])")
+    parser.add_argument("--version", action="version", version=f"ingestkit {__version__}")
+    add = parser.add_argument
+    add("--dsn", help="target database (else INGESTKIT_DSN, DATABASE_URL, dsn in config, embedded)")
+    add("-k", dest="keyword", metavar="EXPR", help="only processors matching the expression")
+    add(
+        "-x",
+        "--exitfirst",
+        dest="maxfail",
+        action="store_const",
+        const=1,
+        help="stop after the first failure",
+    )
+    add("--maxfail", type=int, metavar="N", default=0, help="stop after N failures")
+    add("--reprocess", action="store_true", help="ignore 'already ingested'")
+    add("--dry-run", action="store_true", help="run everything, then roll every write back")
+    add(
+        "--collect-only", action="store_true", help="list processors and their sources, run nothing"
+    )
+    add("--fixtures", action="store_true", help="list the fixtures visible in the given paths")
+    add("-v", "--verbose", action="count", default=0, help="one line per item")
+    add("-q", "--quiet", action="count", default=0, help="only the summary")
+    add("--tb", choices=("long", "short", "line", "no"), default="short", help="traceback style")
+    add(
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load (or no:NAME block) a plugin",
+    )
+    add(
+        "--store-payloads",
+        choices=("all", "failed"),
+        default=None,
+        help="store records of all items, or of failed ones",
+    )
+    add(
+        "--chunk-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="items per transaction (default adapts)",
+    )
+
+
+class Session:
+    """One invocation: what was collected, the database, the counts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        config.session = self  # type: ignore[attr-defined]
+        self.fixturemanager = FixtureManager(config)
+        self.fixtures = FixtureRuntime(self.fixturemanager)
+        self.collector = Collector(self)
+        self.processors: list[Processor] = []
+        self.collect_errors: list[CollectReport] = []
+        self.teardown_errors: list[tuple[str, BaseException, str]] = []
+        self.counts: Counter[str] = Counter()
+        self.shouldstop: str | bool = False
+        self.interrupted = False
+        self.fatal: str | None = None
+        self.batch = Batch(uuid.uuid4(), dry_run=bool(config.option.dry_run))
+        if self.batch.dry_run:
+            self.batch.meta["dry_run"] = True
+        self.database: tuple[str, str] | None = None  # (masked dsn, origin)
+        self.txn: Transaction | None = None
+        self.control: Any = None
+        self.db: Database | None = None
+        self.lookup: Lookup | None = None
+        self.capture = LogCapture()
+        self.interrupted_batches: list[str] = []
+        self.notes: list[str] = []
+        self.nothing_to_rerun = False
+        self.started = time.time()
+        for name in ("builtin",):
+            plugin = config.pluginmanager.get_plugin(name)
+            self.fixturemanager.parse(plugin, "")
+        for name, plugin in config.pluginmanager.list_name_plugin():
+            if name not in ("builtin",) and plugin is not None and hasattr(plugin, "__dict__"):
+                self.fixturemanager.parse(plugin, "")
+
+    def perform_collect(self) -> None:
+        self.processors, self.collect_errors = collect(self)
+        self.config.hook.ingestkit_collection_modifyitems(
+            session=self, config=self.config, processors=self.processors
+        )
+        self.config.hook.ingestkit_collection_finish(session=self)
+
+    def open_database(self) -> None:
+        dsn, origin = resolve_dsn(self.config)
+        password = dsn_password(dsn)
+        if password:
+            self.config.secrets.append(password)
+        self.database = (mask_dsn(dsn), origin)
+        conn = connect(dsn)
+        control = connect(dsn, "ingestkit-control")
+        control.autocommit = True
+        ensure_schema(conn)
+        self.control = control
+        self.txn = Transaction(conn, dry_run=self.batch.dry_run)
+        self.db = Database(self.txn)
+        self.lookup = Lookup(self.txn)
+
+    def close_database(self) -> None:
+        for conn in (self.txn.conn if self.txn else None, self.control):
+            if conn is not None and not conn.closed:
+                try:
+                    if conn is not self.control:
+                        conn.rollback()  # a dry run ends here; otherwise nothing is pending
+                    conn.close()
+                except Exception:  # noqa: S110 - closing a broken connection
+                    pass
+
+    def count(self, chunk: Chunk) -> None:
+        for report in chunk.reports:
+            self.counts[report.status] += 1
+        self.counts["unchanged"] += chunk.unchanged
+
+    @property
+    def exitstatus(self) -> ExitCode:
+        if self.shouldstop or self.interrupted or self.fatal:
+            return ExitCode.INTERRUPTED
+        if (
+            self.counts["failed"]
+            or self.counts["error"]
+            or self.collect_errors
+            or self.teardown_errors
+        ):
+            return ExitCode.ITEMS_FAILED
+        if not self.processors:
+            return ExitCode.NO_PROCESSORS_COLLECTED
+        return ExitCode.OK
+
+
+@hookimpl(trylast=True)
+def ingestkit_cmdline_main(config: Config) -> int:
+    session = Session(config)
+    try:
+        if config.option.fixtures:
+            from .terminal import show_fixtures
+
+            session.perform_collect()
+            return show_fixtures(session)
+        if not config.option.collect_only:
+            session.open_database()
+        session.perform_collect()
+        if config.option.collect_only:
+            from .terminal import show_collected
+
+            show_collected(session)
+            if session.collect_errors:
+                return ExitCode.ITEMS_FAILED
+            return ExitCode.OK if session.processors else ExitCode.NO_PROCESSORS_COLLECTED
+        if session.nothing_to_rerun:
+            for note in session.notes:
+                print(note)
+            print("nothing to rerun (--lf): no item's latest outcome is failed or error")
+            return ExitCode.OK
+        if not session.processors and not session.collect_errors:
+            print("no processors collected")
+            return ExitCode.NO_PROCESSORS_COLLECTED
+        return run_batch(session)
+    finally:
+        session.close_database()
+        session.collector.cleanup()
+
+
+def run_batch(session: Session) -> int:
+    config = session.config
+    config.hook.ingestkit_batch_start(session=session)
+    with session.capture:
+        try:
+            config.hook.ingestkit_runtestloop(session=session)
+        except KeyboardInterrupt:
+            session.interrupted = True
+            session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
+            session.txn.rollback()
+        except ConnectionLost as exc:
+            session.fatal = f"lost the database connection: {exc}"
+    status = session.exitstatus
+    config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
+    return status
+
+
+def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
+    """Run ingestkit in-process; return the exit code."""
+    if args is None:
+        args = sys.argv[1:]
+    try:
+        config = make_config(list(args), plugins)
+    except UsageError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    try:
+        config.hook.ingestkit_configure.call_historic(kwargs=dict(config=config))
+        try:
+            return int(config.hook.ingestkit_cmdline_main(config=config))
+        finally:
+            config.hook.ingestkit_unconfigure(config=config)
+    except UsageError as exc:
+        print(f"ERROR: {config.mask(str(exc))}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:
+        import traceback
+
+        print(config.mask(traceback.format_exc()), file=sys.stderr)
+        print("INTERNAL ERROR: ingestkit itself failed (above); please report it.", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+
+
+def console_main() -> int:
+    """The ``ingestkit`` console script."""
+    code = main()
+    sys.stdout.flush()
+    raise SystemExit(code)

@@ -1,0 +1,42 @@
+"""Exceptions and outcome helpers a processor can use (`skip`) or meet."""
+
+from __future__ import annotations
+
+
+class Skipped(Exception):
+    """Raised by :func:`skip` to mark the current item ``skipped``."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def skip(reason: str = "") -> None:
+    """Stop the current item and record it as ``skipped`` with ``reason``."""
+    raise Skipped(reason)
+
+
+class LookupMissing(LookupError):
+    """``lookup(table, **match)`` found no row."""
+
+    def __init__(self, table: str, match: dict) -> None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in match.items())
+        super().__init__(f"no row in {table} where {shown}")
+        self.table = table
+        self.match = match
+
+
+class UsageError(Exception):
+    """A problem with how ingestkit was invoked: one line, exit code 4."""
+
+
+class FixtureLookupError(LookupError):
+    """A processor or fixture requested a fixture that does not exist."""
+
+
+class ScopeMismatch(Exception):
+    """A wider-scoped fixture requested a narrower-scoped one."""
+
+
+class RecordError(Exception):
+    """A record could not be read or keyed; the item is an ``error``."""

@@ -1,0 +1,124 @@
+"""The PostgreSQL recorder (plugin ``recorder``): batches, outcomes, history.
+
+Outcome rows are COPYed into a temp table and moved into ``ingestkit.items``
+and ``ingestkit.latest`` by one statement, inside the chunk's transaction.
+The batch row lives on a second, autocommit connection that also holds the
+batch's advisory lock: while it is held, the batch is alive.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from psycopg2.extras import Json
+
+from .copy import copy_rows
+from .queries import q
+from .reports import COUNTED
+
+if TYPE_CHECKING:
+    from .collection import Processor
+    from .main import Session
+    from .runner import Chunk
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+#: First key of the two-key advisory locks that mark live batches.
+LOCK_NAMESPACE = 0x696B_0002
+
+
+def mark_interrupted(conn: Any, own: Any = None) -> list[str]:
+    """Mark batches whose process died as ``interrupted``; return their ids."""
+    with conn.cursor() as cur:
+        cur.execute(q("mark-interrupted"), {"own": own, "ns": LOCK_NAMESPACE})
+        ids = [str(r[0]) for r in cur.fetchall()]
+    conn.commit()
+    return ids
+
+
+@hookimpl(tryfirst=True)
+def ingestkit_batch_start(session: Session) -> None:
+    conn, batch = session.control, session.batch
+    argv = [session.config.mask(a) for a in session.config.argv]
+    with conn.cursor() as cur:
+        cur.execute(
+            q("insert-batch"),
+            {
+                "id": batch.id,
+                "argv": Json(["ingestkit", *argv]),
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "meta": Json(batch.meta),
+            },
+        )
+        batch.started_at, batch.lock_key = cur.fetchone()
+        cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
+    session.interrupted_batches = mark_interrupted(conn, batch.id)
+    with session.txn.conn.cursor() as cur:
+        cur.execute(q("create-outcomes-table"))
+    session.txn.conn.commit()
+
+
+@hookimpl
+def ingestkit_chunk_history(
+    session: Session, processor: Processor, keys: list[str]
+) -> dict[str, tuple]:
+    with session.txn.conn.cursor() as cur:
+        cur.execute(q("history"), {"processor": processor.nodeid, "keys": keys})
+        return {row[0]: row[1:] for row in cur.fetchall()}
+
+
+@hookimpl
+def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
+    if not chunk.reports:
+        return
+    rows = [
+        (
+            seq,
+            r.processor,
+            r.key,
+            r.status,
+            r.attempt,
+            r.content_hash,
+            r.duration_ms,
+            r.error_type,
+            r.error_message,
+            r.traceback,
+            r.log,
+            r.payload,
+            r.finished_epoch,
+            r.location,
+            r.track,
+        )
+        for seq, r in enumerate(chunk.reports)
+    ]
+    with session.txn.conn.cursor() as cur:
+        cur.copy_expert(q("outcomes-copy"), io.BytesIO(copy_rows(rows, errors="replace")))
+        cur.execute(q("record-outcomes"), {"batch_id": session.batch.id})
+
+
+@hookimpl(tryfirst=True)
+def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
+    conn = session.control
+    if conn is None or conn.closed:
+        return
+    batch = session.batch
+    counts = {name: session.counts.get(name, 0) for name in COUNTED}
+    status = "interrupted" if exitstatus == 2 else "finished"
+    with conn.cursor() as cur:
+        cur.execute(
+            q("finish-batch"),
+            {
+                "id": batch.id,
+                "status": status,
+                "exit_code": exitstatus,
+                "counts": Json(counts),
+                "meta": Json(batch.meta, dumps=lambda v: json.dumps(v, default=str)),
+            },
+        )
+        cur.execute(q("unlock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})

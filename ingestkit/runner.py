@@ -1,0 +1,536 @@
+"""The runner (plugin ``runner``): items in chunks, the per-item protocol.
+
+For each processor: set up its fixtures wider than ``item`` (their writes
+commit before the first item), then read its entries a chunk at a time, ask
+the recorder once per chunk what is already ingested, run each item under
+the transaction rules of :mod:`ingestkit.transaction`, and commit the chunk
+together with its outcome rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .fixtures import Closure, argnames_of
+from .keyset import KeySet
+from .outcomes import RecordError, Skipped
+from .reports import ItemReport
+from .sources import Entry, Reader, content_hash, iter_entries, make_keyfunc, to_json
+from .transaction import ConnectionLost, ReplayChunk
+
+if TYPE_CHECKING:
+    from .collection import Processor
+    from .main import Session
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+_PACKAGE_DIR = str(Path(__file__).parent)
+#: Adaptive chunking: start small (slow processors commit early), grow while fast.
+FIRST_CHUNK, MAX_CHUNK, CHUNK_SECONDS = 16, 5000, 0.5
+_PER_ITEM_HOOKS = (
+    "ingestkit_runtest_setup",
+    "ingestkit_runtest_call",
+    "ingestkit_runtest_teardown",
+    "ingestkit_runtest_makereport",
+    "ingestkit_runtest_logreport",
+)
+
+
+class Item:
+    """The ``item`` fixture: one record of one processor, as it runs."""
+
+    __slots__ = (
+        "key",
+        "nodeid",
+        "attempt",
+        "previous_error",
+        "record",
+        "processor",
+        "location",
+        "record_json",
+        "content_hash",
+        "entry_error",
+        "has_statements",
+        "statement_error",
+        "report",
+    )
+
+    def __init__(self, processor: Processor, record: Any, location: str) -> None:
+        self.processor = processor
+        self.record = record
+        self.location = location
+        self.key = ""
+        self.nodeid = ""
+        self.attempt = 1
+        self.previous_error: str | None = None
+        self.record_json: str | None = None
+        self.content_hash: str | None = None
+        self.entry_error: str | None = None
+        self.has_statements = False
+        self.statement_error: BaseException | None = None
+        self.report: ItemReport | None = None
+
+    def __repr__(self) -> str:
+        return f"<Item {self.nodeid}>"
+
+
+@dataclass
+class Chunk:
+    """The items of one processor that commit together."""
+
+    processor: Processor
+    reports: list[ItemReport] = field(default_factory=list)
+    unchanged: int = 0
+    seq: int = 0
+
+
+def _trim_traceback(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+class Runner:
+    """Runs a session's processors; one instance per batch."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.config = session.config
+        self.hook = session.config.hook
+        self.txn = session.txn
+        self.runtime = session.fixtures
+        self.lookup = session.lookup
+        self.capture = session.capture
+        option = self.config.option
+        self.maxfail = option.maxfail
+        self.reprocess = option.reprocess
+        self.store_all = self.config.get("store_payloads", "failed") == "all"
+        self.fixed_chunk = option.chunk_size
+        self.chunk_size = option.chunk_size or FIRST_CHUNK
+        pm = self.config.pluginmanager
+        self.active = {
+            name: bool(getattr(pm.hook, name).get_hookimpls()) for name in _PER_ITEM_HOOKS
+        }
+        manager = session.fixturemanager
+        self.seeded = {name: manager.defs_for(name, "")[0] for name in ("record", "item", "log")}
+        self.log_logger = self.capture.logger
+        self._module: str | None = None
+        self.failures = 0
+
+    # -- processors --------------------------------------------------------
+
+    def run(self) -> None:
+        for processor in self.session.processors:
+            if self.session.shouldstop:
+                break
+            self.run_processor(processor)
+        self._teardown("module")
+        self._teardown("batch")
+
+    def run_processor(self, processor: Processor) -> None:
+        session = self.session
+        if self._module is not None and self._module != processor.module_nodeid:
+            self._teardown("module")
+        self._module = processor.module_nodeid
+        self.runtime.processor = processor
+        self.hook.ingestkit_processor_start(processor=processor, session=session)
+        closure = session.fixturemanager.closure(processor.nodeid, argnames_of(processor.func))
+        setup_error: BaseException | None = closure.error
+        if setup_error is None:
+            setup_error = self._setup_wider(closure, processor)
+        keyfunc = make_keyfunc(processor.source.key if processor.source else None)
+        try:
+            entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
+            self._run_entries(processor, closure, setup_error, keyfunc, iter(entries or ()))
+        finally:
+            self._teardown("processor")
+            self.runtime.processor = None
+            self.hook.ingestkit_processor_finish(processor=processor, session=session)
+
+    def _setup_wider(self, closure: Closure, processor: Processor) -> BaseException | None:
+        """Set up fixtures wider than item now, and commit what they wrote."""
+        wider = closure.wider_than_item()
+        if not wider:
+            return None
+        from .fixtures import FixtureRequest
+
+        request = FixtureRequest(self.runtime, processor.nodeid, "processor", None, processor)
+        try:
+            for fdef in wider:
+                self.runtime.value(closure, fdef, request)
+            self.txn.commit()
+            self.lookup.chunk_committed()
+        except ConnectionLost:
+            raise
+        except Exception as exc:
+            self.txn.rollback()
+            self.lookup.chunk_rolled_back()
+            return exc
+        return None
+
+    def _teardown(self, scope: str) -> None:
+        errors = self.runtime.teardown(scope)
+        if errors:
+            self.txn.rollback()  # a teardown's own writes are not an item's
+        for exc in errors:
+            self.session.teardown_errors.append((scope, exc, _trim_traceback(exc)))
+
+    # -- entries and chunks ------------------------------------------------
+
+    def _run_entries(
+        self,
+        processor: Processor,
+        closure: Closure,
+        setup_error: BaseException | None,
+        keyfunc: Any,
+        entries: Iterator[Entry],
+    ) -> None:
+        seen = KeySet()
+        self.rerun_keys: set[str] = set()
+        position = 0
+        while not self.session.shouldstop:
+            try:
+                batch = list(itertools.islice(entries, self.chunk_size))
+            except ConnectionLost:
+                raise
+            except Exception as exc:  # the source itself broke
+                self.txn.rollback()
+                self._source_error(processor, exc)
+                return
+            if not batch:
+                return
+            items = []
+            for entry in batch:
+                position += 1
+                item = self._make_item(processor, entry, position, keyfunc)
+                if item is not None:
+                    items.append(item)
+            started = time.perf_counter()
+            self._run_chunk(processor, closure, setup_error, items, seen)
+            self._adapt(time.perf_counter() - started, len(batch))
+
+    def _adapt(self, seconds: float, count: int) -> None:
+        if self.fixed_chunk:
+            return
+        if seconds < CHUNK_SECONDS / 2 and count >= self.chunk_size:
+            self.chunk_size = min(self.chunk_size * 2, MAX_CHUNK)
+        elif seconds > CHUNK_SECONDS * 2:
+            self.chunk_size = max(self.chunk_size // 2, 1)
+
+    def _make_item(
+        self, processor: Processor, entry: Entry, position: int, keyfunc: Any
+    ) -> Item | None:
+        item = Item(processor, entry.record, entry.location)
+        item.attempt = entry.attempt
+        item.previous_error = entry.previous_error
+        if processor.source is None and entry.key is None:
+            key = ""
+        elif entry.key is not None:
+            key = entry.key
+        elif entry.error is not None:
+            key = f"#{position}"
+        else:
+            try:
+                key = keyfunc(entry.record, position)
+            except RecordError as exc:
+                key = f"#{position}"
+                item.entry_error = f"{entry.location}: {exc}"
+            except Exception as exc:
+                key = f"#{position}"
+                item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
+        if "\x00" in key:
+            key = key.replace("\x00", "\\0")
+        if processor.selected_keys is not None and key not in processor.selected_keys:
+            return None
+        if entry.rerun:
+            self.rerun_keys.add(key)
+        elif key in self.rerun_keys:
+            return None  # --ff already ran this key first
+        item.key = key
+        item.nodeid = f"{processor.nodeid}[{key}]"
+        if entry.error is not None:
+            item.entry_error = entry.error
+        if entry.record is not None or processor.source is not None:
+            item.record_json = to_json(entry.record)
+            item.content_hash = content_hash(item.record_json)
+        return item
+
+    def _source_error(self, processor: Processor, exc: BaseException) -> None:
+        chunk = Chunk(processor)
+        item = Item(processor, None, processor.nodeid)
+        item.key, item.nodeid = "", f"{processor.nodeid}[]"
+        where = ""
+        if processor.source is not None and isinstance(processor.source.src, Reader):
+            where = f" ({processor.source.src.resolve(processor.source.declared_in)})"
+        report = self._report(item, "error", exc, 0.0)
+        report.error_message = f"the source{where} could not be read: {_message(exc)}"
+        chunk.reports.append(report)
+        self._commit(chunk)
+
+    def _run_chunk(
+        self,
+        processor: Processor,
+        closure: Closure,
+        setup_error: BaseException | None,
+        items: list[Item],
+        seen: KeySet,
+    ) -> None:
+        session = self.session
+        chunk = Chunk(processor)
+        self.txn.begin()
+        keys = [it.key for it in items if processor.source is not None]
+        history = (
+            self.hook.ingestkit_chunk_history(session=session, processor=processor, keys=keys)
+            if keys
+            else None
+        ) or {}
+        to_run: list[Item] = []
+        for item in items:
+            if processor.source is not None and not seen.add(item.key):
+                report = self._report(item, "failed", None, 0.0)
+                report.error_type = "DuplicateKey"
+                report.error_message = (
+                    f"duplicate key {item.key!r} in this batch ({item.location}); "
+                    "the first record with this key was already processed"
+                )
+                report.track = False
+                chunk.reports.append(report)
+                continue
+            past = history.get(item.key)
+            if past is not None:
+                status, attempt, past_hash, past_error = past
+                if (
+                    status == "succeeded"
+                    and past_hash == item.content_hash
+                    and not self.reprocess
+                    and item.entry_error is None
+                ):
+                    chunk.unchanged += 1
+                    continue
+                if status in ("failed", "error") and item.attempt == 1:
+                    item.attempt = attempt + 1
+                    item.previous_error = past_error
+            to_run.append(item)
+
+        ran: list[Item] = []
+        try:
+            for item in to_run:
+                if session.shouldstop:
+                    break
+                ran.append(item)
+                self._run_item(item, closure, setup_error)
+                if item.report.failed:
+                    self.failures += 1
+                if self.maxfail and self.failures >= self.maxfail:
+                    session.shouldstop = f"stopping after {self.maxfail} failure" + (
+                        "s" if self.maxfail > 1 else ""
+                    )
+        except KeyboardInterrupt:
+            item = ran.pop()
+            self._abandon(item)
+            session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
+            session.interrupted = True
+        self._finish_chunk(chunk, ran, closure, setup_error)
+
+    def _abandon(self, item: Item) -> None:
+        self.capture.handler.stop()
+        self.runtime.teardown("item")
+        self.txn.discard(item)
+        self.lookup.forget_item(item)
+        self.txn.owner = None
+
+    def _finish_chunk(
+        self, chunk: Chunk, ran: list[Item], closure: Closure, setup_error: BaseException | None
+    ) -> None:
+        try:
+            culprits = self.txn.flush()
+        except ReplayChunk:
+            culprits = self._replay(ran, closure, setup_error)
+        for owner, exc in culprits:
+            self._fail_late(owner, exc)
+        chunk.reports.extend(item.report for item in ran)
+        chunk.reports.sort(key=lambda r: r.finished_epoch)
+        self._commit(chunk)
+
+    def _replay(self, ran: list[Item], closure: Closure, setup_error: BaseException | None) -> list:
+        """Roll the chunk back and run it again, each item writing its own rows."""
+        self.txn.rollback()
+        self.lookup.chunk_rolled_back()
+        self.txn.isolated = True
+        try:
+            for item in ran:
+                item.has_statements = False
+                item.statement_error = None
+                self._run_item(item, closure, setup_error)
+            return self.txn.flush()
+        finally:
+            self.txn.isolated = False
+
+    def _fail_late(self, item: Item, exc: BaseException) -> None:
+        """A row ``item`` buffered was rejected when written: the item failed."""
+        old = item.report
+        fresh = self._report(item, "failed", exc, old.duration_ms if old else 0.0)
+        fresh.traceback = None
+        if old is not None:
+            fresh.log, fresh.finished_epoch = old.log, old.finished_epoch
+        item.report = fresh
+        self.lookup.forget_item(item)
+
+    def _commit(self, chunk: Chunk) -> None:
+        session = self.session
+        self.hook.ingestkit_chunk_commit(session=session, chunk=chunk)
+        self.txn.commit()
+        self.lookup.chunk_committed()
+        session.count(chunk)
+        self.hook.ingestkit_chunk_finish(session=session, chunk=chunk)
+        if self.active["ingestkit_runtest_logreport"]:
+            for report in chunk.reports:
+                self.hook.ingestkit_runtest_logreport(report=report)
+
+    # -- one item ----------------------------------------------------------
+
+    def _run_item(self, item: Item, closure: Closure, setup_error: BaseException | None) -> None:
+        runtime, txn, active = self.runtime, self.txn, self.active
+        txn.owner = item
+        self.capture.handler.start()
+        started = time.perf_counter()
+        status, exc = "succeeded", None
+        if item.entry_error is not None:
+            status, exc = "error", RecordError(item.entry_error)
+        elif setup_error is not None:
+            status, exc = "error", setup_error
+        else:
+            runtime.item_nodeid = item.nodeid
+            cache = runtime.cache["item"]
+            cache[self.seeded["record"]] = (item.record, None)
+            cache[self.seeded["item"]] = (item, None)
+            try:
+                if active["ingestkit_runtest_setup"]:
+                    self.hook.ingestkit_runtest_setup(item=item)
+                kwargs = runtime.kwargs(closure, item.nodeid)
+            except Exception as e:
+                status, exc = "error", e
+            else:
+                try:
+                    if active["ingestkit_runtest_call"]:
+                        self.hook.ingestkit_runtest_call(item=item, kwargs=kwargs)
+                    else:
+                        item.processor.func(**kwargs)
+                except Skipped as e:
+                    status, exc = "skipped", e
+                except ConnectionLost:
+                    raise
+                except Exception as e:
+                    status, exc = "failed", e
+            if active["ingestkit_runtest_teardown"]:
+                try:
+                    self.hook.ingestkit_runtest_teardown(item=item)
+                except Exception as e:
+                    if status in ("succeeded", "skipped"):
+                        status, exc = "error", e
+            errors = runtime.teardown("item")
+            if errors and status in ("succeeded", "skipped"):
+                status, exc = "error", errors[0]
+        if status == "succeeded" and item.statement_error is not None:
+            status, exc = "failed", item.statement_error
+        if status == "succeeded":
+            try:
+                txn.finish_item(item)
+            except ConnectionLost:
+                raise
+            except Exception as e:
+                status, exc = "failed", e
+        if status != "succeeded":
+            txn.discard(item)
+            self.lookup.forget_item(item)
+        txn.owner = None
+        log = self.capture.handler.stop()
+        report = self._report(item, status, exc, (time.perf_counter() - started) * 1000.0)
+        report.log = log
+        if active["ingestkit_runtest_makereport"]:
+            self.hook.ingestkit_runtest_makereport(item=item, report=report)
+        item.report = report
+
+    def _report(
+        self, item: Item, status: str, exc: BaseException | None, duration_ms: float
+    ) -> ItemReport:
+        report = ItemReport(
+            item.processor.nodeid,
+            item.key,
+            status,
+            item.attempt,
+            item.content_hash,
+            duration_ms,
+            finished_epoch=time.time(),
+        )
+        if status in ("failed", "error") or self.store_all:
+            payload = item.record_json
+            if payload is not None and "\\u0000" in payload:
+                payload = payload.replace("\\u0000", "\\ufffd")
+            report.payload = payload
+        if exc is not None:
+            mask = self.config.mask
+            report.error_type = type(exc).__name__
+            report.error_message = mask(
+                exc.reason if isinstance(exc, Skipped) else _message(exc)
+            ).replace("\x00", "\\0")
+            report.location = item.location
+            if status in ("failed", "error") and not isinstance(exc, RecordError):
+                report.traceback = mask(_trim_traceback(exc)).replace("\x00", "\\0")
+        return report
+
+
+# -- the plugin --------------------------------------------------------------
+
+
+@hookimpl(trylast=True)
+def ingestkit_runtestloop(session: Session) -> bool:
+    Runner(session).run()
+    return True
+
+
+@hookimpl(trylast=True)
+def ingestkit_processor_entries(processor: Processor, session: Session) -> Iterable[Entry]:
+    return default_entries(processor, session)
+
+
+def default_entries(processor: Processor, session: Session) -> Iterator[Entry]:
+    """A processor's entries read from its source (lazily: errors surface while reading)."""
+    if processor.source is None:
+        yield Entry(None, processor.nodeid)
+        return
+    yield from session.config.hook.ingestkit_make_source(
+        spec=processor.source, processor=processor, session=session
+    )
+
+
+@hookimpl(trylast=True)
+def ingestkit_make_source(spec: Any, processor: Processor, session: Session) -> Iterable[Entry]:
+    src = spec.src
+    if callable(src) and not isinstance(src, Reader) and not hasattr(src, "__iter__"):
+        from .fixtures import FixtureRequest
+
+        closure = session.fixturemanager.closure(
+            processor.nodeid, argnames_of(src), scope="processor"
+        )
+        if closure.error is not None:
+            raise closure.error
+        runtime = session.fixtures
+        request = FixtureRequest(runtime, processor.nodeid, "processor", None, processor)
+        kwargs = {name: runtime.value(closure, fdef, request) for name, fdef in closure.args}
+        src = src(**kwargs)
+    return iter_entries(src, spec.declared_in)

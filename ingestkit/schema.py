@@ -1,0 +1,55 @@
+"""Create and migrate schema ``ingestkit``, safely when runs start at once."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from .queries import q, read_sql
+
+#: Key of the transaction-level advisory lock taken while creating or migrating.
+SCHEMA_LOCK = 0x696B_0001
+
+
+def migrations() -> dict[int, str]:
+    """Numbered migrations: ``{number: sql}``."""
+    folder = resources.files("ingestkit").joinpath("sql", "migrations")
+    found = {}
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d{4})_.*\.sql$", entry.name)
+        if match:
+            found[int(match.group(1))] = entry.read_text("utf-8")
+    return found
+
+
+def current_version() -> int:
+    return max([1, *migrations()])
+
+
+def ensure_schema(conn) -> None:  # noqa: ANN001 - psycopg2 connection
+    """Bring schema ``ingestkit`` to the current version; a no-op when it is."""
+    with conn.cursor() as cur:
+        version = _version(cur)
+    conn.commit()
+    if version == current_version():
+        return
+    with conn.cursor() as cur:
+        cur.execute(q("schema-lock"), (SCHEMA_LOCK,))
+        version = _version(cur)  # another run may have done it meanwhile
+        if version is None:
+            cur.execute(read_sql("schema.sql"))
+            cur.execute(q("set-schema-version"), (current_version(),))
+        else:
+            for number, sql in sorted(migrations().items()):
+                if number > version:
+                    cur.execute(sql)
+                    cur.execute(q("set-schema-version"), (number,))
+    conn.commit()
+
+
+def _version(cur) -> int | None:  # noqa: ANN001
+    cur.execute(q("schema-exists"))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(q("schema-version"))
+    return cur.fetchone()[0]

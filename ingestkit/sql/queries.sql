@@ -1,0 +1,114 @@
+-- Every query ingestkit runs against its own schema, by name (see queries.py).
+-- Values are always parameters; identifiers of users' tables are composed with
+-- psycopg2.sql in lookup.py and database.py, never formatted in.
+
+-- name: schema-exists
+SELECT to_regclass('ingestkit.schema_version') IS NOT NULL;
+
+-- name: schema-version
+SELECT max(version) FROM ingestkit.schema_version;
+
+-- name: schema-lock
+SELECT pg_advisory_xact_lock(%s);
+
+-- name: set-schema-version
+INSERT INTO ingestkit.schema_version (version) VALUES (%s) ON CONFLICT DO NOTHING;
+
+-- name: insert-batch
+INSERT INTO ingestkit.batches (id, argv, hostname, pid, meta)
+VALUES (%(id)s, %(argv)s, %(hostname)s, %(pid)s, %(meta)s)
+RETURNING started_at, lock_key;
+
+-- name: lock-batch
+SELECT pg_advisory_lock(%(ns)s, %(lock_key)s);
+
+-- name: unlock-batch
+SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
+
+-- name: finish-batch
+UPDATE ingestkit.batches
+SET finished_at = now(), status = %(status)s, exit_code = %(exit_code)s,
+    counts = %(counts)s, meta = %(meta)s
+WHERE id = %(id)s;
+
+-- name: update-counts
+UPDATE ingestkit.batches SET counts = %(counts)s WHERE id = %(id)s;
+
+-- name: mark-interrupted
+-- A batch still 'running' whose process is gone no longer holds its advisory
+-- lock: taking it here proves the process died, without any timeout.
+UPDATE ingestkit.batches
+SET status = 'interrupted', finished_at = now()
+WHERE status = 'running'
+  AND id <> %(own)s
+  AND pg_try_advisory_xact_lock(%(ns)s, lock_key)
+RETURNING id;
+
+-- name: history
+SELECT key, status, attempt, content_hash, error_message
+FROM ingestkit.latest
+WHERE processor = %(processor)s AND key = ANY(%(keys)s);
+
+-- name: create-outcomes-table
+CREATE TEMP TABLE IF NOT EXISTS ingestkit_outcomes (
+    seq            int,
+    processor      text,
+    key            text,
+    status         text,
+    attempt        int,
+    content_hash   text,
+    duration_ms    double precision,
+    error_type     text,
+    error_message  text,
+    traceback      text,
+    log            text,
+    payload        jsonb,
+    finished_epoch double precision,
+    location       text,
+    track          boolean
+);
+
+-- name: outcomes-copy
+COPY pg_temp.ingestkit_outcomes FROM STDIN;
+
+-- name: record-outcomes
+-- Moves a chunk's outcome rows from the temp table into the audit trail and
+-- the latest-state table, in the transaction of the chunk's own writes.
+WITH audit AS (
+    INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
+                                 duration_ms, error_type, error_message, traceback, log,
+                                 payload, finished_at, location)
+    SELECT %(batch_id)s, processor, key, status, attempt, content_hash, duration_ms,
+           error_type, error_message, traceback, log, payload,
+           to_timestamp(finished_epoch), location
+    FROM pg_temp.ingestkit_outcomes ORDER BY seq
+)
+INSERT INTO ingestkit.latest AS l (processor, key, batch_id, status, attempt, content_hash,
+                                   error_message, payload, finished_at)
+SELECT DISTINCT ON (processor, key)
+       processor, key, %(batch_id)s, status, attempt, content_hash, error_message,
+       CASE WHEN status IN ('failed', 'error') THEN payload END,
+       to_timestamp(finished_epoch)
+FROM pg_temp.ingestkit_outcomes
+WHERE track
+ORDER BY processor, key, seq DESC
+ON CONFLICT (processor, key) DO UPDATE
+SET batch_id = excluded.batch_id, status = excluded.status, attempt = excluded.attempt,
+    content_hash = excluded.content_hash, error_message = excluded.error_message,
+    payload = excluded.payload, finished_at = excluded.finished_at;
+TRUNCATE pg_temp.ingestkit_outcomes;
+
+-- name: last-failed
+SELECT key, attempt, error_message, payload
+FROM ingestkit.latest
+WHERE processor = %(processor)s AND status IN ('failed', 'error')
+ORDER BY finished_at, key;
+
+-- name: last-failed-processors
+SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'error');
+
+-- name: table-oid
+SELECT to_regclass(%s)::oid;
+
+-- name: fk-parents
+SELECT confrelid::oid FROM pg_constraint WHERE contype = 'f' AND conrelid = %s;

@@ -1,0 +1,70 @@
+-- ingestkit's own tables, in schema "ingestkit" of the target database.
+-- This file is the whole current schema: a new database gets it in one go.
+-- An existing one is brought up to date by migrations/NNNN_*.sql, applied in
+-- order; the highest migration number is the version this file describes.
+
+CREATE SCHEMA IF NOT EXISTS ingestkit;
+
+CREATE TABLE ingestkit.schema_version (
+    version     int PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE SEQUENCE ingestkit.batch_lock_seq CYCLE MAXVALUE 2147483647;
+
+-- One row per run of the ingestkit command.
+CREATE TABLE ingestkit.batches (
+    id           uuid PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    status       text NOT NULL DEFAULT 'running'
+                 CHECK (status IN ('running', 'finished', 'interrupted')),
+    exit_code    int,
+    argv         jsonb,
+    hostname     text,
+    counts       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    meta         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- not public: liveness of a running batch (an advisory lock held by its process)
+    pid          int,
+    lock_key     int NOT NULL DEFAULT nextval('ingestkit.batch_lock_seq')::int
+);
+CREATE INDEX batches_started_at_idx ON ingestkit.batches (started_at DESC);
+CREATE INDEX batches_running_idx ON ingestkit.batches (id) WHERE status = 'running';
+
+-- One row per item outcome (append-only audit trail). "unchanged" items add no row.
+CREATE TABLE ingestkit.items (
+    batch_id       uuid NOT NULL REFERENCES ingestkit.batches (id) ON DELETE CASCADE,
+    processor      text NOT NULL,
+    key            text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('succeeded', 'failed', 'error', 'skipped')),
+    attempt        int NOT NULL DEFAULT 1,
+    content_hash   text,
+    duration_ms    double precision,
+    error_type     text,
+    error_message  text,
+    traceback      text,
+    log            text,
+    payload        jsonb,
+    finished_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- not public
+    location       text
+);
+CREATE INDEX items_batch_status_idx ON ingestkit.items (batch_id, status);
+CREATE INDEX items_processor_key_idx ON ingestkit.items (processor, key);
+
+-- The latest outcome of each (processor, key): what "already ingested", --lf and
+-- item.attempt are decided from, in one indexed read per chunk.
+CREATE TABLE ingestkit.latest (
+    processor      text NOT NULL,
+    key            text NOT NULL,
+    batch_id       uuid NOT NULL,
+    status         text NOT NULL,
+    attempt        int NOT NULL,
+    content_hash   text,
+    error_message  text,
+    payload        jsonb,
+    finished_at    timestamptz NOT NULL,
+    PRIMARY KEY (processor, key)
+);
+CREATE INDEX latest_failed_idx ON ingestkit.latest (processor, key)
+    WHERE status IN ('failed', 'error');

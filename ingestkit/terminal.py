@@ -1,0 +1,320 @@
+"""The terminal reporter (plugin ``terminal``): header, progress, summary."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import pluggy
+
+from . import __version__
+from .reports import COUNTED, ItemReport, message_shape
+
+if TYPE_CHECKING:
+    from .collection import CollectReport, Processor
+    from .config import Config
+    from .main import Session
+    from .runner import Chunk
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+#: Plain (non-terminal) progress prints at most one line per processor this often.
+PLAIN_PROGRESS_SECONDS = 10.0
+GROUP_SAMPLE_KEYS = 5
+
+
+@dataclass
+class FailureGroup:
+    processor: str
+    error_type: str
+    shape: str
+    count: int = 0
+    keys: list[str] = field(default_factory=list)
+    first: ItemReport | None = None
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
+
+
+class TerminalReporter:
+    def __init__(self, config: Config, file: TextIO | None = None) -> None:
+        self.config = config
+        self._file = file
+        option = config.option
+        self.verbosity = option.verbose - option.quiet
+        self.tb = option.tb
+        self.groups: dict[tuple[str, str, str], FailureGroup] = {}
+        self.proc_counts: dict[str, int] = {}
+        self.proc_failed = 0
+        self.proc_started = 0.0
+        self.last_plain = 0.0
+        self.current: Processor | None = None
+        self.isatty = bool(getattr(self.file, "isatty", lambda: False)())
+        self._line_open = False
+
+    @property
+    def file(self) -> TextIO:
+        return self._file or sys.stdout
+
+    def write_line(self, line: str = "") -> None:
+        if self._line_open:
+            self.file.write("\n")
+            self._line_open = False
+        self.file.write(self.config.mask(line) + "\n")
+        self.file.flush()
+
+    def write_status(self, line: str) -> None:
+        """A progress line that the next one overwrites (on a terminal)."""
+        self.file.write("\r" + line[:200] + "\x1b[K")
+        self.file.flush()
+        self._line_open = True
+
+    def section(self, title: str, sep: str = "=") -> None:
+        width = 80
+        text = f" {title} "
+        side = max(3, (width - len(text)) // 2)
+        self.write_line(f"{sep * side}{text}{sep * side}")
+
+    # -- header and collection ---------------------------------------------
+
+    def header(self, session: Session) -> None:
+        if self.verbosity < 0:
+            return
+        config = self.config
+        self.section("ingestkit session starts")
+        inifile = f", config: {config.inipath.name}" if config.inipath else ""
+        self.write_line(f"ingestkit {__version__}, rootdir: {config.rootdir}{inifile}")
+        masked, origin = session.database or ("?", "?")
+        if origin == "embedded":
+            where = "embedded PostgreSQL under .ingestkit/pgdata (no server needed)"
+        else:
+            where = f"{masked} (from {origin})"
+        self.write_line(f"database: {where}")
+        mode = " (dry run: every write is rolled back)" if session.batch.dry_run else ""
+        self.write_line(f"batch: {session.batch.id}{mode}")
+        for lines in config.hook.ingestkit_report_header(config=config):
+            for line in [lines] if isinstance(lines, str) else lines:
+                self.write_line(line)
+        if session.interrupted_batches:
+            shown = ", ".join(session.interrupted_batches)
+            self.write_line(f"marked interrupted (their process died): {shown}")
+        n = len(session.processors)
+        self.write_line(f"collected {n} processor{'s' if n != 1 else ''}")
+        self.write_line()
+
+    # -- progress ----------------------------------------------------------
+
+    def processor_start(self, processor: Processor) -> None:
+        self.current = processor
+        self.proc_counts = {}
+        self.proc_failed = 0
+        self.proc_started = self.last_plain = time.perf_counter()
+
+    def chunk_finish(self, chunk: Chunk) -> None:
+        for report in chunk.reports:
+            self.proc_counts[report.status] = self.proc_counts.get(report.status, 0) + 1
+            if report.failed:
+                self.proc_failed += 1
+                self._group(report)
+        if chunk.unchanged:
+            self.proc_counts["unchanged"] = self.proc_counts.get("unchanged", 0) + chunk.unchanged
+        if self.verbosity > 0:
+            for report in chunk.reports:
+                self.write_line(f"{report.nodeid} {report.status.upper()}")
+            return
+        if self.verbosity < 0:
+            return
+        now = time.perf_counter()
+        if self.isatty:
+            self.write_status(self._progress(now))
+        elif now - self.last_plain >= PLAIN_PROGRESS_SECONDS:
+            self.last_plain = now
+            self.write_line(self._progress(now))
+
+    def _progress(self, now: float) -> str:
+        done = sum(self.proc_counts.values())
+        parts = [f"{self.current.nodeid if self.current else ''} {done:,} items"]
+        parts.append(_rate(done, now - self.proc_started))
+        if self.proc_failed:
+            parts.append(f"{self.proc_failed:,} failed")
+        return " · ".join(parts)
+
+    def processor_finish(self, processor: Processor) -> None:
+        if self.verbosity < 0:
+            return
+        elapsed = time.perf_counter() - self.proc_started
+        counts = (
+            ", ".join(f"{self.proc_counts[s]:,} {s}" for s in COUNTED if self.proc_counts.get(s))
+            or "no items"
+        )
+        self.write_line(f"{processor.nodeid} {counts} in {elapsed:.2f}s")
+
+    def _group(self, report: ItemReport) -> None:
+        key = (report.processor, report.error_type or "", message_shape(report.error_message))
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = FailureGroup(*key)
+            group.first = report
+        group.count += 1
+        if len(group.keys) < GROUP_SAMPLE_KEYS:
+            group.keys.append(report.key)
+
+    # -- summary -----------------------------------------------------------
+
+    def summary(self, session: Session, exitstatus: int) -> None:
+        if session.collect_errors:
+            self.section("ERRORS")
+            for report in session.collect_errors:
+                self.section(f"ERROR collecting {report.nodeid}", "_")
+                self.write_line(report.message)
+                if self.tb == "long":
+                    self.write_line(report.longrepr.rstrip())
+        if self.groups and self.tb != "no":
+            self.section("FAILURES")
+            for group in sorted(self.groups.values(), key=lambda g: -g.count):
+                self._show_group(group)
+        if session.teardown_errors:
+            self.section("TEARDOWN ERRORS")
+            for scope, exc, tb in session.teardown_errors:
+                self.write_line(f"{scope}-scoped fixture teardown: {type(exc).__name__}: {exc}")
+                if self.tb in ("long", "short"):
+                    self.write_line(tb.rstrip())
+        self.config.hook.ingestkit_terminal_summary(
+            terminalreporter=self, exitstatus=exitstatus, config=self.config
+        )
+        if session.fatal:
+            self.write_line(f"ERROR: {session.fatal}")
+            self.write_line("committed items stay committed; run again to finish the rest")
+        elif session.shouldstop and session.processors:
+            self.write_line(
+                f"!!! {session.shouldstop}: the rest of the batch was not processed !!!"
+            )
+        self._final_line(session)
+        if session.counts["failed"] or session.counts["error"]:
+            self.write_line(f"rerun the failures: {self.rerun_command()}")
+        if session.batch.dry_run:
+            self.write_line("dry run: every write was rolled back; nothing counts as ingested")
+
+    def _show_group(self, group: FailureGroup) -> None:
+        first = group.first
+        assert first is not None
+        title = f"{group.processor}: {group.error_type} ({group.count} item{'s' if group.count != 1 else ''})"
+        self.section(title, "_")
+        more = f" (+{group.count - len(group.keys)} more)" if group.count > len(group.keys) else ""
+        self.write_line(f"keys: {', '.join(group.keys)}{more}")
+        message = (first.error_message or "").rstrip()
+        if self.tb == "line":
+            self.write_line(
+                f"{first.location or first.nodeid}: {message.splitlines()[0] if message else ''}"
+            )
+            return
+        tb = (first.traceback or "").rstrip()
+        if tb and self.tb == "short":
+            lines = tb.splitlines()
+            tb = "\n".join(lines[-6:]) if len(lines) > 6 else tb
+        if tb:
+            self.write_line(tb)
+        else:
+            self.write_line(f"{first.error_type}: {message}")
+        if first.location and first.location not in (tb or "") + message:
+            self.write_line(f"record: {first.location}")
+
+    def _final_line(self, session: Session) -> None:
+        elapsed = time.time() - session.started
+        counts = session.counts
+        total = sum(counts[s] for s in COUNTED)
+        parts = [f"{counts[s]:,} {s}" for s in COUNTED if counts[s]] or ["no items"]
+        self.section(
+            f"{', '.join(parts)} in {elapsed:.2f}s ({_rate(total, elapsed).replace('/s', ' items/s')})"
+        )
+
+    def rerun_command(self) -> str:
+        option = self.config.option
+        words = ["ingestkit", "--lf"]
+        if option.dsn:
+            words += ["--dsn", self.config.mask(option.dsn)]
+        if option.keyword:
+            words += ["-k", option.keyword]
+        words += [a.split("::", 1)[0] for a in self.config.args]
+        return " ".join(shlex.quote(w) for w in dict.fromkeys(words))
+
+
+def show_collected(session: Session) -> None:
+    out = TerminalReporter(session.config)
+    for report in session.collect_errors:
+        out.write_line(f"ERROR collecting {report.nodeid}: {report.message}")
+    for proc in session.processors:
+        if proc.source is None:
+            described = "no source: runs once per batch"
+        else:
+            described = f"source: {proc.source.src!r}"
+        out.write_line(f"{proc.nodeid}  ({described})")
+    n = len(session.processors)
+    out.write_line(f"{n} processor{'s' if n != 1 else ''} collected")
+
+
+def show_fixtures(session: Session) -> int:
+    out = TerminalReporter(session.config)
+    nodeids = [p.nodeid for p in session.processors] or [""]
+    seen: dict[int, Any] = {}
+    for nodeid in nodeids:
+        for defs in session.fixturemanager.visible(nodeid).values():
+            for fdef in defs:
+                seen.setdefault(id(fdef), fdef)
+    for fdef in sorted(seen.values(), key=lambda d: (d.baseid, d.name)):
+        scope = f" [{fdef.scope} scope]" if fdef.scope != "item" else ""
+        autouse = " (autouse)" if fdef.autouse else ""
+        out.write_line(f"{fdef.name}{scope}{autouse} -- {fdef.location}")
+        out.write_line(f"    {fdef.doc or 'no docstring available'}")
+    out.write_line("request -- ingestkit/fixtures.py")
+    out.write_line(
+        "    who is asking: .fixturename, .nodeid, .scope, .config, .addfinalizer, .getfixturevalue"
+    )
+    for report in session.collect_errors:
+        out.write_line(f"ERROR collecting {report.nodeid}: {report.message}")
+    return 0 if not session.collect_errors else 1
+
+
+# -- the plugin --------------------------------------------------------------
+
+
+@hookimpl
+def ingestkit_configure(config: Config) -> None:
+    config.pluginmanager.register(TerminalPlugin(config), "terminalreporter")
+
+
+class TerminalPlugin:
+    def __init__(self, config: Config) -> None:
+        self.reporter = TerminalReporter(config)
+
+    @hookimpl
+    def ingestkit_collectreport(self, report: CollectReport) -> None:
+        pass  # shown in the summary, with the others
+
+    @hookimpl
+    def ingestkit_batch_start(self, session: Session) -> None:
+        self.reporter.header(session)
+
+    @hookimpl
+    def ingestkit_processor_start(self, processor: Processor) -> None:
+        self.reporter.processor_start(processor)
+
+    @hookimpl
+    def ingestkit_chunk_finish(self, chunk: Chunk) -> None:
+        self.reporter.chunk_finish(chunk)
+
+    @hookimpl
+    def ingestkit_processor_finish(self, processor: Processor) -> None:
+        self.reporter.processor_finish(processor)
+
+    @hookimpl(trylast=True)
+    def ingestkit_batch_finish(self, session: Session, exitstatus: int) -> None:
+        if session.txn is None:
+            if exitstatus == 5:
+                self.reporter.write_line("no processors collected")
+            return
+        self.reporter.summary(session, exitstatus)

@@ -1,0 +1,319 @@
+"""One batch's write transaction: chunks, lazy item savepoints, buffered inserts.
+
+Items run in chunks inside one transaction. The guarantees of §3 are kept
+without a round trip per item:
+
+* ``db.insert`` rows are buffered and written with COPY at chunk end, or before
+  any statement that could read them;
+* a savepoint is taken only when an item sends a statement, piggy-backed on
+  that statement's own round trip; a failing item rolls back to it;
+* a COPY that fails is bisected under savepoints to pin the failure on the
+  item(s) whose rows caused it, and their neighbours' rows are written;
+* the chunk commits once, with the outcome rows the recorder adds.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from .copy import copy_rows
+from .queries import q
+
+_ITEM_SP = "ingestkit_item"
+_NOBODY = object()
+
+
+class ConnectionLost(Exception):
+    """The database connection went away; the chunk in flight is lost."""
+
+
+class ReplayChunk(Exception):
+    """A flush failure cannot be undone item by item: replay the chunk isolated."""
+
+    def __init__(self, culprits: list[tuple[Any, BaseException]]) -> None:
+        super().__init__("replay")
+        self.culprits = culprits
+
+
+def table_identifier(name: str) -> sql.Composable:
+    """``"schema.table"`` or ``"table"`` as a quoted identifier."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"not a table name: {name!r}")
+    return sql.Identifier(*parts)
+
+
+def is_connection_error(conn: Any, exc: BaseException) -> bool:
+    return isinstance(exc, (psycopg2.InterfaceError, psycopg2.OperationalError)) and bool(
+        conn.closed
+    )
+
+
+class Transaction:
+    """The write connection of a batch, and what is pending in its transaction."""
+
+    def __init__(self, conn: Any, dry_run: bool = False) -> None:
+        self.conn = conn
+        self.dry_run = dry_run
+        self.owner: Any = None  # the item running now, or None
+        self._savepoint_owner: Any = _NOBODY
+        self._rows: list[tuple[Any, tuple[str, tuple[str, ...]], tuple]] = []
+        self._table_oids: dict[str, int | None] = {}
+        self._fk_parents: dict[int, set[int]] = {}
+        self.isolated = False  # replay mode: every item flushes its own rows
+        self._late_failures: list[tuple[Any, BaseException]] = []
+        self._in_chunk = False
+
+    # -- statements --------------------------------------------------------
+
+    def execute(self, query: Any, params: Any = None, fetch: bool = False) -> Any:
+        """Run one statement for the current owner; returns the cursor."""
+        owner = self.owner
+        prefix = self._prepare(owner)
+        cur = self.conn.cursor()
+        try:
+            if prefix:
+                if not isinstance(query, str):
+                    query = query.as_string(self.conn)
+                query = prefix + query
+            cur.execute(query, params)
+        except psycopg2.Error as exc:
+            if is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            if owner is None:
+                # sources and wider fixtures: keep the transaction usable
+                self._rollback_to_savepoint()
+            else:
+                owner.statement_error = exc
+            raise
+        if owner is not None:
+            owner.has_statements = True
+        return cur
+
+    def connection_for(self, owner: Any) -> Any:
+        """The raw connection, after making ``owner``'s writes through it undoable."""
+        if owner is not None:
+            self.execute("SELECT 1")
+        return self.conn
+
+    def _prepare(self, owner: Any) -> str:
+        """Flush what must be visible and return the savepoint prefix for ``owner``.
+
+        Other owners' rows are written first, outside ``owner``'s savepoint, so
+        that rolling back to it undoes only ``owner``'s work.
+        """
+        self.begin()
+        if any(row[0] is not owner for row in self._rows):
+            self._flush_others(owner)
+        prefix = ""
+        if self._savepoint_owner is not owner:
+            release = "" if self._savepoint_owner is _NOBODY else f"RELEASE SAVEPOINT {_ITEM_SP}; "
+            self._savepoint_owner = owner
+            prefix = f"{release}SAVEPOINT {_ITEM_SP}; "
+        if self._rows:  # owner's own buffered rows go in under its savepoint
+            if prefix:
+                self._raw(prefix[:-2])
+                prefix = ""
+            self._flush_own(owner)
+        return prefix
+
+    def _raw(self, statement: str) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(statement)
+        except psycopg2.Error as exc:
+            if is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            raise
+
+    def _rollback_to_savepoint(self) -> None:
+        if self._savepoint_owner is not _NOBODY:
+            self._raw(f"ROLLBACK TO SAVEPOINT {_ITEM_SP}")
+
+    # -- items -------------------------------------------------------------
+
+    def insert(self, owner: Any, table: str, rows: Sequence[dict]) -> None:
+        for row in rows:
+            if not isinstance(row, dict):
+                raise TypeError(
+                    f"db.insert takes a dict or a list of dicts, got {type(row).__name__}"
+                )
+            if not row:
+                raise ValueError("db.insert got an empty row")
+            cols = tuple(row)
+            self._rows.append((owner, (table, cols), tuple(row.values())))
+
+    def discard(self, owner: Any) -> None:
+        """Undo everything ``owner`` wrote: its savepoint, its buffered rows."""
+        if self._rows:
+            self._rows = [r for r in self._rows if r[0] is not owner]
+        if self._savepoint_owner is owner and owner is not None:
+            self._rollback_to_savepoint()
+
+    def finish_item(self, owner: Any) -> None:
+        """Called after a successful item; in replay mode its rows are written now."""
+        if self.isolated and any(r[0] is owner for r in self._rows):
+            self.owner = owner
+            try:
+                self._prepare(owner)
+            finally:
+                self.owner = None
+
+    # -- flushing ----------------------------------------------------------
+
+    def _flush_own(self, owner: Any) -> None:
+        """Write ``owner``'s rows: a failure is its own (raised into the item)."""
+        rows, self._rows = self._rows, []
+        try:
+            self._copy(rows)
+        except (psycopg2.Error, UnicodeEncodeError) as exc:
+            if isinstance(exc, psycopg2.Error) and is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            if owner is not None:
+                owner.statement_error = exc
+            raise
+
+    def _flush_others(self, keep: Any) -> list[tuple[Any, BaseException]]:
+        """Write other owners' rows; pin failures on them and return those."""
+        mine = [r for r in self._rows if r[0] is keep]
+        others = [r for r in self._rows if r[0] is not keep]
+        self._rows = mine
+        culprits = self._flush_protected(others)
+        self._late_failures.extend(culprits)
+        return culprits
+
+    def flush(self) -> list[tuple[Any, BaseException]]:
+        """Write every buffered row (chunk end). Returns ``(owner, error)`` of rows that failed."""
+        self.begin()
+        if self._rows:
+            self._flush_others(_NOBODY)
+        culprits, self._late_failures = self._late_failures, []
+        if any(owner is not None and owner.has_statements for owner, _ in culprits):
+            raise ReplayChunk(culprits)
+        return culprits
+
+    def _flush_protected(self, rows: list) -> list[tuple[Any, BaseException]]:
+        if not rows:
+            return []
+        self._raw("SAVEPOINT ingestkit_flush")
+        try:
+            self._copy(rows)
+        except (psycopg2.Error, UnicodeEncodeError) as exc:
+            if isinstance(exc, psycopg2.Error) and is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            self._raw("ROLLBACK TO SAVEPOINT ingestkit_flush; RELEASE SAVEPOINT ingestkit_flush")
+            owners = list(dict.fromkeys(r[0] for r in rows))
+            if len(owners) == 1:
+                return [(owners[0], exc)]
+            half = set(owners[: len(owners) // 2])
+            first = [r for r in rows if r[0] in half]
+            second = [r for r in rows if r[0] not in half]
+            return self._flush_protected(first) + self._flush_protected(second)
+        self._raw("RELEASE SAVEPOINT ingestkit_flush")
+        return []
+
+    def _copy(self, rows: list) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
+        for _owner, group, values in rows:
+            groups.setdefault(group, []).append(values)
+        with self.conn.cursor() as cur:
+            for (table, cols), values in self._in_fk_order(groups):
+                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols))
+                )
+                cur.copy_expert(statement, io.BytesIO(copy_rows(values)))
+
+    def _in_fk_order(self, groups: dict) -> list:
+        """Groups ordered so that tables referenced by foreign keys come first."""
+        tables = list(dict.fromkeys(t for t, _ in groups))
+        if len(tables) < 2:
+            return list(groups.items())
+        oids = {t: self._oid(t) for t in tables}
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(table: str) -> None:
+            if table in ordered or table in visiting:
+                return
+            visiting.add(table)
+            parents = self._fk_parents.get(oids[table] or 0, set())
+            for other in tables:
+                if other != table and oids[other] in parents:
+                    visit(other)
+            ordered.append(table)
+
+        for table in tables:
+            visit(table)
+        rank = {t: i for i, t in enumerate(ordered)}
+        return sorted(groups.items(), key=lambda kv: rank[kv[0][0]])
+
+    def _oid(self, table: str) -> int | None:
+        if table not in self._table_oids:
+            with self.conn.cursor() as cur:
+                cur.execute(q("table-oid"), (table,))
+                oid = cur.fetchone()[0]
+                self._table_oids[table] = oid
+                if oid is not None:
+                    cur.execute(q("fk-parents"), (oid,))
+                    self._fk_parents[oid] = {r[0] for r in cur.fetchall()}
+        return self._table_oids[table]
+
+    # -- chunks ------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._in_chunk:
+            self._in_chunk = True
+            if self.dry_run:
+                self._raw("SAVEPOINT ingestkit_chunk")
+
+    def commit(self) -> None:
+        """Commit the chunk (in a dry run: keep it, to be rolled back at the end)."""
+        self.begin()
+        try:
+            if self.dry_run:
+                self._raw("RELEASE SAVEPOINT ingestkit_chunk")
+            else:
+                self.conn.commit()
+        except psycopg2.Error as exc:
+            if is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            raise
+        self._reset()
+
+    def rollback(self) -> None:
+        """Undo the whole chunk in flight."""
+        try:
+            if self.dry_run and self._in_chunk:
+                self._raw(
+                    "ROLLBACK TO SAVEPOINT ingestkit_chunk; RELEASE SAVEPOINT ingestkit_chunk"
+                )
+            elif not self.dry_run and not self.conn.closed:
+                self.conn.rollback()
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._rows = []
+        self._savepoint_owner = _NOBODY
+        self._late_failures = []
+        self._in_chunk = False
+        self.owner = None
+
+    def in_error(self) -> bool:
+        status = self.conn.info.transaction_status
+        return status == psycopg2.extensions.TRANSACTION_STATUS_INERROR
+
+    def close(self) -> None:
+        """End the batch: a dry run rolls back everything it did."""
+        if self.conn.closed:
+            return
+        try:
+            self.conn.rollback()
+        finally:
+            self.conn.close()
