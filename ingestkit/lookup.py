@@ -71,7 +71,8 @@ class Lookup:
                 for c, v in match.items()
             ),
         )
-        cur = self._txn.execute(statement, [v for v in match.values() if v is not None])
+        params = [v for v in match.values() if v is not None]
+        cur = self._txn.execute(statement, params, reads_only=True)
         rows = cur.fetchall()
         cur.close()
         value = rows[0][0] if rows else _MISSING
@@ -111,7 +112,7 @@ class Lookup:
         statement = sql.SQL("SELECT {}, {} FROM {}").format(
             sql.Identifier(key), sql.Identifier(returning), table_identifier(table)
         )
-        cur = self._txn.execute(statement)
+        cur = self._txn.execute(statement, reads_only=True)
         rows = cur.fetchall()
         cur.close()
         for k, v in rows:

@@ -93,10 +93,16 @@ class Chunk:
 
 
 def _trim_traceback(exc: BaseException) -> str:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    """The traceback from the user's code on; ingestkit's own frames are left out."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_PACKAGE_DIR)
+    ]
+    if not frames:
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    return "".join(lines + traceback.format_exception_only(type(exc), exc))
 
 
 def _message(exc: BaseException) -> str:
@@ -489,7 +495,7 @@ class Runner:
                 exc.reason if isinstance(exc, Skipped) else _message(exc)
             ).replace("\x00", "\\0")
             report.location = item.location
-            if status in ("failed", "error") and not isinstance(exc, RecordError):
+            if status in ("failed", "error") and exc.__traceback__ is not None:
                 report.traceback = mask(_trim_traceback(exc)).replace("\x00", "\\0")
         return report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,13 @@ class Reader:
         self.path = Path(path)
 
     def resolve(self, base: Path | None) -> Path:
-        if self.path.is_absolute() or base is None:
-            return self.path
-        return base / self.path
+        """The file to read, shown relative to the current directory when below it."""
+        path = self.path if self.path.is_absolute() or base is None else base / self.path
+        path = Path(os.path.normpath(path.absolute()))
+        try:
+            return path.relative_to(Path.cwd())
+        except ValueError:
+            return path
 
     def entries(self, base: Path | None = None) -> Iterator[Entry]:  # pragma: no cover
         raise NotImplementedError

@@ -202,7 +202,8 @@ class TerminalReporter:
     def _show_group(self, group: FailureGroup) -> None:
         first = group.first
         assert first is not None
-        title = f"{group.processor}: {group.error_type} ({group.count} item{'s' if group.count != 1 else ''})"
+        plural = "s" if group.count != 1 else ""
+        title = f"{group.processor}: {group.error_type} ({group.count} item{plural})"
         self.section(title, "_")
         more = f" (+{group.count - len(group.keys)} more)" if group.count > len(group.keys) else ""
         self.write_line(f"keys: {', '.join(group.keys)}{more}")
@@ -228,9 +229,8 @@ class TerminalReporter:
         counts = session.counts
         total = sum(counts[s] for s in COUNTED)
         parts = [f"{counts[s]:,} {s}" for s in COUNTED if counts[s]] or ["no items"]
-        self.section(
-            f"{', '.join(parts)} in {elapsed:.2f}s ({_rate(total, elapsed).replace('/s', ' items/s')})"
-        )
+        rate = _rate(total, elapsed).replace("/s", " items/s")
+        self.section(f"{', '.join(parts)} in {elapsed:.2f}s ({rate})")
 
     def rerun_command(self) -> str:
         option = self.config.option

@@ -72,8 +72,12 @@ class Transaction:
 
     # -- statements --------------------------------------------------------
 
-    def execute(self, query: Any, params: Any = None, fetch: bool = False) -> Any:
-        """Run one statement for the current owner; returns the cursor."""
+    def execute(self, query: Any, params: Any = None, reads_only: bool = False) -> Any:
+        """Run one statement for the current owner; returns the cursor.
+
+        ``reads_only`` statements (lookups) do not make the owner one whose
+        writes need a replay to undo.
+        """
         owner = self.owner
         prefix = self._prepare(owner)
         cur = self.conn.cursor()
@@ -92,7 +96,7 @@ class Transaction:
             else:
                 owner.statement_error = exc
             raise
-        if owner is not None:
+        if owner is not None and not reads_only:
             owner.has_statements = True
         return cur
 
