@@ -215,3 +215,29 @@ def test_embedded_database_is_the_default(project):
     assert proc.returncode == 0, proc.stdout
     assert "embedded PostgreSQL under .ingestkit/pgdata" in proc.stdout
     assert (project.root / ".ingestkit" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_two_runs_starting_at_once_create_the_schema_once(project):
+    project.write("ingest_ok.py", "def process_once(db):\n    db.query('SELECT 1')\n")
+    procs = [project.spawn() for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert project.scalar("SELECT count(*) FROM ingestkit.schema_version") == 1
+    assert project.scalar("SELECT count(*) FROM ingestkit.batches WHERE status = 'finished'") == 3
+
+
+def test_progress_is_not_a_line_per_item(project):
+    project.write(
+        "ingest_many.py",
+        """
+import ingestkit
+
+@ingestkit.source(range(20000), key=str)
+def process_n(record):
+    pass
+""",
+    )
+    proc = project.cli()
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) < 15, proc.stdout
+    assert "20,000 succeeded" in proc.stdout
