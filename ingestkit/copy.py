@@ -55,9 +55,12 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+NULL = "\\N"
+
+
 def copy_field(value: Any) -> str:
     if value is None:
-        return "\\N"
+        return NULL
     if type(value) is str:
         return _escape(value)
     return _escape(_plain(value))
@@ -69,6 +72,5 @@ def copy_rows(rows: list[tuple], errors: str = "strict") -> bytes:
     With ``errors="strict"`` a lone surrogate raises UnicodeEncodeError;
     ``"replace"`` writes ``?`` instead (for ingestkit's own rows).
     """
-    lines = ["\t".join([copy_field(v) for v in row]) for row in rows]
-    lines.append("")
-    return "\n".join(lines).encode("utf-8", errors)
+    lines = ["\t".join([copy_field(v) for v in row]) + "\n" for row in rows]
+    return "".join(lines).encode("utf-8", errors)

@@ -49,7 +49,7 @@ def _failed_entries(session: Session, processor: Processor) -> list[Entry]:
         rows = cur.fetchall()
     session.txn.conn.commit()
     entries = []
-    for key, attempt, error_message, payload in rows:
+    for key, attempt, error_message, payload, stored_hash in rows:
         if processor.selected_keys is not None and key not in processor.selected_keys:
             continue
         if payload is None:
@@ -71,6 +71,7 @@ def _failed_entries(session: Session, processor: Processor) -> list[Entry]:
                 key=key,
                 attempt=attempt + 1,
                 previous_error=error_message,
+                content_hash=stored_hash,
                 rerun=True,
             )
         )

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from psycopg2.extras import Json
 
-from .copy import copy_rows
+from .copy import NULL, copy_field, copy_rows
 from .queries import q
-from .reports import COUNTED
+from .reports import COUNTED, ItemReport
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -73,32 +73,55 @@ def ingestkit_chunk_history(
         return {row[0]: row[1:] for row in cur.fetchall()}
 
 
+def outcome_rows(reports: list[ItemReport]) -> bytes:
+    """A chunk's reports as COPY text for ``pg_temp.ingestkit_outcomes``.
+
+    Most reports are plain successes: they take a short path with no
+    per-field conversion; the rest go through :func:`copy_rows`.
+    """
+    lines = []
+    plain = []
+    escaped: dict[str, str] = {}
+    for seq, r in enumerate(reports):
+        if r.error_type is None and r.log is None and r.payload is None and r.location is None:
+            proc = escaped.get(r.processor)
+            if proc is None:
+                proc = escaped[r.processor] = copy_field(r.processor)
+            lines.append(
+                f"{seq}\t{proc}\t{copy_field(r.key)}\t{r.status}\t{r.attempt}\t"
+                f"{r.content_hash or NULL}\t{r.duration_ms!r}\t{NULL}\t{NULL}\t{NULL}\t{NULL}\t"
+                f"{NULL}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\n"
+            )
+        else:
+            plain.append(
+                (
+                    seq,
+                    r.processor,
+                    r.key,
+                    r.status,
+                    r.attempt,
+                    r.content_hash,
+                    r.duration_ms,
+                    r.error_type,
+                    r.error_message,
+                    r.traceback,
+                    r.log,
+                    r.payload,
+                    r.finished_epoch,
+                    r.location,
+                    r.track,
+                )
+            )
+    data = "".join(lines).encode("utf-8", "replace")
+    return data + copy_rows(plain, errors="replace") if plain else data
+
+
 @hookimpl
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     if not chunk.reports:
         return
-    rows = [
-        (
-            seq,
-            r.processor,
-            r.key,
-            r.status,
-            r.attempt,
-            r.content_hash,
-            r.duration_ms,
-            r.error_type,
-            r.error_message,
-            r.traceback,
-            r.log,
-            r.payload,
-            r.finished_epoch,
-            r.location,
-            r.track,
-        )
-        for seq, r in enumerate(chunk.reports)
-    ]
     with session.txn.conn.cursor() as cur:
-        cur.copy_expert(q("outcomes-copy"), io.BytesIO(copy_rows(rows, errors="replace")))
+        cur.copy_expert(q("outcomes-copy"), io.BytesIO(outcome_rows(chunk.reports)))
         cur.execute(q("record-outcomes"), {"batch_id": session.batch.id})
 
 

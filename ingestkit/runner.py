@@ -55,7 +55,6 @@ class Item:
         "record",
         "processor",
         "location",
-        "record_json",
         "content_hash",
         "entry_error",
         "has_statements",
@@ -71,7 +70,6 @@ class Item:
         self.nodeid = ""
         self.attempt = 1
         self.previous_error: str | None = None
-        self.record_json: str | None = None
         self.content_hash: str | None = None
         self.entry_error: str | None = None
         self.has_statements = False
@@ -271,8 +269,7 @@ class Runner:
         if entry.error is not None:
             item.entry_error = entry.error
         if entry.record is not None or processor.source is not None:
-            item.record_json = to_json(entry.record)
-            item.content_hash = content_hash(item.record_json)
+            item.content_hash = entry.content_hash or content_hash(entry.record)
         return item
 
     def _source_error(self, processor: Processor, exc: BaseException) -> None:
@@ -484,7 +481,9 @@ class Runner:
             finished_epoch=time.time(),
         )
         if status in ("failed", "error") or self.store_all:
-            payload = item.record_json
+            payload = None
+            if item.record is not None or item.processor.source is not None:
+                payload = to_json(item.record)
             if payload is not None and "\\u0000" in payload:
                 payload = payload.replace("\\u0000", "\\ufffd")
             report.payload = payload

@@ -99,7 +99,7 @@ SET batch_id = excluded.batch_id, status = excluded.status, attempt = excluded.a
 TRUNCATE pg_temp.ingestkit_outcomes;
 
 -- name: last-failed
-SELECT key, attempt, error_message, payload
+SELECT key, attempt, error_message, payload, content_hash
 FROM ingestkit.latest
 WHERE processor = %(processor)s AND status IN ('failed', 'error')
 ORDER BY finished_at, key;
