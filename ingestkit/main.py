@@ -128,6 +128,7 @@ class Session:
         self.capture = LogCapture()
         self.interrupted_batches: list[str] = []
         self.notes: list[str] = []
+        self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
         self.started = time.time()
         for name in ("builtin",):
@@ -192,6 +193,7 @@ class Session:
 
 @hookimpl(trylast=True)
 def ingestkit_cmdline_main(config: Config) -> int:
+    config.ensure_cache_dir()  # marks the rootdir for later runs, like .pytest_cache
     session = Session(config)
     try:
         if config.option.fixtures:

@@ -3,7 +3,12 @@
 -- psycopg2.sql in lookup.py and database.py, never formatted in.
 
 -- name: schema-exists
-SELECT to_regclass('ingestkit.schema_version') IS NOT NULL;
+-- A catalog query, not to_regclass(): it reads with a fresh snapshot, so a run
+-- that waited for the schema lock sees the tables the other run just created.
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_tables
+    WHERE schemaname = 'ingestkit' AND tablename = 'schema_version'
+);
 
 -- name: schema-version
 SELECT max(version) FROM ingestkit.schema_version;
@@ -43,6 +48,9 @@ WHERE status = 'running'
   AND id <> %(own)s
   AND pg_try_advisory_xact_lock(%(ns)s, lock_key)
 RETURNING id;
+
+-- name: processor-has-history
+SELECT EXISTS (SELECT 1 FROM ingestkit.latest WHERE processor = %(processor)s);
 
 -- name: history
 SELECT key, status, attempt, content_hash, error_message
