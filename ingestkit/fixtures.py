@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .outcomes import FixtureLookupError, ScopeMismatch
@@ -88,18 +89,19 @@ class FixtureDef:
         return not self.baseid or nodeid.startswith(self.baseid)
 
 
-def _location(func: Callable, rootdir: Any) -> str:
+def _location(func: Callable, rootdir: Path) -> str:
+    """``file:line`` of a fixture: relative to rootdir, or ``ingestkit/...`` for built-ins."""
     code = getattr(func, "__code__", None)
     if code is None:
         return ""
-    filename = code.co_filename
-    try:
-        from pathlib import Path
-
-        filename = str(Path(filename).relative_to(rootdir))
-    except ValueError:
-        pass
-    return f"{filename}:{code.co_firstlineno}"
+    path = Path(code.co_filename)
+    package = Path(__file__).parent
+    for base, prefix in ((package, "ingestkit/"), (rootdir, "")):
+        try:
+            return f"{prefix}{path.relative_to(base).as_posix()}:{code.co_firstlineno}"
+        except ValueError:
+            continue
+    return f"{path}:{code.co_firstlineno}"
 
 
 class FixtureManager:

@@ -192,7 +192,7 @@ def ingestkit_runtest_logreport(report: ItemReport) -> None:
 def ingestkit_chunk_history(
     session: Session, processor: Processor, keys: list[str]
 ) -> dict[str, Any] | None:
-    """Return the latest recorded outcome of these keys, as ``{key: History}``.
+    """Return the latest recorded outcome of these keys, as ``{key: reports.History}``.
 
     Called once per chunk before its items run; the runner decides
     ``unchanged``, ``attempt`` and ``previous_error`` from it.

@@ -19,7 +19,7 @@ from psycopg2.extras import Json
 
 from .copy import NULL, copy_field, copy_rows
 from .queries import q
-from .reports import COUNTED, ItemReport
+from .reports import COUNTED, History, ItemReport
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -70,7 +70,7 @@ def ingestkit_chunk_history(
 ) -> dict[str, tuple]:
     with session.txn.conn.cursor() as cur:
         cur.execute(q("history"), {"processor": processor.nodeid, "keys": keys})
-        return {row[0]: row[1:] for row in cur.fetchall()}
+        return {row[0]: History(*row[1:]) for row in cur.fetchall()}
 
 
 def outcome_rows(reports: list[ItemReport]) -> bytes:
@@ -118,6 +118,10 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
 
 @hookimpl
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
+    if chunk.restored:
+        with session.txn.conn.cursor() as cur:
+            params = {"processor": chunk.processor.nodeid, "keys": chunk.restored}
+            cur.execute(q("restore-succeeded"), params)
     if not chunk.reports:
         return
     with session.txn.conn.cursor() as cur:

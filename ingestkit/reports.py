@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 STATUSES = ("succeeded", "failed", "error", "skipped")
 #: Counted in a batch's ``counts``: the statuses plus ``unchanged``.
@@ -34,6 +35,15 @@ class ItemReport:
     @property
     def failed(self) -> bool:
         return self.status in ("failed", "error")
+
+
+class History(NamedTuple):
+    """The latest recorded outcome of one (processor, key)."""
+
+    status: str
+    attempt: int
+    error_message: str | None
+    succeeded_hash: str | None  # content of the last success (its writes are in place)
 
 
 _SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|\b\d+(?:\.\d+)?\b|0x[0-9a-f]+", re.I)

@@ -87,7 +87,7 @@ class Chunk:
     processor: Processor
     reports: list[ItemReport] = field(default_factory=list)
     unchanged: int = 0
-    seq: int = 0
+    restored: list[str] = field(default_factory=list)  # unchanged, back to a success
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -315,18 +315,18 @@ class Runner:
                 continue
             past = history.get(item.key)
             if past is not None:
-                status, attempt, past_hash, past_error = past
                 if (
-                    status == "succeeded"
-                    and past_hash == item.content_hash
+                    past.succeeded_hash == item.content_hash
                     and not self.reprocess
                     and item.entry_error is None
                 ):
                     chunk.unchanged += 1
+                    if past.status != "succeeded":  # content went back to what succeeded
+                        chunk.restored.append(item.key)
                     continue
-                if status in ("failed", "error") and item.attempt == 1:
-                    item.attempt = attempt + 1
-                    item.previous_error = past_error
+                if past.status in ("failed", "error") and item.attempt == 1:
+                    item.attempt = past.attempt + 1
+                    item.previous_error = past.error_message
             to_run.append(item)
 
         ran: list[Item] = []

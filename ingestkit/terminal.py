@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import pluggy
 
 from . import __version__
+from .fixtures import FixtureRequest
 from .reports import COUNTED, ItemReport, message_shape
 
 if TYPE_CHECKING:
@@ -270,7 +271,8 @@ def show_fixtures(session: Session) -> int:
         autouse = " (autouse)" if fdef.autouse else ""
         out.write_line(f"{fdef.name}{scope}{autouse} -- {fdef.location}")
         out.write_line(f"    {fdef.doc or 'no docstring available'}")
-    out.write_line("request -- ingestkit/fixtures.py")
+    line = FixtureRequest.__init__.__code__.co_firstlineno
+    out.write_line(f"request -- ingestkit/fixtures.py:{line}")
     out.write_line(
         "    who is asking: .fixturename, .nodeid, .scope, .config, .addfinalizer, .getfixturevalue"
     )

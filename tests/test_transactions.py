@@ -243,3 +243,16 @@ def process_n(record, db):
         for r in project.query("SELECT status FROM ingestkit.batches ORDER BY started_at")
     ]
     assert statuses == ["interrupted", "finished"]
+
+
+def test_content_reverted_to_what_succeeded_is_unchanged_again(project):
+    write_rows(project, """    db.insert("t", record)""", n=3)
+    assert project.run().counts == {"succeeded": 3}
+    source = (project.root / "ingest_rows.py").read_text()
+    project.write("ingest_rows.py", source.replace('"v%d" % i', '"w%d" % i'))
+    changed = project.run()  # plain inserts: the changed rows collide with the old ones
+    assert changed.counts == {"failed": 3}
+    project.write("ingest_rows.py", source)
+    reverted = project.run()
+    assert reverted.counts == {"unchanged": 3}
+    assert "nothing to rerun" in project.run("--lf").output

@@ -53,7 +53,7 @@ RETURNING id;
 SELECT EXISTS (SELECT 1 FROM ingestkit.latest WHERE processor = %(processor)s);
 
 -- name: history
-SELECT key, status, attempt, content_hash, error_message
+SELECT key, status, attempt, error_message, succeeded_hash
 FROM ingestkit.latest
 WHERE processor = %(processor)s AND key = ANY(%(keys)s);
 
@@ -92,19 +92,29 @@ WITH audit AS (
     FROM pg_temp.ingestkit_outcomes ORDER BY seq
 )
 INSERT INTO ingestkit.latest AS l (processor, key, batch_id, status, attempt, content_hash,
-                                   error_message, payload, finished_at)
+                                   error_message, payload, finished_at, succeeded_hash)
 SELECT DISTINCT ON (processor, key)
        processor, key, %(batch_id)s, status, attempt, content_hash, error_message,
        CASE WHEN status IN ('failed', 'error') THEN payload END,
-       to_timestamp(finished_epoch)
+       to_timestamp(finished_epoch),
+       CASE WHEN status = 'succeeded' THEN content_hash END
 FROM pg_temp.ingestkit_outcomes
 WHERE track
 ORDER BY processor, key, seq DESC
 ON CONFLICT (processor, key) DO UPDATE
 SET batch_id = excluded.batch_id, status = excluded.status, attempt = excluded.attempt,
     content_hash = excluded.content_hash, error_message = excluded.error_message,
-    payload = excluded.payload, finished_at = excluded.finished_at;
+    payload = excluded.payload, finished_at = excluded.finished_at,
+    succeeded_hash = coalesce(excluded.succeeded_hash, l.succeeded_hash);
 TRUNCATE pg_temp.ingestkit_outcomes;
+
+-- name: restore-succeeded
+-- Keys whose content went back to what last succeeded: their writes are in
+-- place, so their latest outcome is that success again.
+UPDATE ingestkit.latest
+SET status = 'succeeded', content_hash = succeeded_hash, error_message = NULL, payload = NULL,
+    attempt = 1
+WHERE processor = %(processor)s AND key = ANY(%(keys)s);
 
 -- name: last-failed
 SELECT key, attempt, error_message, payload, content_hash

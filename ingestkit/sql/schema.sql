@@ -64,6 +64,8 @@ CREATE TABLE ingestkit.latest (
     error_message  text,
     payload        jsonb,
     finished_at    timestamptz NOT NULL,
+    -- the content whose writes are in the database: its last success
+    succeeded_hash text,
     PRIMARY KEY (processor, key)
 );
 CREATE INDEX latest_failed_idx ON ingestkit.latest (processor, key)
