@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -54,6 +55,7 @@ class TerminalReporter:
         self.proc_started = 0.0
         self.last_plain = 0.0
         self.current: Processor | None = None
+        self.total: int | None = None
         self.isatty = bool(getattr(self.file, "isatty", lambda: False)())
         self._line_open = False
 
@@ -62,8 +64,8 @@ class TerminalReporter:
         return self._file or sys.stdout
 
     def write_line(self, line: str = "") -> None:
-        if self._line_open:
-            self.file.write("\n")
+        if self._line_open:  # replace the progress line
+            self.file.write("\r\x1b[K")
             self._line_open = False
         self.file.write(self.config.mask(line) + "\n")
         self.file.flush()
@@ -111,6 +113,8 @@ class TerminalReporter:
 
     def processor_start(self, processor: Processor) -> None:
         self.current = processor
+        src = processor.source.src if processor.source else None
+        self.total = len(src) if isinstance(src, Sized) and not isinstance(src, str) else None
         self.proc_counts = {}
         self.proc_failed = 0
         self.proc_started = self.last_plain = time.perf_counter()
@@ -138,7 +142,13 @@ class TerminalReporter:
 
     def _progress(self, now: float) -> str:
         done = sum(self.proc_counts.values())
-        parts = [f"{self.current.nodeid if self.current else ''} {done:,} items"]
+        nodeid = self.current.nodeid if self.current else ""
+        if self.total:
+            share = min(done / self.total, 1.0)
+            bar = f" [{'#' * int(share * 20):<20}] {share:4.0%}" if self.isatty else ""
+            parts = [f"{nodeid}{bar} {done:,}/{self.total:,}"]
+        else:
+            parts = [f"{nodeid} {done:,} items"]
         parts.append(_rate(done, now - self.proc_started))
         if self.proc_failed:
             parts.append(f"{self.proc_failed:,} failed")
