@@ -90,6 +90,7 @@ class Collector:
         self.config = session.config
         self.rootdir = session.config.rootdir
         self._conftests: dict[Path, ModuleType | None] = {}
+        self._conftest_errors: dict[Path, BaseException] = {}
         self.added_modules: list[str] = []
         self.added_paths: list[str] = []
 
@@ -119,10 +120,16 @@ class Collector:
             chain = chain[: chain.index(self.rootdir) + 1]
         for folder in reversed(chain):
             path = folder / "conftest.py"
+            if path in self._conftest_errors:
+                # every file below a broken conftest.py is an error, never run without it
+                raise self._conftest_errors[path]
             if path in self._conftests or not path.is_file():
                 continue
-            self._conftests[path] = None
-            module = self.import_file(path)  # errors propagate: reported for the file
+            try:
+                module = self.import_file(path)
+            except Exception as exc:
+                self._conftest_errors[path] = exc
+                raise
             self._conftests[path] = module
             baseid = _relpath(folder, self.rootdir)
             baseid = "" if baseid == "." else baseid + "/"
@@ -247,11 +254,17 @@ def collect(session: Session) -> tuple[list[Processor], list[CollectReport]]:
     processors: list[Processor] = []
     errors: list[CollectReport] = []
     done: dict[Path, list[Processor]] = {}
+    whole: set[int] = set()  # processors some argument selected without a key
     for arg in args:
         path_part, rest = split_nodeid(arg)
         path = (config.invocation_dir / path_part).resolve()
         if not path.exists():
             raise UsageError(f"file or directory not found: {arg}")
+        if path.is_dir():
+            try:  # so that --fixtures sees them even where nothing is collected yet
+                session.collector.load_conftests(path)
+            except Exception:
+                pass  # reported with the files below it
         selected: list[Processor] = []
         for file_path in _walk(path, session):
             if file_path in done:
@@ -274,9 +287,16 @@ def collect(session: Session) -> tuple[list[Processor], list[CollectReport]]:
             if not matching and not errors:
                 raise UsageError(f"not found: {arg} (no processor {name!r} in {path_part})")
             for proc in matching:
-                if key is not None:
+                if key is not None and id(proc) not in whole:
                     proc.selected_keys = (proc.selected_keys or set()) | {key}
+                elif key is None:
+                    whole.add(id(proc))
+                    proc.selected_keys = None
             selected = matching
+        else:
+            for proc in selected:
+                whole.add(id(proc))
+                proc.selected_keys = None
         for proc in selected:
             if proc not in processors:
                 processors.append(proc)

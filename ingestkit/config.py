@@ -26,6 +26,8 @@ BUILTIN_PLUGINS = (
     "lastfailed",
     "terminal",
     "junitxml",
+    "lookback",
+    "html",
 )
 ESSENTIAL = frozenset({"main", "collection", "builtin", "runner", "recorder"})
 
@@ -159,21 +161,25 @@ class Config:
     # -- construction ------------------------------------------------------
 
     def parse(self, args: list[str]) -> None:
-        """Find rootdir and the config file, then parse ``addopts + args``."""
-        early = _preparse_plugins(args)
-        self.rootdir, self.inipath, self.inicfg = find_rootdir(
-            [a for a in args if not a.startswith("-")], self.invocation_dir
-        )
-        unknown = sorted(set(self.inicfg) - set(self.config_keys))
-        addopts = self.inicfg.get("addopts", [])
-        if isinstance(addopts, str):
-            addopts = shlex.split(addopts)
-        early += _preparse_plugins(addopts)
-        self._load_plugins(early)
+        """Find rootdir and the config file, then parse ``addopts + args``.
+
+        Plugins named with ``-p`` on the command line load first, so their
+        options parse; the positional arguments then locate the rootdir, whose
+        config file may add options (``addopts``) and plugins of its own.
+        """
+        self._load_plugins(_preparse_plugins(args))
         parser = ArgumentParser(prog="ingestkit", add_help=True)
         self.hook.ingestkit_addoption.call_historic(
             kwargs=dict(parser=parser, config_keys=self.config_keys)
         )
+        known, _unknown = parser.parse_known_args(args)
+        self.rootdir, self.inipath, self.inicfg = find_rootdir(
+            list(known.file_or_dir), self.invocation_dir
+        )
+        addopts = self.inicfg.get("addopts", [])
+        if isinstance(addopts, str):
+            addopts = shlex.split(addopts)
+        self._load_plugins(_preparse_plugins(addopts), builtins=False)
         unknown = sorted(set(self.inicfg) - set(self.config_keys))
         if unknown:
             raise UsageError(f"{self.inipath}: unknown config key(s): {', '.join(unknown)}")
@@ -181,21 +187,22 @@ class Config:
         self.option = parser.parse_args(self.argv)
         self.args = list(self.option.file_or_dir)
 
-    def _load_plugins(self, specs: list[str]) -> None:
+    def _load_plugins(self, specs: list[str], builtins: bool = True) -> None:
         pm = self.pluginmanager
         for spec in specs:
             if spec.startswith("no:"):
                 name = spec[3:]
                 if name in ESSENTIAL:
                     raise UsageError(f"plugin {name!r} cannot be disabled")
+                plugin = pm.get_plugin(name)
+                if plugin is not None:  # blocked from addopts, after it loaded
+                    pm.unregister(plugin)
                 pm.set_blocked(name)
-                pm.set_blocked(f"ingestkit.{name}")
-        for name in BUILTIN_PLUGINS:
-            if pm.is_blocked(name):
-                continue
-            module = importlib.import_module(f"ingestkit.{name}")
-            pm.register(module, name=name)
-        pm.load_setuptools_entrypoints("ingestkit")
+        if builtins:
+            for name in BUILTIN_PLUGINS:
+                if not pm.is_blocked(name):
+                    pm.register(importlib.import_module(f"ingestkit.{name}"), name=name)
+            pm.load_setuptools_entrypoints("ingestkit")
         for spec in specs:
             if spec.startswith("no:") or pm.has_plugin(spec) or pm.is_blocked(spec):
                 continue

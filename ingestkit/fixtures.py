@@ -148,14 +148,29 @@ class FixtureManager:
                 out[name] = defs
         return out
 
-    def closure(self, nodeid: str, argnames: Iterable[str], scope: str = "item") -> Closure:
-        """Resolve ``argnames`` (plus autouse fixtures) for a requester of ``scope``."""
-        autouse = [d.name for defs in self.visible(nodeid).values() for d in defs[-1:] if d.autouse]
-        autouse.sort(key=lambda n: -SCOPE_RANK[self.defs_for(n, nodeid)[-1].scope])
+    def closure(
+        self,
+        nodeid: str,
+        argnames: Iterable[str],
+        scope: str = "item",
+        requester: str = "processor",
+        autouse: bool = True,
+    ) -> Closure:
+        """Resolve ``argnames`` (plus autouse fixtures) for a requester of ``scope``.
+
+        Autouse fixtures come first: wider scopes first, then outer
+        definitions (plugins, outer conftests) before inner ones.
+        """
+        argnames = list(argnames)
+        auto = []
+        if autouse:
+            defs = [d for ds in self.visible(nodeid).values() for d in ds[-1:] if d.autouse]
+            defs.sort(key=lambda d: (-SCOPE_RANK[d.scope], len(d.baseid)))
+            auto = [d.name for d in defs]
         closure = Closure()
-        for name in [*autouse, *argnames]:
+        for name in [*auto, *argnames]:
             try:
-                fdef = self._resolve(name, nodeid, None, scope, closure, "processor")
+                fdef = self._resolve(name, nodeid, None, scope, closure, requester)
             except (FixtureLookupError, ScopeMismatch) as exc:
                 closure.error = exc
                 return closure
@@ -192,14 +207,23 @@ class FixtureManager:
                 f"ScopeMismatch: {requester} with scope '{scope}' requested fixture "
                 f"'{name}' with scope '{fdef.scope}'"
             )
+        if fdef in closure.resolving:
+            cycle = closure.resolving[closure.resolving.index(fdef) :]
+            chain = " -> ".join(d.name for d in [*cycle, fdef])
+            raise FixtureLookupError(
+                f"recursive dependency involving fixture '{fdef.name}' detected: {chain}"
+            )
         if fdef in closure.deps:
             return fdef
-        closure.deps[fdef] = []  # guards against cycles
+        closure.resolving.append(fdef)
+        deps = []
         for argname in fdef.argnames:
             dep = self._resolve(
                 argname, nodeid, fdef, fdef.scope, closure, f"fixture '{fdef.name}'"
             )
-            closure.deps[fdef].append((argname, dep))
+            deps.append((argname, dep))
+        closure.resolving.pop()
+        closure.deps[fdef] = deps
         closure.order.append(fdef)
         return fdef
 
@@ -213,9 +237,16 @@ class Closure:
     deps: dict[FixtureDef, list[tuple[str, FixtureDef | None]]] = field(default_factory=dict)
     order: list[FixtureDef] = field(default_factory=list)  # dependencies first
     error: Exception | None = None
+    resolving: list[FixtureDef] = field(default_factory=list)
 
     def wider_than_item(self) -> list[FixtureDef]:
-        return [d for d in self.order if d.scope != "item"]
+        """Fixtures to set up when the processor starts: widest scope first.
+
+        The sort is stable and a fixture only depends on fixtures of its own
+        or a wider scope, so dependencies still come before their users.
+        """
+        wider = [d for d in self.order if d.scope != "item"]
+        return sorted(wider, key=lambda d: -SCOPE_RANK[d.scope])
 
     def item_scoped(self) -> list[FixtureDef]:
         return [d for d in self.order if d.scope == "item"]
@@ -248,7 +279,10 @@ class FixtureRequest:
 
     def getfixturevalue(self, name: str) -> Any:
         """Set up (or reuse) fixture ``name`` from code."""
-        closure = self._runtime.manager.closure(self.nodeid, [name], self.scope)
+        requester = f"fixture '{self.fixturename}'" if self.fixturename else "processor"
+        closure = self._runtime.manager.closure(
+            self.nodeid, [name], self.scope, requester=requester, autouse=False
+        )
         if closure.error is not None:
             raise closure.error
         return self._runtime.value(closure, closure.args[0][1], self)

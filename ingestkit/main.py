@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
 import sys
 import time
 import uuid
@@ -228,17 +229,25 @@ def ingestkit_cmdline_main(config: Config) -> int:
 def run_batch(session: Session) -> int:
     config = session.config
     config.hook.ingestkit_batch_start(session=session)
-    with session.capture:
+    status: int = ExitCode.INTERNAL_ERROR
+    try:
+        with session.capture:
+            try:
+                config.hook.ingestkit_runtestloop(session=session)
+            except KeyboardInterrupt:
+                session.interrupted = True
+                session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
+                session.txn.rollback()
+            except ConnectionLost as exc:
+                session.fatal = f"lost the database connection: {exc}"
+        status = session.exitstatus
+    finally:
+        # also after an internal error (status 3): the batch row is finished, not left running
         try:
-            config.hook.ingestkit_runtestloop(session=session)
-        except KeyboardInterrupt:
-            session.interrupted = True
-            session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
-            session.txn.rollback()
-        except ConnectionLost as exc:
-            session.fatal = f"lost the database connection: {exc}"
-    status = session.exitstatus
-    config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
+            config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
+        except Exception:
+            if status != ExitCode.INTERNAL_ERROR:
+                raise
     return status
 
 
@@ -263,6 +272,9 @@ def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except Exception:
         import traceback
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .fixtures import Closure, argnames_of
+from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import RecordError, Skipped
 from .reports import ItemReport
@@ -170,8 +170,6 @@ class Runner:
         wider = closure.wider_than_item()
         if not wider:
             return None
-        from .fixtures import FixtureRequest
-
         request = FixtureRequest(self.runtime, processor.nodeid, "processor", None, processor)
         try:
             for fdef in wider:
@@ -527,10 +525,8 @@ def default_entries(processor: Processor, session: Session) -> Iterator[Entry]:
 def ingestkit_make_source(spec: Any, processor: Processor, session: Session) -> Iterable[Entry]:
     src = spec.src
     if callable(src) and not isinstance(src, Reader) and not hasattr(src, "__iter__"):
-        from .fixtures import FixtureRequest
-
         closure = session.fixturemanager.closure(
-            processor.nodeid, argnames_of(src), scope="processor"
+            processor.nodeid, argnames_of(src), "processor", requester="source", autouse=False
         )
         if closure.error is not None:
             raise closure.error

@@ -270,7 +270,16 @@ def show_collected(session: Session) -> None:
 
 def show_fixtures(session: Session) -> int:
     out = TerminalReporter(session.config)
+    rootdir = session.config.rootdir
     nodeids = [p.nodeid for p in session.processors] or [""]
+    for arg in session.config.args or ["."]:
+        path = (session.config.invocation_dir / arg.split("::", 1)[0]).resolve()
+        if path.is_dir():
+            try:
+                rel = path.relative_to(rootdir).as_posix()
+            except ValueError:
+                continue
+            nodeids.append("" if rel == "." else rel + "/")
     seen: dict[int, Any] = {}
     for nodeid in nodeids:
         for defs in session.fixturemanager.visible(nodeid).values():

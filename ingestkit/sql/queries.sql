@@ -130,3 +130,57 @@ SELECT to_regclass(%s)::oid;
 
 -- name: fk-parents
 SELECT confrelid::oid FROM pg_constraint WHERE contype = 'f' AND conrelid = %s;
+
+-- Looking back (lookback.py) ------------------------------------------------
+
+-- name: recent-batches
+SELECT id, started_at, finished_at, status, exit_code, hostname, counts, meta, argv,
+       extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds
+FROM ingestkit.batches
+ORDER BY started_at DESC
+LIMIT %(limit)s;
+
+-- name: find-batch
+SELECT id, started_at, finished_at, status, exit_code, hostname, counts, meta, argv,
+       extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds
+FROM ingestkit.batches
+WHERE %(prefix)s = '' OR id::text LIKE %(prefix)s || '%%'
+ORDER BY started_at DESC
+LIMIT 2;
+
+-- name: batch-items
+SELECT processor, key, status, attempt, duration_ms, error_type, error_message, traceback,
+       log, payload, finished_at, location
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))
+ORDER BY finished_at, processor, key
+LIMIT %(limit)s;
+
+-- name: trace-key
+SELECT i.batch_id, b.started_at AS batch_started_at, i.status, i.attempt, i.error_type,
+       i.error_message, i.finished_at, i.location
+FROM ingestkit.items i JOIN ingestkit.batches b ON b.id = i.batch_id
+WHERE i.processor = %(processor)s AND i.key = %(key)s
+ORDER BY i.finished_at;
+
+-- name: processor-summary
+SELECT processor, status, count(*) AS n, sum(duration_ms) AS total_ms,
+       avg(duration_ms) AS avg_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s
+GROUP BY processor, status
+ORDER BY processor, status;
+
+-- name: failure-samples
+SELECT DISTINCT ON (processor, error_type, shape)
+       processor, error_type, shape, error_message, traceback, key, location,
+       count(*) OVER (PARTITION BY processor, error_type, shape) AS n,
+       (array_agg(key) OVER (PARTITION BY processor, error_type, shape))[1:5] AS sample_keys
+FROM (
+    SELECT *, regexp_replace(split_part(coalesce(error_message, ''), E'\n', 1),
+                             $re$'[^']*'|"[^"]*"|\m\d+(\.\d+)?\M$re$, '…', 'g') AS shape
+    FROM ingestkit.items
+    WHERE batch_id = %(batch_id)s AND status IN ('failed', 'error')
+) f
+ORDER BY processor, error_type, shape, finished_at;
