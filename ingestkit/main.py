@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import psycopg2
 
 from . import __version__
 from .capture import LogCapture
@@ -240,6 +241,11 @@ def run_batch(session: Session) -> int:
                 session.txn.rollback()
             except ConnectionLost as exc:
                 session.fatal = f"lost the database connection: {exc}"
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if not session.txn.conn.closed:
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                session.fatal = f"lost the database connection: {first}"
         status = session.exitstatus
     finally:
         # also after an internal error (status 3): the batch row is finished, not left running

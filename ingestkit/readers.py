@@ -2,11 +2,14 @@
 
 Each yields :class:`~ingestkit.sources.Entry` objects one at a time, so memory
 does not grow with the file. A record that cannot be read becomes an entry with
-``error`` set (naming the file and line) and reading goes on where it can.
+``error`` set (naming the file and line) and reading goes on where it can. A
+file that cannot be opened raises :class:`SourceUnreadable`: one ``error``
+item for the processor.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -19,34 +22,60 @@ from .sources import Entry, Reader
 _READ_SIZE = 1 << 16
 
 
-def _open_error(path: Path, exc: OSError) -> Entry:
-    return Entry(None, str(path), f"cannot open {path}: {exc.strerror or exc}")
+class SourceUnreadable(OSError):
+    """A reader's file could not be opened."""
 
 
-class _CheckedLines:
-    """Text lines of a binary file, noting the numbers of lines that were not valid."""
+def _open(path: Path) -> Any:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the readers close it
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot open {path}: {exc.strerror or exc}") from None
 
-    def __init__(self, text: io.TextIOBase, encoding: str) -> None:
+
+def _encoding_name(encoding: str) -> str:
+    name = codecs.lookup(encoding).name
+    return "UTF-8" if name in ("utf-8", "utf-8-sig") else name
+
+
+def _bad_char(text: str, encoding: str) -> str | None:
+    """Why ``text`` (decoded with surrogateescape) is not valid, or None."""
+    if text.isascii():
+        return "NUL byte" if "\0" in text else None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = text[exc.start].encode("utf-8", "surrogateescape")
+        return f"invalid {_encoding_name(encoding)} byte 0x{byte.hex()}"
+    return "NUL byte" if "\0" in text else None
+
+
+class _Lines:
+    """Text lines of a file, numbered, noting bad ones and counting quotes."""
+
+    def __init__(self, text: Any, encoding: str, quotechar: str | None) -> None:
         self.text = text
         self.encoding = encoding
+        self.quotechar = quotechar
         self.lineno = 0
         self.bad: dict[int, str] = {}
+        self.quotes = 0  # quote characters since the last reset (record start)
 
     def __iter__(self) -> Iterator[str]:
-        check_utf8 = self.encoding.replace("_", "-").lower().startswith("utf-8")
-        for line in self.text:
-            self.lineno += 1
-            if check_utf8 and not line.isascii():
-                try:
-                    line.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    bad = line[exc.start].encode("utf-8", "surrogateescape")
-                    self.bad[self.lineno] = (
-                        f"invalid {self.encoding} byte 0x{bad.hex()} at column {exc.start + 1}"
-                    )
-            if "\0" in line:
-                self.bad[self.lineno] = "NUL byte in line"
-            yield line
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.text)
+        self.lineno += 1
+        problem = _bad_char(line, self.encoding)
+        if problem is not None:
+            column = 1 + next(
+                (i for i, c in enumerate(line) if c == "\0" or "\udc80" <= c <= "\udcff"), 0
+            )
+            self.bad[self.lineno] = f"{problem} at column {column}"
+        if self.quotechar:
+            self.quotes += line.count(self.quotechar)
+        return line
 
 
 class read_csv(Reader):  # noqa: N801 - public API reads like a function
@@ -55,64 +84,80 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
     ``csv_options`` go to :func:`csv.reader` (``delimiter``, ``quotechar``, …);
     ``encoding`` (default ``utf-8``, a BOM is dropped) opens the file. A row with
     the wrong number of fields, undecodable bytes or broken quoting becomes an
-    ``error`` item naming the file and line.
+    ``error`` item naming the file and line; an unterminated quote runs, as
+    CSV says, to the end of the file, and is one error naming where it opened.
     """
 
     def __init__(self, path: str | Path, encoding: str = "utf-8", **csv_options: Any) -> None:
         super().__init__(path)
-        self.encoding = "utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding
-        self.csv_options = csv_options
+        self.encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        self.csv_options = {"strict": True, **csv_options}
 
     def entries(self, base: Path | None = None) -> Iterator[Entry]:
         path = self.resolve(base)
-        try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            yield _open_error(path, exc)
-            return
-        with raw:
+        with _open(path) as raw:
             text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
-            lines = _CheckedLines(text, self.encoding)
-            reader = csv.reader(iter(lines), **self.csv_options)
-            header: list[str] | None = None
-            last_line = 0
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as exc:
-                    yield Entry(
-                        None, f"{path}:{reader.line_num}", f"{path}, line {reader.line_num}: {exc}"
+            dialect = csv.reader(io.StringIO(""), **self.csv_options).dialect
+            quotechar = dialect.quotechar if dialect.quoting != csv.QUOTE_NONE else None
+            lines = _Lines(text, self.encoding, quotechar)
+            yield from self._records(csv.reader(lines, **self.csv_options), lines, path, quotechar)
+
+    def _records(
+        self, reader: Any, lines: _Lines, path: Path, quotechar: str | None
+    ) -> Iterator[Entry]:
+        header: list[str] | None = None
+        width = 0
+        end = 0  # last line of the previous record
+        while True:
+            lines.quotes = 0
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                first = end + 1
+                message = str(exc)
+                if "unexpected end of data" in message:
+                    message = (
+                        f"unterminated quoted field: the quote opened on line {first} "
+                        f"runs to the end of the file (line {lines.lineno})"
                     )
-                    last_line = reader.line_num
-                    continue
-                first, last_line = last_line + 1, reader.line_num
-                where = f"{path}:{first}"
-                bad = [
-                    f"line {n}: {lines.bad.pop(n)}"
-                    for n in range(first, last_line + 1)
-                    if n in lines.bad
-                ]
-                if bad:
-                    yield Entry(None, where, f"{path}, {'; '.join(bad)}")
-                    continue
+                elif quotechar and lines.quotes % 2:
+                    # still inside a quoted field: skip to where it closes
+                    for line in lines:
+                        if line.count(quotechar) % 2:
+                            break
+                end = lines.lineno
+                yield Entry(None, f"{path}:{first}", f"{path}, line {first}: {message}")
                 if header is None:
-                    if not row:
-                        continue
-                    header = row
-                    width = len(header)
-                    continue
-                if not row:  # blank line
-                    continue
-                if len(row) != width:
+                    return
+                continue
+            first, end = end + 1, lines.lineno
+            where = f"{path}:{first}"
+            bad = [f"line {n}: {lines.bad.pop(n)}" for n in range(first, end + 1) if n in lines.bad]
+            if header is None:
+                if bad:
                     yield Entry(
-                        dict(zip(header, row, strict=False)),
-                        where,
-                        f"{path}, line {first}: expected {width} fields, got {len(row)}",
+                        None, where, f"{path}, header {'; '.join(bad)}: no record can be read"
                     )
+                    return
+                if not row:
                     continue
-                yield Entry(dict(zip(header, row, strict=True)), where)
+                header, width = row, len(row)
+                continue
+            if bad:
+                yield Entry(None, where, f"{path}, {'; '.join(bad)}")
+                continue
+            if not row:  # blank line
+                continue
+            if len(row) != width:
+                yield Entry(
+                    dict(zip(header, row, strict=False)),
+                    where,
+                    f"{path}, line {first}: expected {width} fields, got {len(row)}",
+                )
+                continue
+            yield Entry(dict(zip(header, row, strict=True)), where)
 
 
 class read_jsonl(Reader):  # noqa: N801
@@ -120,25 +165,22 @@ class read_jsonl(Reader):  # noqa: N801
 
     def entries(self, base: Path | None = None) -> Iterator[Entry]:
         path = self.resolve(base)
-        try:
-            raw = open(path, "rb")  # noqa: SIM115
-        except OSError as exc:
-            yield _open_error(path, exc)
-            return
-        with raw:
+        with _open(path) as raw:
             for lineno, line in enumerate(raw, 1):
                 where = f"{path}:{lineno}"
-                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                if lineno == 1 and line.startswith(codecs.BOM_UTF8):
                     line = line[3:]
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line.decode("utf-8"))
                 except UnicodeDecodeError as exc:
+                    byte = line[exc.start : exc.start + 1].hex()
                     yield Entry(
                         None,
                         where,
-                        f"{path}, line {lineno}: invalid UTF-8 ({exc.reason} at byte {exc.start})",
+                        f"{path}, line {lineno}: invalid UTF-8 byte 0x{byte} "
+                        f"at column {exc.start + 1}",
                     )
                     continue
                 except json.JSONDecodeError as exc:
@@ -153,25 +195,49 @@ class read_jsonl(Reader):  # noqa: N801
                 yield Entry(record, where)
 
 
+def _value_end(buf: str, pos: int) -> int | None:
+    """Where the JSON value starting at ``pos`` ends, found by bracket matching
+    (for skipping a malformed element); None when ``buf`` ends first."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(pos, len(buf)):
+        c = buf[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+            if depth < 0:
+                return i
+        elif c == "," and depth == 0:
+            return i
+    return None
+
+
 class read_json(Reader):  # noqa: N801
-    """Stream the elements of a JSON file whose top level is an array."""
+    """Stream the elements of a JSON file whose top level is an array.
+
+    A malformed element (or one with undecodable bytes) is an ``error`` item
+    naming its record number; reading resumes at the next element.
+    """
 
     def entries(self, base: Path | None = None) -> Iterator[Entry]:
         path = self.resolve(base)
-        try:
-            raw = open(path, "rb")  # noqa: SIM115
-        except OSError as exc:
-            yield _open_error(path, exc)
-            return
-        with raw:
-            text = io.TextIOWrapper(raw, "utf-8-sig", errors="strict")
-            try:
-                yield from self._elements(text, path)
-            except UnicodeDecodeError as exc:
-                yield Entry(None, str(path), f"{path}: invalid UTF-8 ({exc.reason})")
+        with _open(path) as raw:
+            text = io.TextIOWrapper(raw, "utf-8-sig", errors="surrogateescape")
+            yield from self._elements(text, path)
 
     @staticmethod
-    def _elements(text: io.TextIOBase, path: Path) -> Iterator[Entry]:
+    def _elements(text: Any, path: Path) -> Iterator[Entry]:
         decoder = json.JSONDecoder()
         buf, pos, eof, number, consumed = "", 0, False, 0, 0
 
@@ -209,6 +275,7 @@ class read_json(Reader):  # noqa: N801
         while True:
             skip_ws()
             number += 1
+            where = f"{path}#{number}"
             while True:
                 try:
                     record, end = decoder.raw_decode(buf, pos)
@@ -216,18 +283,27 @@ class read_json(Reader):  # noqa: N801
                     if not eof and fill():
                         continue
                     offset = consumed + exc.pos
-                    yield Entry(
-                        None,
-                        f"{path}#{number}",
-                        f"{path}, record {number}: invalid JSON at character {offset}: {exc.msg}",
+                    message = (
+                        f"{path}, record {number}: invalid JSON at character {offset}: {exc.msg}"
                     )
-                    return
+                    while (skip := _value_end(buf, pos)) is None and fill():
+                        pass
+                    if skip is None:  # the array never closes
+                        yield Entry(None, where, message)
+                        return
+                    record, end = None, skip
+                    yield Entry(None, where, message)
+                    break
                 # a number at the end of the buffer may continue in the next read
                 if end == len(buf) and not eof and fill():
                     continue
+                problem = _bad_char(buf[pos:end], "utf-8")
+                if problem is not None:
+                    yield Entry(None, where, f"{path}, record {number}: {problem}")
+                else:
+                    yield Entry(record, where)
                 break
             pos = end
-            yield Entry(record, f"{path}#{number}")
             sep = skip_ws()
             if sep == ",":
                 pos += 1

@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import psycopg2
 from psycopg2.extras import Json
 
 from .copy import NULL, copy_field, copy_rows
@@ -137,6 +138,15 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     batch = session.batch
     counts = {name: session.counts.get(name, 0) for name in COUNTED}
     status = "interrupted" if exitstatus == 2 else "finished"
+    try:
+        _finish(conn, batch, status, exitstatus, counts)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        if not conn.closed:
+            raise
+        # the server went away: the next run sees the batch's lock gone and marks it interrupted
+
+
+def _finish(conn: Any, batch: Any, status: str, exitstatus: int, counts: dict) -> None:
     with conn.cursor() as cur:
         cur.execute(
             q("finish-batch"),

@@ -22,6 +22,7 @@ import pluggy
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import RecordError, Skipped
+from .readers import SourceUnreadable
 from .reports import ItemReport
 from .sources import Entry, Reader, content_hash, iter_entries, make_keyfunc, to_json
 from .transaction import ConnectionLost, ReplayChunk
@@ -41,6 +42,12 @@ _PER_ITEM_HOOKS = (
     "ingestkit_runtest_teardown",
     "ingestkit_runtest_makereport",
     "ingestkit_runtest_logreport",
+)
+
+
+_ENDED_TRANSACTION = (
+    "the processor ended the transaction (COMMIT or ROLLBACK): ingestkit commits each "
+    "item's writes together with its outcome; do not commit inside a processor"
 )
 
 
@@ -105,6 +112,10 @@ def _trim_traceback(exc: BaseException) -> str:
 
 def _message(exc: BaseException) -> str:
     text = str(exc).strip()
+    if "CONTEXT:  COPY " in text:  # "line 1" of ingestkit's own COPY, not of the user's file
+        text = "\n".join(
+            line for line in text.splitlines() if not line.startswith("CONTEXT:  COPY ")
+        )
     return text or type(exc).__name__
 
 
@@ -244,7 +255,12 @@ class Runner:
         elif entry.key is not None:
             key = entry.key
         elif entry.error is not None:
-            key = f"#{position}"
+            try:  # a record that was read but is bad (e.g. too many fields) keeps its key
+                key = (
+                    keyfunc(entry.record, position) if entry.record is not None else f"#{position}"
+                )
+            except Exception:
+                key = f"#{position}"
         else:
             try:
                 key = keyfunc(entry.record, position)
@@ -278,7 +294,8 @@ class Runner:
         if processor.source is not None and isinstance(processor.source.src, Reader):
             where = f" ({processor.source.src.resolve(processor.source.declared_in)})"
         report = self._report(item, "error", exc, 0.0)
-        report.error_message = f"the source{where} could not be read: {_message(exc)}"
+        if not isinstance(exc, SourceUnreadable):
+            report.error_message = f"the source{where} could not be read: {_message(exc)}"
         chunk.reports.append(report)
         self._commit(chunk)
 
@@ -446,7 +463,9 @@ class Runner:
             errors = runtime.teardown("item")
             if errors and status in ("succeeded", "skipped"):
                 status, exc = "error", errors[0]
-        if status == "succeeded" and item.statement_error is not None:
+        if item.has_statements and txn.transaction_ended():
+            status, exc = "failed", RuntimeError(_ENDED_TRANSACTION)
+        elif status == "succeeded" and item.statement_error is not None:
             status, exc = "failed", item.statement_error
         if status == "succeeded":
             try:

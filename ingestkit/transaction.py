@@ -41,6 +41,14 @@ class ReplayChunk(Exception):
         self.culprits = culprits
 
 
+def _as_bytes(query: Any, cur: Any) -> bytes:
+    if isinstance(query, sql.Composable):
+        query = query.as_string(cur)
+    if isinstance(query, str):
+        return query.encode(psycopg2.extensions.encodings.get(cur.connection.encoding, "utf-8"))
+    return query
+
+
 def table_identifier(name: str) -> sql.Composable:
     """``"schema.table"`` or ``"table"`` as a quoted identifier."""
     parts = name.split(".")
@@ -79,51 +87,68 @@ class Transaction:
         writes need a replay to undo.
         """
         owner = self.owner
-        prefix = self._prepare(owner)
         cur = self.conn.cursor()
+        # Client-side problems (a parameter too few, a NUL in a string) raise
+        # here, before anything reaches the server or the savepoints change.
+        statement = cur.mogrify(query, params) if params is not None else _as_bytes(query, cur)
+        prefix = self._prepare(owner)
         try:
-            if prefix:
-                if not isinstance(query, str):
-                    query = query.as_string(self.conn)
-                query = prefix + query
-            cur.execute(query, params)
+            cur.execute(prefix + statement if prefix else statement)
         except psycopg2.Error as exc:
             if is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
+            if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
+                self._savepoint_owner = owner
             if owner is None:
                 # sources and wider fixtures: keep the transaction usable
                 self._rollback_to_savepoint()
-            else:
+            elif owner.statement_error is None:  # the first error is the cause
                 owner.statement_error = exc
             raise
+        if prefix:
+            self._savepoint_owner = owner
         if owner is not None and not reads_only:
             owner.has_statements = True
         return cur
 
     def connection_for(self, owner: Any) -> Any:
-        """The raw connection, after making ``owner``'s writes through it undoable."""
+        """The raw connection, after making ``owner``'s writes through it undoable.
+
+        The transaction is ingestkit's: a processor that commits or rolls back
+        on it fails (see :meth:`transaction_ended`).
+        """
         if owner is not None:
             self.execute("SELECT 1")
         return self.conn
 
-    def _prepare(self, owner: Any) -> str:
+    def transaction_ended(self) -> bool:
+        """True if something (a raw ``COMMIT``) ended the chunk's transaction."""
+        idle = self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        ended = self._in_chunk and idle and self._savepoint_owner is not _NOBODY
+        if ended:
+            self._savepoint_owner = _NOBODY
+            self._in_chunk = False
+        return ended
+
+    def _prepare(self, owner: Any) -> bytes:
         """Flush what must be visible and return the savepoint prefix for ``owner``.
 
         Other owners' rows are written first, outside ``owner``'s savepoint, so
-        that rolling back to it undoes only ``owner``'s work.
+        that rolling back to it undoes only ``owner``'s work. The caller sends
+        the prefix with its statement and then records the new savepoint owner.
         """
         self.begin()
         if any(row[0] is not owner for row in self._rows):
             self._flush_others(owner)
-        prefix = ""
+        prefix = b""
         if self._savepoint_owner is not owner:
             release = "" if self._savepoint_owner is _NOBODY else f"RELEASE SAVEPOINT {_ITEM_SP}; "
-            self._savepoint_owner = owner
-            prefix = f"{release}SAVEPOINT {_ITEM_SP}; "
+            prefix = f"{release}SAVEPOINT {_ITEM_SP}; ".encode()
         if self._rows:  # owner's own buffered rows go in under its savepoint
             if prefix:
-                self._raw(prefix[:-2])
-                prefix = ""
+                self._raw(prefix.decode()[:-2])
+                self._savepoint_owner = owner
+                prefix = b""
             self._flush_own(owner)
         return prefix
 
@@ -179,7 +204,7 @@ class Transaction:
         except (psycopg2.Error, UnicodeEncodeError) as exc:
             if isinstance(exc, psycopg2.Error) and is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
-            if owner is not None:
+            if owner is not None and owner.statement_error is None:
                 owner.statement_error = exc
             raise
 
@@ -260,7 +285,7 @@ class Transaction:
     def _oid(self, table: str) -> int | None:
         if table not in self._table_oids:
             with self.conn.cursor() as cur:
-                cur.execute(q("table-oid"), (table,))
+                cur.execute(q("table-oid"), (table_identifier(table).as_string(cur),))
                 oid = cur.fetchone()[0]
                 self._table_oids[table] = oid
                 if oid is not None:

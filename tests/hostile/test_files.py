@@ -62,11 +62,6 @@ def assert_no_traceback(result) -> None:
 # -- CSV ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unterminated quote silently swallows the rest of the file into one "
-    "field and the record is recorded succeeded (csv non-strict); no error item",
-    strict=True,
-)
 def test_csv_unterminated_quote_mid_file_is_one_error(project):
     # By CSV quoting rules an unclosed quote runs to the end of the file, so the
     # record that opens it (line 3) is one error item naming that line; nothing
@@ -163,11 +158,6 @@ def test_csv_field_larger_than_csv_limit(project):
     assert_no_traceback(result)
 
 
-@pytest.mark.xfail(
-    reason="BUG: after a multi-line quoted field exceeds the csv field limit the reader "
-    "resumes inside the field: junk error items, wrong line, and the next record is lost",
-    strict=True,
-)
 def test_csv_oversized_multiline_quoted_field(project):
     # ~1 MB quoted text spread over 10 lines (see BIG above). The record starts on
     # line 3 and ends on line 13; line 14 ("3,c") is an ordinary record.
@@ -240,11 +230,6 @@ def test_csv_missing_key_column(project):
     assert_no_traceback(result)
 
 
-@pytest.mark.xfail(
-    reason="BUG: an undecodable CSV header is skipped and the first data row silently "
-    "becomes the header (record on line 2 lost, the rest 'no key field')",
-    strict=True,
-)
 def test_csv_undecodable_header(project):
     # Without a header no record can be read: one error naming the header line,
     # and no data row may be promoted to header.
@@ -293,11 +278,6 @@ def test_missing_file_is_one_error_naming_it(project):
     assert_no_traceback(result)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a reader that cannot open its file yields a record-level error keyed "
-    "'#1' instead of the processor-level error item keyed ''",
-    strict=True,
-)
 @pytest.mark.parametrize("reader", ["read_csv", "read_jsonl", "read_json"])
 def test_missing_file_error_item_has_empty_key(project, reader):
     project.write("ingest_x.py", pipeline(f"ingestkit.{reader}", "data/nope.dat"))
@@ -412,11 +392,6 @@ def test_json_truncated_array_keeps_complete_elements(project):
     assert rows(project) == [(1, "a"), (2, "b")]
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_json stops at the first malformed element; the well-formed "
-    "elements after it are silently never read",
-    strict=True,
-)
 def test_json_broken_element_in_the_middle(project):
     project.write("ingest_x.py", pipeline("ingestkit.read_json", "data/x.json"))
     project.write(
@@ -449,11 +424,6 @@ def test_json_broken_element_in_the_middle_is_reported(project):
     assert_no_traceback(result)
 
 
-@pytest.mark.xfail(
-    reason="BUG: invalid UTF-8 anywhere in a read_json file is one error for the whole "
-    "file without a record number; the valid elements (even those before it) are lost",
-    strict=True,
-)
 def test_json_invalid_utf8_in_one_element(project):
     project.write("ingest_x.py", pipeline("ingestkit.read_json", "data/x.json"))
     project.write(
