@@ -45,7 +45,7 @@ UPDATE ingestkit.batches SET counts = %(counts)s WHERE id = %(id)s;
 UPDATE ingestkit.batches
 SET status = 'interrupted', finished_at = now()
 WHERE status = 'running'
-  AND id <> %(own)s
+  AND id IS DISTINCT FROM %(own)s
   AND pg_try_advisory_xact_lock(%(ns)s, lock_key)
 RETURNING id;
 
@@ -176,7 +176,9 @@ ORDER BY processor, status;
 SELECT DISTINCT ON (processor, error_type, shape)
        processor, error_type, shape, error_message, traceback, key, location,
        count(*) OVER (PARTITION BY processor, error_type, shape) AS n,
-       (array_agg(key) OVER (PARTITION BY processor, error_type, shape))[1:5] AS sample_keys
+       (array_agg(key) OVER (PARTITION BY processor, error_type, shape ORDER BY finished_at
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))[1:5]
+           AS sample_keys
 FROM (
     SELECT *, regexp_replace(split_part(coalesce(error_message, ''), E'\n', 1),
                              $re$'[^']*'|"[^"]*"|\m\d+(\.\d+)?\M$re$, '…', 'g') AS shape
