@@ -22,7 +22,7 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 
 def main(args: list[str] | None = None, plugins: list | None = None) -> int:
     """Run ingestkit in-process, as the ``ingestkit`` command would; return the exit code."""
-    from .main import main as _main
+    from .cli import main as _main
 
     return _main(args, plugins)
 

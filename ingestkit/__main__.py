@@ -1,5 +1,5 @@
 """``python -m ingestkit``."""
 
-from .main import console_main
+from .cli import console_main
 
 console_main()

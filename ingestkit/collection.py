@@ -24,7 +24,7 @@ from .outcomes import UsageError
 from .sources import SOURCE_ATTR, SourceSpec
 
 if TYPE_CHECKING:
-    from .main import Session
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

@@ -17,7 +17,7 @@ from .outcomes import UsageError
 
 #: Built-in plugins, registered in this order. Those in ESSENTIAL cannot be blocked.
 BUILTIN_PLUGINS = (
-    "main",
+    "session",
     "collection",
     "builtin",
     "runner",
@@ -29,7 +29,7 @@ BUILTIN_PLUGINS = (
     "lookback",
     "html",
 )
-ESSENTIAL = frozenset({"main", "collection", "builtin", "runner", "recorder"})
+ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
     from .collection import CollectReport, Processor
     from .config import Config
-    from .main import Session
     from .reports import ItemReport
     from .runner import Chunk, Item
+    from .session import Session
     from .sources import Entry, SourceSpec
     from .terminal import TerminalReporter
 

@@ -21,7 +21,7 @@ from .reports import COUNTED
 
 if TYPE_CHECKING:
     from .config import Config
-    from .main import Session
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

@@ -18,8 +18,8 @@ from .reports import COUNTED
 
 if TYPE_CHECKING:
     from .config import Config
-    from .main import Session
     from .runner import Chunk
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

@@ -17,7 +17,7 @@ from .outcomes import UsageError
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
-    from .main import Session
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

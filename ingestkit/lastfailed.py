@@ -20,7 +20,7 @@ from .sources import Entry
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
-    from .main import Session
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

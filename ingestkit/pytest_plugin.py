@@ -77,7 +77,7 @@ def run_ingestkit(
     folder: str | os.PathLike, *args: str, dsn: str, plugins: list | None = None
 ) -> RunResult:
     """Run ingestkit in-process with ``folder`` as the current directory."""
-    from .main import main
+    from .cli import main
 
     out = io.StringIO()
     old = os.getcwd()

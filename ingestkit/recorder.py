@@ -24,8 +24,8 @@ from .reports import COUNTED, History, ItemReport
 
 if TYPE_CHECKING:
     from .collection import Processor
-    from .main import Session
     from .runner import Chunk
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

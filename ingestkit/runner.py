@@ -29,7 +29,7 @@ from .transaction import ConnectionLost, ReplayChunk
 
 if TYPE_CHECKING:
     from .collection import Processor
-    from .main import Session
+    from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 

@@ -1,11 +1,9 @@
-"""The command line (plugin ``main``): options, the Session, exit codes."""
+"""The session (plugin ``session``): core options, the Session, exit codes, the batch."""
 
 from __future__ import annotations
 
 import argparse
 import enum
-import os
-import sys
 import time
 import uuid
 from collections import Counter
@@ -19,11 +17,10 @@ import psycopg2
 from . import __version__
 from .capture import LogCapture
 from .collection import Collector, CollectReport, Processor, collect
-from .config import Config, make_config
+from .config import Config
 from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
-from .outcomes import UsageError
 from .schema import ensure_schema
 from .transaction import ConnectionLost, Transaction
 
@@ -255,42 +252,3 @@ def run_batch(session: Session) -> int:
             if status != ExitCode.INTERNAL_ERROR:
                 raise
     return status
-
-
-def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
-    """Run ingestkit in-process; return the exit code."""
-    if args is None:
-        args = sys.argv[1:]
-    try:
-        config = make_config(list(args), plugins)
-    except UsageError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return ExitCode.USAGE_ERROR
-    try:
-        config.hook.ingestkit_configure.call_historic(kwargs=dict(config=config))
-        try:
-            return int(config.hook.ingestkit_cmdline_main(config=config))
-        finally:
-            config.hook.ingestkit_unconfigure(config=config)
-    except UsageError as exc:
-        print(f"ERROR: {config.mask(str(exc))}", file=sys.stderr)
-        return ExitCode.USAGE_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except BrokenPipeError:  # output piped into `head` and the like
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
-    except Exception:
-        import traceback
-
-        print(config.mask(traceback.format_exc()), file=sys.stderr)
-        print("INTERNAL ERROR: ingestkit itself failed (above); please report it.", file=sys.stderr)
-        return ExitCode.INTERNAL_ERROR
-
-
-def console_main() -> int:
-    """The ``ingestkit`` console script."""
-    code = main()
-    sys.stdout.flush()
-    raise SystemExit(code)

@@ -1,0 +1,49 @@
+"""The ``ingestkit`` command: :func:`main` runs one invocation in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+from .config import make_config
+from .outcomes import UsageError
+from .session import ExitCode
+
+
+def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
+    """Run ingestkit in-process; return the exit code."""
+    if args is None:
+        args = sys.argv[1:]
+    try:
+        config = make_config(list(args), plugins)
+    except UsageError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    try:
+        config.hook.ingestkit_configure.call_historic(kwargs=dict(config=config))
+        try:
+            return int(config.hook.ingestkit_cmdline_main(config=config))
+        finally:
+            config.hook.ingestkit_unconfigure(config=config)
+    except UsageError as exc:
+        print(f"ERROR: {config.mask(str(exc))}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    except Exception:
+        print(config.mask(traceback.format_exc()), file=sys.stderr)
+        print("INTERNAL ERROR: ingestkit itself failed (above); please report it.", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+
+
+def console_main() -> int:
+    """The ``ingestkit`` console script."""
+    code = main()
+    sys.stdout.flush()
+    raise SystemExit(code)
