@@ -1,0 +1,385 @@
+"""ingestkit's throughput and memory against what users would write instead.
+
+One command, one machine, one database server; every figure of a table comes
+from the same run, so the ratios are comparable:
+
+    python benchmarks/run.py                  # against INGESTKIT_BENCH_DSN / INGESTKIT_TEST_DSN
+    python benchmarks/run.py --rows 50000 --million 200000   # a quicker pass
+
+Each measurement gets a fresh database on the server. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+sys.path.insert(0, str(Path(__file__).parent))
+import flights  # noqa: E402
+
+import ingestkit  # noqa: E402
+
+results: list[tuple[str, int, float, str]] = []  # (name, items, seconds, note)
+
+
+@contextlib.contextmanager
+def database(server: str) -> Iterator[str]:
+    name = f"ingestkit_bench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg2.extensions.make_dsn(server, dbname=name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        admin.close()
+
+
+def record(name: str, items: int, seconds: float, note: str = "") -> float:
+    rate = items / seconds
+    results.append((name, items, seconds, note))
+    print(f"  {name:<58} {items:>9,} items {seconds:8.2f} s {rate:>11,.0f}/s {note}", flush=True)
+    return rate
+
+
+# -- baselines ----------------------------------------------------------------
+
+
+def copy_ceiling(dsn: str, path: Path, rows: int) -> float:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE flights_raw (" + ", ".join(f"{c} text" for c in flights.HEADER) + ")"
+        )
+        start = time.perf_counter()
+        with open(path, "rb") as f:
+            cur.copy_expert("COPY flights_raw FROM STDIN WITH (FORMAT csv, HEADER true)", f)
+        conn.commit()
+        seconds = time.perf_counter() - start
+    conn.close()
+    return record("COPY FROM STDIN of the raw CSV, no lookups (ceiling)", rows, seconds)
+
+
+def _flight_row(r: dict, carriers: dict, airports: dict) -> tuple:
+    return (
+        int(r["id"]),
+        datetime.date(int(r["year"]), int(r["month"]), int(r["day"])),
+        carriers[r["carrier"]],
+        int(r["flight"]),
+        airports[r["origin"]],
+        airports[r["dest"]],
+        int(r["dep_delay"]),
+        int(r["distance"]),
+    )
+
+
+def hand_written(dsn: str, path: Path, rows: int) -> float:
+    """Dimensions preloaded into dicts, execute_values pages of 1000, an outcome
+    row per record, one transaction: the careful script."""
+    conn = psycopg2.connect(dsn)
+    flights.create_dimensions(conn)
+    start = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE outcomes (key text, status text, error text)")
+        cur.execute("SELECT code, id FROM carriers")
+        carriers = dict(cur.fetchall())
+        cur.execute("SELECT code, id FROM airports")
+        airports = dict(cur.fetchall())
+        facts, outcomes = [], []
+
+        def flush() -> None:
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO flights VALUES %s", facts, page_size=1000
+            )
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO outcomes VALUES %s", outcomes, page_size=1000
+            )
+            facts.clear()
+            outcomes.clear()
+
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    facts.append(_flight_row(r, carriers, airports))
+                    outcomes.append((r["id"], "succeeded", None))
+                except (KeyError, ValueError) as exc:
+                    outcomes.append((r["id"], "failed", repr(exc)))
+                if len(outcomes) >= 1000:
+                    flush()
+        flush()
+    conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return record("hand-written: preloaded dicts, execute_values, outcome rows", rows, seconds)
+
+
+def naive_script(dsn: str, path: Path, rows: int) -> float:
+    """A SELECT per lookup, an INSERT, a commit per row (on the first rows only)."""
+    conn = psycopg2.connect(dsn)
+    flights.create_dimensions(conn)
+    done = 0
+    start = time.perf_counter()
+    with conn.cursor() as cur, open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if done >= rows:
+                break
+            done += 1
+            try:
+                ids = {}
+                for table, field in (
+                    ("carriers", "carrier"),
+                    ("airports", "origin"),
+                    ("airports", "dest"),
+                ):
+                    cur.execute(
+                        sql.SQL("SELECT id FROM {} WHERE code = %s").format(sql.Identifier(table)),
+                        (r[field],),
+                    )
+                    found = cur.fetchone()
+                    if found is None:
+                        raise KeyError(r[field])
+                    ids[field] = found[0]
+                cur.execute(
+                    "INSERT INTO flights VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    _flight_row(
+                        r,
+                        {r["carrier"]: ids["carrier"]},
+                        {r["origin"]: ids["origin"], r["dest"]: ids["dest"]},
+                    ),
+                )
+            except (KeyError, ValueError):
+                pass
+            conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return record("the usual script: SELECT per lookup, INSERT, commit per row", done, seconds)
+
+
+def pytest_trivial(count: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test_many.py").write_text(
+            "import pytest\n\n"
+            f"@pytest.mark.parametrize('i', range({count}))\n"
+            "def test_it(i):\n    pass\n"
+        )
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:ingestkit",
+                tmp,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        seconds = time.perf_counter() - start
+    return record("pytest itself, trivial tests", count, seconds)
+
+
+# -- ingestkit ----------------------------------------------------------------
+
+FLIGHTS_PIPELINE = """
+import datetime
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def dimensions(lookup):
+    lookup.preload("carriers", "code")
+    lookup.preload("airports", "code")
+
+@ingestkit.source(ingestkit.read_csv({csv!r}), key="id")
+def process_flight(record, db, lookup):
+    db.insert("flights", {{
+        "id": int(record["id"]),
+        "flown_on": datetime.date(int(record["year"]), int(record["month"]), int(record["day"])),
+        "carrier_id": lookup("carriers", code=record["carrier"]),
+        "flight": int(record["flight"]),
+        "origin_id": lookup("airports", code=record["origin"]),
+        "dest_id": lookup("airports", code=record["dest"]),
+        "dep_delay": int(record["dep_delay"]),
+        "distance": int(record["distance"]),
+    }})
+"""
+
+TRIVIAL_PIPELINE = """
+import os
+import ingestkit
+
+FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0"))
+
+@ingestkit.source(({{"id": i, "name": "name %d" % i}} for i in range({count})), key="id")
+def process_row(record):
+    if FAIL_EVERY and record["id"] % FAIL_EVERY == 0:
+        raise ValueError("bad row")
+"""
+
+
+def run_ingestkit(folder: Path, dsn: str, *args: str) -> tuple[float, int]:
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = ingestkit.main(["--dsn", dsn, "-q", "--tb=no", str(folder), *args])
+    seconds = time.perf_counter() - start
+    if code not in (0, 1):
+        print(out.getvalue())
+        raise SystemExit(f"ingestkit exited {code}")
+    return seconds, code
+
+
+def ingestkit_flights(dsn: str, path: Path, rows: int, bad: int) -> float:
+    conn = psycopg2.connect(dsn)
+    flights.create_dimensions(conn)
+    conn.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "ingestkit.toml").write_text("")
+        (folder / "ingest_flights.py").write_text(FLIGHTS_PIPELINE.format(csv=str(path)))
+        seconds, _ = run_ingestkit(folder, dsn)
+    check = psycopg2.connect(dsn)
+    with check.cursor() as cur:
+        cur.execute("SELECT count(*) FROM flights")
+        written = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM ingestkit.items WHERE status = 'failed'")
+        failed = cur.fetchone()[0]
+    check.close()
+    assert (written, failed) == (rows - bad, bad), (written, failed, rows, bad)
+    return record(
+        "ingestkit: read_csv, 3 lookups, db.insert, every outcome",
+        rows,
+        seconds,
+        f"({bad:,} failed)",
+    )
+
+
+def trivial_project(tmp: Path, count: int) -> Path:
+    (tmp / "ingestkit.toml").write_text("")
+    (tmp / "ingest_trivial.py").write_text(TRIVIAL_PIPELINE.format(count=count))
+    return tmp
+
+
+def ingestkit_trivial(server: str, count: int) -> tuple[float, float]:
+    """A trivial processor over ``count`` records, then --lf after 1% failed."""
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        folder = trivial_project(Path(tmp), count)
+        os.environ["BENCH_FAIL_EVERY"] = "100"
+        seconds, _ = run_ingestkit(folder, dsn)
+        full = record("ingestkit: trivial processor, 1% failing, full tracking", count, seconds)
+        os.environ["BENCH_FAIL_EVERY"] = "0"
+        lf_seconds, _ = run_ingestkit(folder, dsn, "--lf")
+        record(
+            "ingestkit --lf over those 1% failures",
+            count // 100,
+            lf_seconds,
+            f"({lf_seconds / seconds:.1%} of the full run's time)",
+        )
+        return full, lf_seconds / seconds
+
+
+def peak_rss_mb(server: str, count: int) -> float:
+    """Peak RSS of a separate ``ingestkit`` process over ``count`` records."""
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        folder = trivial_project(Path(tmp), count)
+        code = (
+            "import resource, sys, ingestkit\n"
+            f"code = ingestkit.main(['--dsn', {dsn!r}, '-q', {str(folder)!r}])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("INGESTKIT_BENCH_DSN") or os.environ.get("INGESTKIT_TEST_DSN"),
+        help="server to create benchmark databases on",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=336_776, help="flights rows (default: as nycflights13)"
+    )
+    parser.add_argument("--naive-rows", type=int, default=5_000, help="rows for the per-row script")
+    parser.add_argument(
+        "--million", type=int, default=1_000_000, help="records for the trivial processor"
+    )
+    parser.add_argument("--pytest-tests", type=int, default=20_000)
+    args = parser.parse_args()
+    if not args.dsn:
+        raise SystemExit(
+            "give --dsn (or INGESTKIT_BENCH_DSN / INGESTKIT_TEST_DSN): a server for databases"
+        )
+
+    print(
+        f"ingestkit {ingestkit.__version__} benchmarks, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
+        f"{os.cpu_count()} cores, server {psycopg2.extensions.parse_dsn(args.dsn).get('host')}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flights.csv"
+        bad = flights.write_csv(path, args.rows)
+        print(f"\nflights: {args.rows:,} rows, 3 dimension lookups per row, {bad:,} bad rows")
+        with database(args.dsn) as dsn:
+            ceiling = copy_ceiling(dsn, path, args.rows)
+        with database(args.dsn) as dsn:
+            hand = hand_written(dsn, path, args.rows)
+        with database(args.dsn) as dsn:
+            naive = naive_script(dsn, path, args.naive_rows)
+        with database(args.dsn) as dsn:
+            ours = ingestkit_flights(dsn, path, args.rows, bad)
+
+    print(f"\nframework overhead: {args.million:,} records, a processor that does nothing")
+    pytest_rate = pytest_trivial(args.pytest_tests)
+    trivial, lf_share = ingestkit_trivial(args.dsn, args.million)
+
+    print("\nmemory: peak RSS of a whole ingestkit process")
+    small = peak_rss_mb(args.dsn, args.million // 10)
+    large = peak_rss_mb(args.dsn, args.million)
+    print(f"  {args.million // 10:>9,} records: {small:6.1f} MB")
+    print(f"  {args.million:>9,} records: {large:6.1f} MB")
+
+    print("\nratios (goal in brackets)")
+    print(f"  ingestkit / hand-written execute_values loader   {ours / hand:6.2f}x   [>= 0.5x]")
+    print(f"  ingestkit / naive per-row script                 {ours / naive:6.1f}x")
+    print(f"  ingestkit / COPY ceiling                         {ours / ceiling:6.3f}x")
+    print(
+        f"  trivial processor / pytest per-item rate         {trivial / pytest_rate:6.1f}x"
+        "   [>= 20x, >= 50,000/s]"
+    )
+    print(f"  --lf over 1% / full run time                     {lf_share:6.1%}   [< 5%]")
+    print(
+        f"  peak RSS {args.million:,} / {args.million // 10:,} records"
+        f"        {large / small:6.2f}x   [<= 1.3x, < 150 MB]"
+    )
+
+
+if __name__ == "__main__":
+    main()
