@@ -58,11 +58,27 @@ def _plain(value: Any) -> str:
 NULL = "\\N"
 
 
+#: Types whose text never needs COPY escaping, by exact type (the fast path).
+_SAFE: dict[type, Any] = {
+    int: str,
+    float: repr,
+    decimal.Decimal: str,
+    uuid.UUID: str,
+    datetime.date: datetime.date.isoformat,
+    datetime.datetime: datetime.datetime.isoformat,
+    bool: lambda v: "t" if v else "f",
+}
+
+
 def copy_field(value: Any) -> str:
     if value is None:
         return NULL
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return _escape(value)
+    safe = _SAFE.get(kind)
+    if safe is not None:
+        return safe(value)
     return _escape(_plain(value))
 
 

@@ -30,6 +30,7 @@ class Database:
 
     def __init__(self, txn: Transaction) -> None:
         self._txn = txn
+        self._tables: set[str] = set()
 
     def execute(self, query: str | sql.Composable, params: Any = None) -> int:
         """Run a statement; return the number of rows it affected."""
@@ -62,7 +63,9 @@ class Database:
         reads its own rows. A constraint violation fails the item that wrote
         the offending row.
         """
-        table_identifier(table)  # reject a bad name now, where the caller is
+        if table not in self._tables:
+            table_identifier(table)  # reject a bad name now, where the caller is
+            self._tables.add(table)
         rows = [row_or_rows] if isinstance(row_or_rows, dict) else list(row_or_rows)
         self._txn.insert(self._txn.owner, table, rows)
 

@@ -157,7 +157,7 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                     f"{path}, line {first}: expected {width} fields, got {len(row)}",
                 )
                 continue
-            yield Entry(dict(zip(header, row, strict=True)), where)
+            yield Entry(dict(zip(header, row, strict=True)), where, flat=True)
 
 
 class read_jsonl(Reader):  # noqa: N801

@@ -88,6 +88,19 @@ class Item:
 
 
 @dataclass
+class Plan:
+    """How one processor's items are called, worked out once when it starts."""
+
+    processor: Processor
+    closure: Closure
+    setup_error: BaseException | None = None
+    # the fast path: every argument is a wider fixture (already set up) or a
+    # per-item built-in; None when some item-scoped fixture must be set up
+    static: dict[str, Any] | None = None
+    per_item: list[tuple[str, str]] = field(default_factory=list)  # (argument, built-in)
+
+
+@dataclass
 class Chunk:
     """The items of one processor that commit together."""
 
@@ -164,13 +177,15 @@ class Runner:
         self.runtime.processor = processor
         self.hook.ingestkit_processor_start(processor=processor, session=session)
         closure = session.fixturemanager.closure(processor.nodeid, argnames_of(processor.func))
-        setup_error: BaseException | None = closure.error
-        if setup_error is None:
-            setup_error = self._setup_wider(closure, processor)
+        plan = Plan(processor, closure, closure.error)
+        if plan.setup_error is None:
+            plan.setup_error = self._setup_wider(closure, processor)
+        if plan.setup_error is None:
+            self._plan_fast_path(plan)
         keyfunc = make_keyfunc(processor.source.key if processor.source else None)
         try:
             entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
-            self._run_entries(processor, closure, setup_error, keyfunc, iter(entries or ()))
+            self._run_entries(plan, keyfunc, iter(entries or ()))
         finally:
             self._teardown("processor")
             self.runtime.processor = None
@@ -195,6 +210,25 @@ class Runner:
             return exc
         return None
 
+    def _plan_fast_path(self, plan: Plan) -> None:
+        """Arguments that need no per-item fixture setup are filled in directly."""
+        closure = plan.closure
+        if any(fdef.scope == "item" for fdef in closure.autouse):
+            return
+        static: dict[str, Any] = {}
+        per_item: list[tuple[str, str]] = []
+        builtins = {fdef: name for name, fdef in self.seeded.items()}
+        for name, fdef in closure.args:
+            if fdef is None:  # request
+                return
+            if fdef.scope != "item":
+                static[name] = self.runtime.cache[fdef.scope][fdef][0]
+            elif fdef in builtins:
+                per_item.append((name, builtins[fdef]))
+            else:
+                return
+        plan.static, plan.per_item = static, per_item
+
     def _teardown(self, scope: str) -> None:
         errors = self.runtime.teardown(scope)
         if errors:
@@ -204,14 +238,8 @@ class Runner:
 
     # -- entries and chunks ------------------------------------------------
 
-    def _run_entries(
-        self,
-        processor: Processor,
-        closure: Closure,
-        setup_error: BaseException | None,
-        keyfunc: Any,
-        entries: Iterator[Entry],
-    ) -> None:
+    def _run_entries(self, plan: Plan, keyfunc: Any, entries: Iterator[Entry]) -> None:
+        processor = plan.processor
         seen = KeySet()
         self.rerun_keys: set[str] = set()
         position = 0
@@ -233,7 +261,7 @@ class Runner:
                 if item is not None:
                     items.append(item)
             started = time.perf_counter()
-            self._run_chunk(processor, closure, setup_error, items, seen)
+            self._run_chunk(plan, items, seen)
             self._adapt(time.perf_counter() - started, len(batch))
 
     def _adapt(self, seconds: float, count: int) -> None:
@@ -283,7 +311,7 @@ class Runner:
         if entry.error is not None:
             item.entry_error = entry.error
         if entry.record is not None or processor.source is not None:
-            item.content_hash = entry.content_hash or content_hash(entry.record)
+            item.content_hash = entry.content_hash or content_hash(entry.record, entry.flat)
         return item
 
     def _source_error(self, processor: Processor, exc: BaseException) -> None:
@@ -299,15 +327,9 @@ class Runner:
         chunk.reports.append(report)
         self._commit(chunk)
 
-    def _run_chunk(
-        self,
-        processor: Processor,
-        closure: Closure,
-        setup_error: BaseException | None,
-        items: list[Item],
-        seen: KeySet,
-    ) -> None:
+    def _run_chunk(self, plan: Plan, items: list[Item], seen: KeySet) -> None:
         session = self.session
+        processor = plan.processor
         chunk = Chunk(processor)
         self.txn.begin()
         keys = [it.key for it in items if processor.source is not None]
@@ -350,7 +372,7 @@ class Runner:
                 if session.shouldstop:
                     break
                 ran.append(item)
-                self._run_item(item, closure, setup_error)
+                self._run_item(item, plan)
                 if item.report.failed:
                     self.failures += 1
                 if self.maxfail and self.failures >= self.maxfail:
@@ -362,7 +384,7 @@ class Runner:
             self._abandon(item)
             session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
             session.interrupted = True
-        self._finish_chunk(chunk, ran, closure, setup_error)
+        self._finish_chunk(chunk, ran, plan)
 
     def _abandon(self, item: Item) -> None:
         self.capture.handler.stop()
@@ -371,20 +393,18 @@ class Runner:
         self.lookup.forget_item(item)
         self.txn.owner = None
 
-    def _finish_chunk(
-        self, chunk: Chunk, ran: list[Item], closure: Closure, setup_error: BaseException | None
-    ) -> None:
+    def _finish_chunk(self, chunk: Chunk, ran: list[Item], plan: Plan) -> None:
         try:
             culprits = self.txn.flush()
         except ReplayChunk:
-            culprits = self._replay(ran, closure, setup_error)
+            culprits = self._replay(ran, plan)
         for owner, exc in culprits:
             self._fail_late(owner, exc)
         chunk.reports.extend(item.report for item in ran)
         chunk.reports.sort(key=lambda r: r.finished_epoch)
         self._commit(chunk)
 
-    def _replay(self, ran: list[Item], closure: Closure, setup_error: BaseException | None) -> list:
+    def _replay(self, ran: list[Item], plan: Plan) -> list:
         """Roll the chunk back and run it again, each item writing its own rows."""
         self.txn.rollback()
         self.lookup.chunk_rolled_back()
@@ -393,7 +413,7 @@ class Runner:
             for item in ran:
                 item.has_statements = False
                 item.statement_error = None
-                self._run_item(item, closure, setup_error)
+                self._run_item(item, plan)
             return self.txn.flush()
         finally:
             self.txn.isolated = False
@@ -421,7 +441,7 @@ class Runner:
 
     # -- one item ----------------------------------------------------------
 
-    def _run_item(self, item: Item, closure: Closure, setup_error: BaseException | None) -> None:
+    def _run_item(self, item: Item, plan: Plan) -> None:
         runtime, txn, active = self.runtime, self.txn, self.active
         txn.owner = item
         self.capture.handler.start()
@@ -429,17 +449,29 @@ class Runner:
         status, exc = "succeeded", None
         if item.entry_error is not None:
             status, exc = "error", RecordError(item.entry_error)
-        elif setup_error is not None:
-            status, exc = "error", setup_error
+        elif plan.setup_error is not None:
+            status, exc = "error", plan.setup_error
         else:
             runtime.item_nodeid = item.nodeid
-            cache = runtime.cache["item"]
-            cache[self.seeded["record"]] = (item.record, None)
-            cache[self.seeded["item"]] = (item, None)
             try:
                 if active["ingestkit_runtest_setup"]:
                     self.hook.ingestkit_runtest_setup(item=item)
-                kwargs = runtime.kwargs(closure, item.nodeid)
+                if plan.static is not None:
+                    kwargs = dict(plan.static)
+                    for name, builtin in plan.per_item:
+                        kwargs[name] = (
+                            item.record
+                            if builtin == "record"
+                            else item
+                            if builtin == "item"
+                            else self.log_logger
+                        )
+                else:
+                    cache = runtime.cache["item"]
+                    cache[self.seeded["record"]] = (item.record, None)
+                    cache[self.seeded["item"]] = (item, None)
+                    cache[self.seeded["log"]] = (self.log_logger, None)
+                    kwargs = runtime.kwargs(plan.closure, item.nodeid)
             except Exception as e:
                 status, exc = "error", e
             else:

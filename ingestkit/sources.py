@@ -28,6 +28,7 @@ class Entry:
     attempt: int = 1
     previous_error: str | None = None
     content_hash: str | None = None  # known already (stored with a failed item)
+    flat: bool = False  # the record is a dict of str (read_csv): hashed without checks
     rerun: bool = False  # re-fed by --lf/--ff: the source's copy of this key is skipped
 
 
@@ -162,14 +163,14 @@ def to_json(record: Any) -> str:
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
-def content_hash(record: Any) -> str:
+def content_hash(record: Any, flat: bool = False) -> str:
     """A stable hash of a record's content ("already ingested" compares it).
 
     A flat dict of plain values (what the readers yield) is hashed through its
     repr, which is stable and three times cheaper than JSON; anything else
     through its JSON text.
     """
-    if type(record) is dict and all(type(v) in _PLAIN_TYPES for v in record.values()):
+    if flat or (type(record) is dict and all(type(v) in _PLAIN_TYPES for v in record.values())):
         text = repr(record)
     else:
         text = to_json(record)

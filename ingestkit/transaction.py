@@ -180,8 +180,11 @@ class Transaction:
 
     def discard(self, owner: Any) -> None:
         """Undo everything ``owner`` wrote: its savepoint, its buffered rows."""
-        if self._rows:
-            self._rows = [r for r in self._rows if r[0] is not owner]
+        rows = self._rows
+        while rows and rows[-1][0] is owner:  # the usual case: the item that just ran
+            rows.pop()
+        if any(r[0] is owner for r in rows):
+            self._rows = [r for r in rows if r[0] is not owner]
         if self._savepoint_owner is owner and owner is not None:
             self._rollback_to_savepoint()
 
