@@ -201,17 +201,20 @@ def ingestkit_chunk_history(
 
 @hookspec
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
-    """Write what must commit with a chunk's items, inside their transaction.
+    """Add what must commit with a chunk's items, in their transaction.
 
-    Called once per chunk, after its items ran and their writes were flushed,
-    right before COMMIT. The recorder writes the outcome rows here. Raising
-    rolls the whole chunk back and stops the batch.
+    Called once per chunk, after its items ran and their writes were flushed.
+    Append ``write(cursor)`` callables to ``chunk.writes``: they run in order
+    right before COMMIT, in ingestkit's committing thread (so that the next
+    chunk's items run meanwhile); do not touch the connection otherwise. The
+    recorder adds the outcome rows here. A write that raises loses the chunk
+    and stops the batch.
     """
 
 
 @hookspec
 def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
-    """Called after a chunk committed (progress reporting happens here)."""
+    """Called once a chunk is known to have committed (progress reporting happens here)."""
 
 
 @hookspec

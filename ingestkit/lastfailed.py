@@ -44,10 +44,9 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 def _failed_entries(session: Session, processor: Processor) -> list[Entry]:
-    with session.txn.conn.cursor() as cur:
+    with session.control.cursor() as cur:
         cur.execute(q("last-failed"), {"processor": processor.nodeid})
         rows = cur.fetchall()
-    session.txn.conn.commit()
     entries = []
     for key, attempt, error_message, payload, stored_hash in rows:
         if processor.selected_keys is not None and key not in processor.selected_keys:
@@ -108,10 +107,9 @@ def ingestkit_collection_modifyitems(
 ) -> None:
     if not config.option.last_failed or session.txn is None:
         return
-    with session.txn.conn.cursor() as cur:
+    with session.control.cursor() as cur:
         cur.execute(q("last-failed-processors"))
         failed = {row[0] for row in cur.fetchall()}
-    session.txn.conn.commit()
     collected = {p.nodeid for p in processors}
     files = {p.module_nodeid for p in processors}
     for nodeid in sorted(failed - collected):

@@ -66,10 +66,26 @@ def ingestkit_batch_start(session: Session) -> None:
 
 
 @hookimpl
+def ingestkit_processor_start(processor: Processor, session: Session) -> None:
+    """Note a processor with no recorded outcome yet: its chunks need no history."""
+    with session.control.cursor() as cur:
+        cur.execute(q("processor-has-history"), {"processor": processor.nodeid})
+        if not cur.fetchone()[0]:
+            session.new_processors.add(processor.nodeid)
+
+
+@hookimpl
 def ingestkit_chunk_history(
     session: Session, processor: Processor, keys: list[str]
 ) -> dict[str, tuple]:
-    with session.txn.conn.cursor() as cur:
+    """The latest committed outcomes, read on the control connection.
+
+    Committed data is all that matters here: a key seen earlier in this batch
+    is a duplicate, caught before its history is looked at.
+    """
+    if processor.nodeid in session.new_processors:
+        return {}  # a first load: nothing can be ingested already
+    with session.control.cursor() as cur:
         cur.execute(q("history"), {"processor": processor.nodeid, "keys": keys})
         return {row[0]: History(*row[1:]) for row in cur.fetchall()}
 
@@ -119,22 +135,27 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
 
 @hookimpl
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
+    """Add the chunk's outcome rows to what commits with it."""
+    params = {"batch_id": session.batch.id}
     if chunk.restored:
-        with session.txn.conn.cursor() as cur:
-            params = {"processor": chunk.processor.nodeid, "keys": chunk.restored}
-            cur.execute(q("restore-succeeded"), params)
+        restore = {"processor": chunk.processor.nodeid, "keys": chunk.restored}
+        chunk.writes.append(lambda cur: cur.execute(q("restore-succeeded"), restore))
     if not chunk.reports:
         return
-    with session.txn.conn.cursor() as cur:
-        cur.copy_expert(q("outcomes-copy"), io.BytesIO(outcome_rows(chunk.reports)))
-        cur.execute(q("record-outcomes"), {"batch_id": session.batch.id})
+    data = outcome_rows(chunk.reports)
+
+    def write_outcomes(cur: Any) -> None:
+        cur.copy_expert(q("outcomes-copy"), io.BytesIO(data))
+        cur.execute(q("record-outcomes"), params)
+
+    chunk.writes.append(write_outcomes)
 
 
 @hookimpl(tryfirst=True)
 def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     conn = session.control
-    if conn is None or conn.closed:
-        return
+    if conn is None or conn.closed or session.batch.lock_key is None:
+        return  # no batch row was made
     batch = session.batch
     counts = {name: session.counts.get(name, 0) for name in COUNTED}
     status = "interrupted" if exitstatus == 2 else "finished"

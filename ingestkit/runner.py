@@ -108,6 +108,8 @@ class Chunk:
     reports: list[ItemReport] = field(default_factory=list)
     unchanged: int = 0
     restored: list[str] = field(default_factory=list)  # unchanged, back to a success
+    #: what commits with the chunk: ``write(cursor)`` callables (see ingestkit_chunk_commit)
+    writes: list[Any] = field(default_factory=list)
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -162,10 +164,13 @@ class Runner:
     # -- processors --------------------------------------------------------
 
     def run(self) -> None:
-        for processor in self.session.processors:
-            if self.session.shouldstop:
-                break
-            self.run_processor(processor)
+        try:
+            for processor in self.session.processors:
+                if self.session.shouldstop:
+                    break
+                self.run_processor(processor)
+        finally:
+            self._complete()
         self._teardown("module")
         self._teardown("batch")
 
@@ -182,11 +187,16 @@ class Runner:
             plan.setup_error = self._setup_wider(closure, processor)
         if plan.setup_error is None:
             self._plan_fast_path(plan)
-        keyfunc = make_keyfunc(processor.source.key if processor.source else None)
+        try:
+            keyfunc = make_keyfunc(processor.source.key if processor.source else None)
+        except TypeError as exc:  # a bad key= fails this processor's items, not the batch
+            plan.setup_error = plan.setup_error or exc
+            keyfunc = make_keyfunc(None)
         try:
             entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
             self._run_entries(plan, keyfunc, iter(entries or ()))
         finally:
+            self._complete()
             self._teardown("processor")
             self.runtime.processor = None
             self.hook.ingestkit_processor_finish(processor=processor, session=session)
@@ -200,8 +210,8 @@ class Runner:
         try:
             for fdef in wider:
                 self.runtime.value(closure, fdef, request)
-            self.txn.commit()
-            self.lookup.chunk_committed()
+                self.txn.commit()  # each one's writes stay, whatever the next one does
+                self.lookup.chunk_committed()
         except ConnectionLost:
             raise
         except Exception as exc:
@@ -429,15 +439,24 @@ class Runner:
         self.lookup.forget_item(item)
 
     def _commit(self, chunk: Chunk) -> None:
-        session = self.session
-        self.hook.ingestkit_chunk_commit(session=session, chunk=chunk)
-        self.txn.commit()
-        self.lookup.chunk_committed()
-        session.count(chunk)
-        self.hook.ingestkit_chunk_finish(session=session, chunk=chunk)
-        if self.active["ingestkit_runtest_logreport"]:
-            for report in chunk.reports:
-                self.hook.ingestkit_runtest_logreport(report=report)
+        """Commit a chunk with what plugins add to it (the outcome rows).
+
+        The COMMIT runs in the background while the next chunk's items run;
+        the chunk is counted and reported once it is known to have committed.
+        """
+        self.hook.ingestkit_chunk_commit(session=self.session, chunk=chunk)
+        self._complete()  # the previous chunk's commit, finished by now as a rule
+        self.txn.commit_later(chunk.writes, token=chunk)
+        self.lookup.chunk_committed()  # a failed commit ends the batch, and the cache with it
+
+    def _complete(self) -> None:
+        """Wait for chunks committing in the background, then count and report them."""
+        for chunk in self.txn.take_committed():
+            self.session.count(chunk)
+            self.hook.ingestkit_chunk_finish(session=self.session, chunk=chunk)
+            if self.active["ingestkit_runtest_logreport"]:
+                for report in chunk.reports:
+                    self.hook.ingestkit_runtest_logreport(report=report)
 
     # -- one item ----------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import enum
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -226,9 +228,11 @@ def ingestkit_cmdline_main(config: Config) -> int:
 
 def run_batch(session: Session) -> int:
     config = session.config
-    config.hook.ingestkit_batch_start(session=session)
     status: int = ExitCode.INTERNAL_ERROR
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, session.txn.on_sigint) if in_main else None
     try:
+        config.hook.ingestkit_batch_start(session=session)
         with session.capture:
             try:
                 config.hook.ingestkit_runtestloop(session=session)
@@ -245,6 +249,8 @@ def run_batch(session: Session) -> int:
                 session.fatal = f"lost the database connection: {first}"
         status = session.exitstatus
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         # also after an internal error (status 3): the batch row is finished, not left running
         try:
             config.hook.ingestkit_batch_finish(session=session, exitstatus=status)

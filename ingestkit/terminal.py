@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
 import time
@@ -64,17 +66,27 @@ class TerminalReporter:
         return self._file or sys.stdout
 
     def write_line(self, line: str = "") -> None:
+        text = self.config.mask(line) + "\n"
         if self._line_open:  # replace the progress line
-            self.file.write("\r\x1b[K")
+            text = "\r\x1b[K" + text
             self._line_open = False
-        self.file.write(self.config.mask(line) + "\n")
-        self.file.flush()
+        self._write(text)
 
     def write_status(self, line: str) -> None:
         """A progress line that the next one overwrites (on a terminal)."""
-        self.file.write("\r" + line[:200] + "\x1b[K")
-        self.file.flush()
+        self._write("\r" + line[:200] + "\x1b[K")
         self._line_open = True
+
+    def _write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except BrokenPipeError:
+            # output piped into `head` and the like: the batch goes on, unseen
+            devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull.fileno(), self.file.fileno())
+            self._file = devnull
 
     def section(self, title: str, sep: str = "=") -> None:
         width = 80
@@ -102,6 +114,8 @@ class TerminalReporter:
         for lines in config.hook.ingestkit_report_header(config=config):
             for line in [lines] if isinstance(lines, str) else lines:
                 self.write_line(line)
+        for note in session.notes:
+            self.write_line(note)
         if session.interrupted_batches:
             shown = ", ".join(session.interrupted_batches)
             self.write_line(f"marked interrupted (their process died): {shown}")

@@ -14,8 +14,10 @@ without a round trip per item:
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg2
@@ -39,6 +41,30 @@ class ReplayChunk(Exception):
     def __init__(self, culprits: list[tuple[Any, BaseException]]) -> None:
         super().__init__("replay")
         self.culprits = culprits
+
+
+def _critical(method: Callable) -> Callable:
+    """Run ``method`` as one step that Ctrl-C does not cut in two.
+
+    A SIGINT arriving while ingestkit talks to the database or updates what
+    it knows of the transaction (savepoints, buffered rows) is held back and
+    raised as KeyboardInterrupt when the step is done, so the bookkeeping
+    always matches the database. In the processor's own code it is raised at
+    once, as usual.
+    """
+
+    @functools.wraps(method)
+    def step(self: Transaction, *args: Any, **kwargs: Any) -> Any:
+        self._depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if not self._depth and self._interrupted:
+                self._interrupted = False
+                raise KeyboardInterrupt
+
+    return step
 
 
 def _as_bytes(query: Any, cur: Any) -> bytes:
@@ -75,17 +101,33 @@ class Transaction:
         self._table_oids: dict[str, int | None] = {}
         self._fk_parents: dict[int, set[int]] = {}
         self.isolated = False  # replay mode: every item flushes its own rows
+        self._job: threading.Thread | None = None  # a chunk committing in the background
+        self._job_error: BaseException | None = None
+        self._job_token: Any = None
+        self._committed: list[Any] = []  # tokens of background commits known to have succeeded
+        self._depth = 0  # inside a _critical step
+        self._deferred: bytes | None = None  # see deferred_check()
+        self._interrupted = False  # a SIGINT came during one
         self._late_failures: list[tuple[Any, BaseException]] = []
         self._in_chunk = False
 
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT handler for the batch: see :func:`_critical`."""
+        if self._depth:
+            self._interrupted = True
+        else:
+            raise KeyboardInterrupt
+
     # -- statements --------------------------------------------------------
 
+    @_critical
     def execute(self, query: Any, params: Any = None, reads_only: bool = False) -> Any:
         """Run one statement for the current owner; returns the cursor.
 
         ``reads_only`` statements (lookups) do not make the owner one whose
         writes need a replay to undo.
         """
+        self.wait()
         owner = self.owner
         cur = self.conn.cursor()
         # Client-side problems (a parameter too few, a NUL in a string) raise
@@ -111,6 +153,7 @@ class Transaction:
             owner.has_statements = True
         return cur
 
+    @_critical
     def connection_for(self, owner: Any) -> Any:
         """The raw connection, after making ``owner``'s writes through it undoable.
 
@@ -119,15 +162,19 @@ class Transaction:
         """
         if owner is not None:
             self.execute("SELECT 1")
+        self.wait()
         return self.conn
 
+    @_critical
     def transaction_ended(self) -> bool:
         """True if something (a raw ``COMMIT``) ended the chunk's transaction."""
+        self.wait()
         idle = self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
         ended = self._in_chunk and idle and self._savepoint_owner is not _NOBODY
         if ended:
             self._savepoint_owner = _NOBODY
             self._in_chunk = False
+            self.conn.rollback()  # psycopg2 still thinks a transaction is open: resync it
         return ended
 
     def _prepare(self, owner: Any) -> bytes:
@@ -153,6 +200,7 @@ class Transaction:
         return prefix
 
     def _raw(self, statement: str) -> None:
+        self.wait()
         try:
             with self.conn.cursor() as cur:
                 cur.execute(statement)
@@ -178,6 +226,7 @@ class Transaction:
             cols = tuple(row)
             self._rows.append((owner, (table, cols), tuple(row.values())))
 
+    @_critical
     def discard(self, owner: Any) -> None:
         """Undo everything ``owner`` wrote: its savepoint, its buffered rows."""
         rows = self._rows
@@ -188,14 +237,40 @@ class Transaction:
         if self._savepoint_owner is owner and owner is not None:
             self._rollback_to_savepoint()
 
+    @_critical
     def finish_item(self, owner: Any) -> None:
-        """Called after a successful item; in replay mode its rows are written now."""
+        """Called after a successful item: check its deferred constraints now, and
+        in replay mode write its rows now, so that a violation is its own."""
         if self.isolated and any(r[0] is owner for r in self._rows):
             self.owner = owner
             try:
                 self._prepare(owner)
             finally:
                 self.owner = None
+        if owner.has_statements and self.deferred_check():
+            self.owner = owner
+            try:
+                self.execute(self.deferred_check()).close()
+            finally:
+                self.owner = None
+
+    def deferred_check(self) -> bytes:
+        """A statement that checks the initially-deferred constraints now ("" if none).
+
+        Such a constraint would otherwise be checked at COMMIT, where a
+        violation could not be pinned on the item that caused it.
+        """
+        if self._deferred is None:
+            self.wait()
+            with self.conn.cursor() as cur:
+                cur.execute(q("deferred-constraints"))
+                names = ", ".join(row[0] for row in cur.fetchall())
+            self._deferred = (
+                f"SET CONSTRAINTS {names} IMMEDIATE; SET CONSTRAINTS {names} DEFERRED".encode()
+                if names
+                else b""
+            )
+        return self._deferred
 
     # -- flushing ----------------------------------------------------------
 
@@ -220,6 +295,7 @@ class Transaction:
         self._late_failures.extend(culprits)
         return culprits
 
+    @_critical
     def flush(self) -> list[tuple[Any, BaseException]]:
         """Write every buffered row (chunk end). Returns ``(owner, error)`` of rows that failed."""
         self.begin()
@@ -236,6 +312,9 @@ class Transaction:
         self._raw("SAVEPOINT ingestkit_flush")
         try:
             self._copy(rows)
+            if self.deferred_check():
+                with self.conn.cursor() as cur:
+                    cur.execute(self.deferred_check())
         except (psycopg2.Error, UnicodeEncodeError) as exc:
             if isinstance(exc, psycopg2.Error) and is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
@@ -251,6 +330,7 @@ class Transaction:
         return []
 
     def _copy(self, rows: list) -> None:
+        self.wait()
         groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
         for _owner, group, values in rows:
             groups.setdefault(group, []).append(values)
@@ -287,6 +367,7 @@ class Transaction:
 
     def _oid(self, table: str) -> int | None:
         if table not in self._table_oids:
+            self.wait()
             with self.conn.cursor() as cur:
                 cur.execute(q("table-oid"), (table_identifier(table).as_string(cur),))
                 oid = cur.fetchone()[0]
@@ -298,28 +379,85 @@ class Transaction:
 
     # -- chunks ------------------------------------------------------------
 
+    def wait(self) -> None:
+        """Wait for a chunk committing in the background; raise what it raised."""
+        job = self._job
+        if job is None:
+            return
+        job.join()
+        self._job = None
+        error, self._job_error = self._job_error, None
+        token, self._job_token = self._job_token, None
+        if error is None:
+            self._committed.append(token)
+        else:
+            if isinstance(error, psycopg2.Error) and is_connection_error(self.conn, error):
+                raise ConnectionLost(str(error).strip()) from error
+            raise error
+
+    def take_committed(self) -> list[Any]:
+        """Tokens of the background commits that succeeded since the last call."""
+        self.wait()
+        done, self._committed = self._committed, []
+        return done
+
+    @_critical
+    def commit_later(self, writes: list[Callable[[Any], None]], token: Any = None) -> None:
+        """Run ``writes`` (each gets a cursor) and commit, in a background thread.
+
+        The next chunk's items run meanwhile; anything that needs the
+        connection first waits for this commit (:meth:`wait`). psycopg2 lets
+        other threads run while it waits on the server, so the server's work
+        on one chunk overlaps the processors' work on the next.
+        """
+        self.wait()
+        self.begin()
+
+        def job() -> None:
+            try:
+                with self.conn.cursor() as cur:
+                    for write in writes:
+                        write(cur)
+                self._end_chunk()
+            except BaseException as exc:  # handed to the main thread by wait()
+                self._job_error = exc
+
+        self._reset()
+        self._job_token = token
+        self._job = threading.Thread(target=job, name="ingestkit-commit", daemon=True)
+        self._job.start()
+
+    @_critical
     def begin(self) -> None:
         if not self._in_chunk:
             self._in_chunk = True
             if self.dry_run:
                 self._raw("SAVEPOINT ingestkit_chunk")
 
+    def _end_chunk(self) -> None:
+        if self.dry_run:
+            with self.conn.cursor() as cur:
+                cur.execute("RELEASE SAVEPOINT ingestkit_chunk")
+        else:
+            self.conn.commit()
+
+    @_critical
     def commit(self) -> None:
         """Commit the chunk (in a dry run: keep it, to be rolled back at the end)."""
+        self.wait()
         self.begin()
         try:
-            if self.dry_run:
-                self._raw("RELEASE SAVEPOINT ingestkit_chunk")
-            else:
-                self.conn.commit()
+            self._end_chunk()
         except psycopg2.Error as exc:
             if is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
             raise
         self._reset()
 
+    @_critical
     def rollback(self) -> None:
-        """Undo the whole chunk in flight."""
+        """Undo the whole chunk in flight (one committing in the background completes)."""
+        self.wait()
         try:
             if self.dry_run and self._in_chunk:
                 self._raw(
@@ -338,11 +476,16 @@ class Transaction:
         self.owner = None
 
     def in_error(self) -> bool:
+        self.wait()
         status = self.conn.info.transaction_status
         return status == psycopg2.extensions.TRANSACTION_STATUS_INERROR
 
     def close(self) -> None:
         """End the batch: a dry run rolls back everything it did."""
+        try:
+            self.wait()
+        except Exception:  # noqa: S110 - the batch is over; its error was reported
+            pass
         if self.conn.closed:
             return
         try:

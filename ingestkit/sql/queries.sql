@@ -125,6 +125,12 @@ ORDER BY finished_at, key;
 -- name: last-failed-processors
 SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'error');
 
+-- name: deferred-constraints
+-- Constraints checked at COMMIT unless told otherwise (quoted, for SET CONSTRAINTS).
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.conname)
+FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
+WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+
 -- name: table-oid
 SELECT to_regclass(%s)::oid;
 
