@@ -18,11 +18,15 @@ _MISSING = object()
 
 
 def _cache_key(table: str, returning: str, match: dict) -> tuple:
-    return (
-        table,
-        returning,
-        tuple(sorted((k, None if v is None else str(v)) for k, v in match.items())),
-    )
+    if len(match) == 1:  # the usual lookup: one code column
+        ((column, value),) = match.items()
+        return (table, returning, ((column, value if type(value) is str else _text(value)),))
+    return (table, returning, tuple(sorted((k, _text(v)) for k, v in match.items())))
+
+
+def _text(value: Any) -> str | None:
+    """Match values are cached as text: lookup(id=1) and lookup(id="1") are one entry."""
+    return None if value is None else str(value)
 
 
 class Lookup:

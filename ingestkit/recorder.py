@@ -145,7 +145,8 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     data = outcome_rows(chunk.reports)
 
     def write_outcomes(cur: Any) -> None:
-        cur.copy_expert(q("outcomes-copy"), io.BytesIO(data))
+        # one read of the whole payload: each read would wait for the GIL
+        cur.copy_expert(q("outcomes-copy"), io.BytesIO(data), size=len(data) + 1)
         cur.execute(q("record-outcomes"), params)
 
     chunk.writes.append(write_outcomes)

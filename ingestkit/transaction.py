@@ -230,10 +230,10 @@ class Transaction:
     def discard(self, owner: Any) -> None:
         """Undo everything ``owner`` wrote: its savepoint, its buffered rows."""
         rows = self._rows
-        while rows and rows[-1][0] is owner:  # the usual case: the item that just ran
+        # An owner's rows are always the last ones: other items' rows were
+        # written (flushed) before its first statement or came before it.
+        while rows and rows[-1][0] is owner:
             rows.pop()
-        if any(r[0] is owner for r in rows):
-            self._rows = [r for r in rows if r[0] is not owner]
         if self._savepoint_owner is owner and owner is not None:
             self._rollback_to_savepoint()
 
@@ -339,7 +339,8 @@ class Transaction:
                 statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
                     table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols))
                 )
-                cur.copy_expert(statement, io.BytesIO(copy_rows(values)))
+                data = copy_rows(values)
+                cur.copy_expert(statement, io.BytesIO(data), size=len(data) + 1)
 
     def _in_fk_order(self, groups: dict) -> list:
         """Groups ordered so that tables referenced by foreign keys come first."""
