@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
+#: A batch that recorded this many outcomes refreshes the planner's statistics.
+ANALYZE_AFTER = 10_000
 #: First key of the two-key advisory locks that mark live batches.
 LOCK_NAMESPACE = 0x696B_0002
 
@@ -162,6 +164,10 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     status = "interrupted" if exitstatus == 2 else "finished"
     try:
         _finish(conn, batch, status, exitstatus, counts)
+        if sum(counts.values()) - counts["unchanged"] >= ANALYZE_AFTER:
+            # fresh statistics, so the next run's history reads use the indexes
+            with conn.cursor() as cur:
+                cur.execute(q("analyze"))
     except (psycopg2.OperationalError, psycopg2.InterfaceError):
         if not conn.closed:
             raise

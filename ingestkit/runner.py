@@ -63,6 +63,7 @@ class Item:
         "processor",
         "location",
         "content_hash",
+        "rerun",
         "entry_error",
         "has_statements",
         "statement_error",
@@ -78,6 +79,7 @@ class Item:
         self.attempt = 1
         self.previous_error: str | None = None
         self.content_hash: str | None = None
+        self.rerun = False
         self.entry_error: str | None = None
         self.has_statements = False
         self.statement_error: BaseException | None = None
@@ -314,6 +316,7 @@ class Runner:
             return None
         if entry.rerun:
             self.rerun_keys.add(key)
+            item.rerun = True
         elif key in self.rerun_keys:
             return None  # --ff already ran this key first
         item.key = key
@@ -342,7 +345,8 @@ class Runner:
         processor = plan.processor
         chunk = Chunk(processor)
         self.txn.begin()
-        keys = [it.key for it in items if processor.source is not None]
+        # a re-fed (--lf) item carries its own history; the others need theirs
+        keys = [it.key for it in items if processor.source is not None and not it.rerun]
         history = (
             self.hook.ingestkit_chunk_history(session=session, processor=processor, keys=keys)
             if keys

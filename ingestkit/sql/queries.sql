@@ -36,6 +36,9 @@ SET finished_at = now(), status = %(status)s, exit_code = %(exit_code)s,
     counts = %(counts)s, meta = %(meta)s
 WHERE id = %(id)s;
 
+-- name: analyze
+ANALYZE ingestkit.latest, ingestkit.items;
+
 -- name: update-counts
 UPDATE ingestkit.batches SET counts = %(counts)s WHERE id = %(id)s;
 
