@@ -3,6 +3,8 @@
 import os
 import signal
 import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 ROWS = """
 import ingestkit
@@ -195,8 +197,6 @@ def process_n(record, db):
 
 
 def test_junitxml_has_a_suite_per_processor(project, tmp_path):
-    import xml.etree.ElementTree as ET
-
     project.write("ingest_rows.py", ROWS)
     out = tmp_path / "report.xml"
     project.run("--junitxml", str(out))
@@ -241,3 +241,37 @@ def process_n(record):
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) < 15, proc.stdout
     assert "20,000 succeeded" in proc.stdout
+
+
+def test_junitxml_is_valid_against_the_junit_schema(project, tmp_path):
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "junit.xsd"))
+    project.write("ingest_rows.py", ROWS)
+    project.write(
+        "ingest_more.py",
+        """
+import ingestkit
+
+@ingestkit.source([{"k": "a\\x01b <&>"}, {"k": "ok"}], key="k")
+def process_odd(record):
+    if record["k"] != "ok":
+        raise ValueError("control \\x02 characters and <markup> & quotes \\" in a message")
+
+def process_broken(missing_fixture):
+    pass
+""",
+    )
+    out = tmp_path / "junit.xml"
+    result = project.run("--junitxml", str(out))
+    assert result.exit_code == 1
+    schema.validate(str(out))
+    root = ET.parse(out).getroot()
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert set(suites) == {
+        "ingest_more.py::process_odd",
+        "ingest_more.py::process_broken",
+        "ingest_rows.py::process_row",
+    }
+    assert suites["ingest_more.py::process_broken"].get("errors") == "1"
+    assert suites["ingest_rows.py::process_row"].get("tests") == "4"
