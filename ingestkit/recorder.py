@@ -12,6 +12,7 @@ import io
 import json
 import os
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -31,6 +32,8 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 
 #: A batch that recorded this many outcomes refreshes the planner's statistics.
 ANALYZE_AFTER = 10_000
+#: First key of the advisory locks that let one batch at a time run a processor.
+PROCESSOR_NAMESPACE = 0x696B_0003
 #: First key of the two-key advisory locks that mark live batches.
 LOCK_NAMESPACE = 0x696B_0002
 
@@ -67,13 +70,34 @@ def ingestkit_batch_start(session: Session) -> None:
     session.txn.conn.commit()
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def ingestkit_processor_start(processor: Processor, session: Session) -> None:
-    """Note a processor with no recorded outcome yet: its chunks need no history."""
+    """Take the processor's lock (waiting for another batch that runs it), then
+    note whether it has no recorded outcome yet: its chunks need no history."""
+    params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
     with session.control.cursor() as cur:
+        cur.execute(q("try-lock-processor"), params)
+        if not cur.fetchone()[0]:
+            cur.execute(q("processor-holder"), params)
+            holder = cur.fetchone()
+            who = (
+                f"batch {holder[0]} (host {holder[1]}, pid {holder[2]})"
+                if holder
+                else "another batch"
+            )
+            print(f"{processor.nodeid} is being run by {who}: waiting for it", file=sys.stderr)
+            cur.execute(q("lock-processor"), params)
         cur.execute(q("processor-has-history"), {"processor": processor.nodeid})
         if not cur.fetchone()[0]:
             session.new_processors.add(processor.nodeid)
+
+
+@hookimpl(trylast=True)
+def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
+    if session.control is not None and not session.control.closed:
+        params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
+        with session.control.cursor() as cur:
+            cur.execute(q("unlock-processor"), params)
 
 
 @hookimpl

@@ -275,3 +275,31 @@ def process_broken(missing_fixture):
     }
     assert suites["ingest_more.py::process_broken"].get("errors") == "1"
     assert suites["ingest_rows.py::process_row"].get("tests") == "4"
+
+
+def test_two_runs_at_once_never_process_an_item_twice(project):
+    project.write(
+        "ingest_slow.py",
+        """
+import time
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+
+@ingestkit.source(range(300), key=str)
+def process_n(record, db):
+    time.sleep(0.002)
+    db.execute("INSERT INTO t VALUES (%s)", (record,))
+""",
+    )
+    first, second = project.spawn(), project.spawn()
+    out1, out2 = first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]
+    assert (first.returncode, second.returncode) == (0, 0), out1 + out2
+    assert "ingest_slow.py::process_n is being run by batch" in out1 + out2
+    assert project.scalar("SELECT count(*) FROM t") == 300
+    batches = project.query("SELECT counts FROM ingestkit.batches ORDER BY started_at")
+    counts = [b["counts"] for b in batches]
+    assert sorted((c["succeeded"], c["unchanged"]) for c in counts) == [(0, 300), (300, 0)]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 300

@@ -52,6 +52,25 @@ WHERE status = 'running'
   AND pg_try_advisory_xact_lock(%(ns)s, lock_key)
 RETURNING id;
 
+-- name: try-lock-processor
+-- One batch at a time runs a processor: two runs at once would process the same
+-- items twice. Session-level, on the control connection; released at its end.
+SELECT pg_try_advisory_lock(%(ns)s, hashtext(%(processor)s));
+
+-- name: lock-processor
+SELECT pg_advisory_lock(%(ns)s, hashtext(%(processor)s));
+
+-- name: unlock-processor
+SELECT pg_advisory_unlock(%(ns)s, hashtext(%(processor)s));
+
+-- name: processor-holder
+SELECT b.id, b.hostname, b.pid
+FROM pg_catalog.pg_locks l JOIN ingestkit.batches b ON b.backend_pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.classid = %(ns)s::oid AND l.objid = hashtext(%(processor)s)::oid
+  AND b.status = 'running'
+LIMIT 1;
+
 -- name: processor-has-history
 SELECT EXISTS (SELECT 1 FROM ingestkit.latest WHERE processor = %(processor)s);
 

@@ -26,6 +26,7 @@ CREATE TABLE ingestkit.batches (
     meta         jsonb NOT NULL DEFAULT '{}'::jsonb,
     -- not public: liveness of a running batch (an advisory lock held by its process)
     pid          int,
+    backend_pid  int DEFAULT pg_backend_pid(),  -- of the connection holding the locks
     lock_key     int NOT NULL DEFAULT nextval('ingestkit.batch_lock_seq')::int
 );
 CREATE INDEX batches_started_at_idx ON ingestkit.batches (started_at DESC);
