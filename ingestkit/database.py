@@ -143,10 +143,11 @@ def resolve_dsn(config: Config) -> tuple[str, str]:
     return start_embedded(config.ensure_cache_dir()), "embedded"
 
 
-def connect(dsn: str, application_name: str = "ingestkit") -> Any:
+def connect(dsn: str, application_name: str = "ingestkit", options: str | None = None) -> Any:
     """Open a connection, or raise UsageError with one line naming the problem."""
+    extra = {"options": options} if options else {}
     try:
-        conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10)
+        conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10, **extra)
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         password = dsn_password(dsn)

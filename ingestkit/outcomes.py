@@ -40,3 +40,7 @@ class ScopeMismatch(Exception):
 
 class RecordError(Exception):
     """A record could not be read or keyed; the item is an ``error``."""
+
+
+class ItemTimeout(Exception):
+    """An item ran longer than ``--item-timeout``."""

@@ -10,6 +10,7 @@ together with its outcome rows.
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ import pluggy
 
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
-from .outcomes import RecordError, Skipped
+from .outcomes import ItemTimeout, RecordError, Skipped
 from .readers import SourceUnreadable
 from .reports import ItemReport
 from .sources import Entry, Reader, content_hash, iter_entries, make_keyfunc, to_json
@@ -152,6 +153,7 @@ class Runner:
         self.reprocess = option.reprocess
         self.store_all = self.config.get("store_payloads", "failed") == "all"
         self.fixed_chunk = option.chunk_size
+        self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK
         pm = self.config.pluginmanager
         self.active = {
@@ -464,8 +466,58 @@ class Runner:
 
     # -- one item ----------------------------------------------------------
 
+    def _call(self, item: Item, plan: Plan) -> tuple[str, BaseException | None]:
+        """Set up the item's fixtures, call the processor, tear down: the status."""
+        runtime, active = self.runtime, self.active
+        status: str = "succeeded"
+        exc: BaseException | None = None
+        runtime.item_nodeid = item.nodeid
+        try:
+            if active["ingestkit_runtest_setup"]:
+                self.hook.ingestkit_runtest_setup(item=item)
+            if plan.static is not None:
+                kwargs = dict(plan.static)
+                for name, builtin in plan.per_item:
+                    kwargs[name] = (
+                        item.record
+                        if builtin == "record"
+                        else item
+                        if builtin == "item"
+                        else self.log_logger
+                    )
+            else:
+                cache = runtime.cache["item"]
+                cache[self.seeded["record"]] = (item.record, None)
+                cache[self.seeded["item"]] = (item, None)
+                cache[self.seeded["log"]] = (self.log_logger, None)
+                kwargs = runtime.kwargs(plan.closure, item.nodeid)
+        except Exception as e:
+            status, exc = "error", e
+        else:
+            try:
+                if active["ingestkit_runtest_call"]:
+                    self.hook.ingestkit_runtest_call(item=item, kwargs=kwargs)
+                else:
+                    item.processor.func(**kwargs)
+            except Skipped as e:
+                status, exc = "skipped", e
+            except ConnectionLost:
+                raise
+            except Exception as e:
+                status, exc = "failed", e
+        if active["ingestkit_runtest_teardown"]:
+            try:
+                self.hook.ingestkit_runtest_teardown(item=item)
+            except Exception as e:
+                if status in ("succeeded", "skipped"):
+                    status, exc = "error", e
+        errors = runtime.teardown("item")
+        if errors and status in ("succeeded", "skipped"):
+            status, exc = "error", errors[0]
+        return status, exc
+
     def _run_item(self, item: Item, plan: Plan) -> None:
-        runtime, txn, active = self.runtime, self.txn, self.active
+        txn, active = self.txn, self.active
         txn.owner = item
         self.capture.handler.start()
         started = time.perf_counter()
@@ -475,49 +527,17 @@ class Runner:
         elif plan.setup_error is not None:
             status, exc = "error", plan.setup_error
         else:
-            runtime.item_nodeid = item.nodeid
+            if self.item_timeout:
+                self.session.timing_item = True
+                signal.setitimer(signal.ITIMER_REAL, self.item_timeout)
             try:
-                if active["ingestkit_runtest_setup"]:
-                    self.hook.ingestkit_runtest_setup(item=item)
-                if plan.static is not None:
-                    kwargs = dict(plan.static)
-                    for name, builtin in plan.per_item:
-                        kwargs[name] = (
-                            item.record
-                            if builtin == "record"
-                            else item
-                            if builtin == "item"
-                            else self.log_logger
-                        )
-                else:
-                    cache = runtime.cache["item"]
-                    cache[self.seeded["record"]] = (item.record, None)
-                    cache[self.seeded["item"]] = (item, None)
-                    cache[self.seeded["log"]] = (self.log_logger, None)
-                    kwargs = runtime.kwargs(plan.closure, item.nodeid)
-            except Exception as e:
-                status, exc = "error", e
-            else:
-                try:
-                    if active["ingestkit_runtest_call"]:
-                        self.hook.ingestkit_runtest_call(item=item, kwargs=kwargs)
-                    else:
-                        item.processor.func(**kwargs)
-                except Skipped as e:
-                    status, exc = "skipped", e
-                except ConnectionLost:
-                    raise
-                except Exception as e:
-                    status, exc = "failed", e
-            if active["ingestkit_runtest_teardown"]:
-                try:
-                    self.hook.ingestkit_runtest_teardown(item=item)
-                except Exception as e:
-                    if status in ("succeeded", "skipped"):
-                        status, exc = "error", e
-            errors = runtime.teardown("item")
-            if errors and status in ("succeeded", "skipped"):
-                status, exc = "error", errors[0]
+                status, exc = self._call(item, plan)
+            except ItemTimeout as e:  # it went off between two of ingestkit's own steps
+                status, exc = "failed", e
+            finally:
+                if self.item_timeout:
+                    self.session.timing_item = False
+                    signal.setitimer(signal.ITIMER_REAL, 0)
         if item.has_statements and txn.transaction_ended():
             status, exc = "failed", RuntimeError(_ENDED_TRANSACTION)
         elif status == "succeeded" and item.statement_error is not None:

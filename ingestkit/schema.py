@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+import psycopg2
+import psycopg2.errors
+
+from .outcomes import UsageError
 from .queries import q, read_sql
 
 #: Key of the transaction-level advisory lock taken while creating or migrating.
@@ -33,18 +37,29 @@ def ensure_schema(conn) -> None:  # noqa: ANN001 - psycopg2 connection
     conn.commit()
     if version == current_version():
         return
-    with conn.cursor() as cur:
-        cur.execute(q("schema-lock"), (SCHEMA_LOCK,))
-        version = _version(cur)  # another run may have done it meanwhile
-        if version is None:
-            cur.execute(read_sql("schema.sql"))
-            cur.execute(q("set-schema-version"), (current_version(),))
-        else:
-            for number, sql in sorted(migrations().items()):
-                if number > version:
-                    cur.execute(sql)
-                    cur.execute(q("set-schema-version"), (number,))
-    conn.commit()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(q("schema-lock"), (SCHEMA_LOCK,))
+            version = _version(cur)  # another run may have done it meanwhile
+            if version is None:
+                cur.execute(q("namespace-exists"))
+                if not cur.fetchone()[0]:
+                    cur.execute(q("create-namespace"))
+                cur.execute(read_sql("schema.sql"))
+                cur.execute(q("set-schema-version"), (current_version(),))
+            else:
+                for number, sql in sorted(migrations().items()):
+                    if number > version:
+                        cur.execute(sql)
+                        cur.execute(q("set-schema-version"), (number,))
+        conn.commit()
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        conn.rollback()
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(
+            f"cannot create ingestkit's tables: {first}. Give this role CREATE on the "
+            "database, or create its schema for it: CREATE SCHEMA ingestkit AUTHORIZATION <role>"
+        ) from None
 
 
 def _version(cur) -> int | None:  # noqa: ANN001

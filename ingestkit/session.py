@@ -23,6 +23,7 @@ from .config import Config
 from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
+from .outcomes import ItemTimeout
 from .schema import ensure_schema
 from .transaction import ConnectionLost, Transaction
 
@@ -100,6 +101,13 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="items per transaction (default adapts)",
     )
+    add(
+        "--item-timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="fail an item that runs longer than this (its SQL statements too)",
+    )
 
 
 class Session:
@@ -131,6 +139,7 @@ class Session:
         self.notes: list[str] = []
         self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
+        self.timing_item = False  # --item-timeout's alarm is armed
         self.started = time.time()
         for name in ("builtin",):
             plugin = config.pluginmanager.get_plugin(name)
@@ -152,7 +161,10 @@ class Session:
         if password:
             self.config.secrets.append(password)
         self.database = (mask_dsn(dsn), origin)
-        conn = connect(dsn)
+        timeout = self.config.getoption("item_timeout")
+        # an item stuck in one SQL statement is bounded by the server
+        options = f"-c statement_timeout={int(timeout * 1000)}" if timeout else None
+        conn = connect(dsn, options=options)
         control = connect(dsn, "ingestkit-control")
         control.autocommit = True
         ensure_schema(conn)
@@ -170,6 +182,13 @@ class Session:
                     conn.close()
                 except Exception:  # noqa: S110 - closing a broken connection
                     pass
+
+    def on_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM: the running item exceeded --item-timeout."""
+        if not self.timing_item:
+            return  # went off just as the item ended
+        seconds = self.config.option.item_timeout
+        self.txn.interrupt(ItemTimeout(f"the item ran longer than {seconds:g} s (--item-timeout)"))
 
     def count(self, chunk: Chunk) -> None:
         for report in chunk.reports:
@@ -231,6 +250,9 @@ def run_batch(session: Session) -> int:
     status: int = ExitCode.INTERNAL_ERROR
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, session.txn.on_sigint) if in_main else None
+    timeout = config.option.item_timeout
+    if timeout and in_main:
+        signal.signal(signal.SIGALRM, session.on_alarm)
     try:
         config.hook.ingestkit_batch_start(session=session)
         with session.capture:
@@ -251,6 +273,9 @@ def run_batch(session: Session) -> int:
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
         # also after an internal error (status 3): the batch row is finished, not left running
         try:
             config.hook.ingestkit_batch_finish(session=session, exitstatus=status)

@@ -46,9 +46,9 @@ class ReplayChunk(Exception):
 def _critical(method: Callable) -> Callable:
     """Run ``method`` as one step that Ctrl-C does not cut in two.
 
-    A SIGINT arriving while ingestkit talks to the database or updates what
-    it knows of the transaction (savepoints, buffered rows) is held back and
-    raised as KeyboardInterrupt when the step is done, so the bookkeeping
+    A SIGINT (or an item's timeout) arriving while ingestkit talks to the
+    database or updates what it knows of the transaction (savepoints, buffered
+    rows) is held back and raised when the step is done, so the bookkeeping
     always matches the database. In the processor's own code it is raised at
     once, as usual.
     """
@@ -60,9 +60,9 @@ def _critical(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         finally:
             self._depth -= 1
-            if not self._depth and self._interrupted:
-                self._interrupted = False
-                raise KeyboardInterrupt
+            if not self._depth and self._interrupted is not None:
+                interruption, self._interrupted = self._interrupted, None
+                raise interruption
 
     return step
 
@@ -107,16 +107,21 @@ class Transaction:
         self._committed: list[Any] = []  # tokens of background commits known to have succeeded
         self._depth = 0  # inside a _critical step
         self._deferred: bytes | None = None  # see deferred_check()
-        self._interrupted = False  # a SIGINT came during one
+        self._interrupted: BaseException | None = None  # a signal came during one
         self._late_failures: list[tuple[Any, BaseException]] = []
         self._in_chunk = False
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler for the batch: see :func:`_critical`."""
+        self.interrupt(KeyboardInterrupt())
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Raise ``exc`` now, or at the end of the critical step under way."""
         if self._depth:
-            self._interrupted = True
+            if self._interrupted is None:
+                self._interrupted = exc
         else:
-            raise KeyboardInterrupt
+            raise exc
 
     # -- statements --------------------------------------------------------
 

@@ -10,6 +10,12 @@ SELECT EXISTS (
     WHERE schemaname = 'ingestkit' AND tablename = 'schema_version'
 );
 
+-- name: namespace-exists
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'ingestkit');
+
+-- name: create-namespace
+CREATE SCHEMA ingestkit;
+
 -- name: schema-version
 SELECT max(version) FROM ingestkit.schema_version;
 

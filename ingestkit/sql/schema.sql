@@ -3,7 +3,8 @@
 -- An existing one is brought up to date by migrations/NNNN_*.sql, applied in
 -- order; the highest migration number is the version this file describes.
 
-CREATE SCHEMA IF NOT EXISTS ingestkit;
+-- Schema "ingestkit" itself is created by schema.py when missing (a role that may
+-- not create schemas can be given one: CREATE SCHEMA ingestkit AUTHORIZATION role).
 
 CREATE TABLE ingestkit.schema_version (
     version     int PRIMARY KEY,

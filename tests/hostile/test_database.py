@@ -11,6 +11,8 @@ what a dropped connection loses) deterministic.
 
 from __future__ import annotations
 
+import time
+
 import pluggy
 import psycopg2
 import pytest
@@ -398,7 +400,6 @@ WRITES = {
 }
 
 
-
 @pytest.mark.parametrize(
     "mode, write, kill_at",
     [
@@ -594,3 +595,61 @@ def process_row(record, db, lookup):
         {"id": 1, "name": "1:a'b"},
         {"id": 2, "name": '2:new"one'},
     ]
+
+
+def test_item_timeout_bounds_a_hanging_processor_and_a_slow_statement(project):
+    project.write(
+        "ingest_slow.py",
+        """
+import time
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+
+@ingestkit.source([{"id": i} for i in range(1, 7)], key="id")
+def process_row(record, db):
+    if record["id"] == 2:
+        while True:  # a processor that hangs
+            time.sleep(0.01)
+    if record["id"] == 4:
+        db.execute("SELECT pg_sleep(30)")  # a statement that hangs
+    db.execute("INSERT INTO t VALUES (%s)", (record["id"],))
+""",
+    )
+    started = time.time()
+    result = project.run("--item-timeout", "0.5")
+    assert time.time() - started < 15
+    assert result.exit_code == 1, result.output
+    assert result.statuses() == {
+        "1": "succeeded",
+        "2": "failed",
+        "3": "succeeded",
+        "4": "failed",
+        "5": "succeeded",
+        "6": "succeeded",
+    }
+    assert result.by_key()["2"]["error_type"] == "ItemTimeout"
+    assert "--item-timeout" in result.by_key()["2"]["error_message"]
+    # the server cancels the statement (statement_timeout) as the alarm goes off
+    assert result.by_key()["4"]["error_type"] in ("QueryCanceled", "ItemTimeout")
+    assert [r["id"] for r in project.query("SELECT id FROM t ORDER BY id")] == [1, 3, 5, 6]
+
+
+def test_statement_timeout_of_the_role_fails_the_item_not_the_batch(project):
+    project.write(
+        "ingest_slow.py",
+        """
+import ingestkit
+
+@ingestkit.source([{"id": i} for i in range(1, 4)], key="id")
+def process_row(record, db):
+    db.execute("SET LOCAL statement_timeout = '100ms'")
+    if record["id"] == 2:
+        db.execute("SELECT pg_sleep(5)")
+""",
+    )
+    result = project.run()
+    assert result.statuses() == {"1": "succeeded", "2": "failed", "3": "succeeded"}
+    assert "statement timeout" in result.by_key()["2"]["error_message"]
