@@ -653,3 +653,111 @@ def process_row(record, db):
     result = project.run()
     assert result.statuses() == {"1": "succeeded", "2": "failed", "3": "succeeded"}
     assert "statement timeout" in result.by_key()["2"]["error_message"]
+
+
+def test_deadlock_with_another_writer_fails_only_that_item(project, tmp_path):
+    import threading
+
+    flag = tmp_path / "item-holds-row-1"
+    project.write(
+        "ingest_lock.py",
+        f"""
+import time
+from pathlib import Path
+import ingestkit
+
+FLAG = Path({str(flag)!r})
+
+@ingestkit.source([{{"id": i}} for i in range(1, 5)], key="id")
+def process_row(record, db):
+    if record["id"] == 2:
+        db.execute("SET LOCAL deadlock_timeout = '50ms'")  # this side detects it
+        db.execute("UPDATE r SET v = v + 1 WHERE id = 1")
+        FLAG.write_text("go")
+        time.sleep(0.3)  # the other writer now holds row 2 and waits for row 1
+        db.execute("UPDATE r SET v = v + 1 WHERE id = 2")
+    else:
+        db.execute("UPDATE r SET v = v + 1 WHERE id = 3")
+""",
+    )
+    admin = psycopg2.connect(project.dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("CREATE TABLE r (id int PRIMARY KEY, v int)")
+        cur.execute("INSERT INTO r VALUES (1, 0), (2, 0), (3, 0)")
+    admin.close()
+    other = psycopg2.connect(project.dsn)
+
+    def other_writer():
+        with other.cursor() as cur:
+            cur.execute("UPDATE r SET v = v + 10 WHERE id = 2")
+            while not flag.exists():
+                time.sleep(0.01)
+            cur.execute("UPDATE r SET v = v + 10 WHERE id = 1")  # waits for the item
+        other.commit()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    result = project.run()
+    thread.join(timeout=30)
+    other.close()
+    assert result.exit_code == 1, result.output
+    assert result.statuses() == {
+        "1": "succeeded",
+        "2": "failed",
+        "3": "succeeded",
+        "4": "succeeded",
+    }
+    assert result.by_key()["2"]["error_type"] == "DeadlockDetected"
+    values = {r["id"]: r["v"] for r in project.query("SELECT id, v FROM r")}
+    assert values == {1: 10, 2: 10, 3: 3}  # the other writer committed; item 2 left no trace
+
+
+def test_every_connection_dropped_as_in_a_server_restart(project):
+    project.write(
+        "ingest_x.py",
+        """
+import time
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+
+@ingestkit.source(range(1, 201), key=str)
+def process_n(record, db):
+    time.sleep(0.005)
+    db.execute("INSERT INTO t VALUES (%s)", (record,))
+""",
+    )
+    proc = project.spawn("--chunk-size", "10")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if (project.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= 30:
+                break
+        except psycopg2.Error:
+            pass
+        time.sleep(0.05)
+    project.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'ingestkit%%'"
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert "lost the database connection" in out
+    succeeded = {
+        r["key"]
+        for r in project.query("SELECT key FROM ingestkit.items WHERE status = 'succeeded'")
+    }
+    written = {str(r["id"]) for r in project.query("SELECT id FROM t")}
+    assert succeeded == written
+    again = project.run()
+    assert again.exit_code == 0, again.output
+    assert again.counts == {"succeeded": 200 - len(written), "unchanged": len(written)}
+    statuses = [
+        r["status"]
+        for r in project.query("SELECT status FROM ingestkit.batches ORDER BY started_at")
+    ]
+    assert statuses == ["interrupted", "finished"]
