@@ -210,7 +210,8 @@ class Config:
                 module = importlib.import_module(spec)
             except ImportError as exc:
                 raise UsageError(f"-p {spec}: cannot import plugin module: {exc}") from None
-            pm.register(module, name=spec)
+            if not pm.is_registered(module):  # e.g. already loaded from its entry point
+                pm.register(module, name=spec)
 
 
 def _preparse_plugins(args: list[str]) -> list[str]:

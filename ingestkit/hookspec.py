@@ -117,6 +117,9 @@ def ingestkit_make_source(
 ) -> Iterable[Entry] | None:
     """Turn a processor's ``@ingestkit.source(...)`` into entries.
 
+    ``spec.src`` is what the decorator was given or, when that was a callable
+    taking fixtures, what the call returned.
+
     Return an iterable of :class:`~ingestkit.sources.Entry` to handle a source
     type of your own (a plugin adding a Parquet or paged-API reader does this);
     return None to leave it to the next plugin. The built-in implementation

@@ -9,6 +9,7 @@ together with its outcome rows.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import signal
 import time
@@ -257,17 +258,18 @@ class Runner:
         seen = KeySet()
         self.rerun_keys: set[str] = set()
         position = 0
-        while not self.session.shouldstop:
+        broken: Exception | None = None
+        while not self.session.shouldstop and broken is None:
+            batch: list[Entry] = []
             try:
-                batch = list(itertools.islice(entries, self.chunk_size))
+                for entry in itertools.islice(entries, self.chunk_size):
+                    batch.append(entry)
             except ConnectionLost:
                 raise
-            except Exception as exc:  # the source itself broke
-                self.txn.rollback()
-                self._source_error(processor, exc)
-                return
+            except Exception as exc:  # the source itself broke: run what it gave, then say so
+                broken = exc
             if not batch:
-                return
+                break
             items = []
             for entry in batch:
                 position += 1
@@ -277,6 +279,8 @@ class Runner:
             started = time.perf_counter()
             self._run_chunk(plan, items, seen)
             self._adapt(time.perf_counter() - started, len(batch))
+        if broken is not None and not self.session.shouldstop:
+            self._source_error(processor, broken)
 
     def _adapt(self, seconds: float, count: int) -> None:
         if self.fixed_chunk:
@@ -610,15 +614,10 @@ def default_entries(processor: Processor, session: Session) -> Iterator[Entry]:
     if processor.source is None:
         yield Entry(None, processor.nodeid)
         return
-    yield from session.config.hook.ingestkit_make_source(
-        spec=processor.source, processor=processor, session=session
-    )
-
-
-@hookimpl(trylast=True)
-def ingestkit_make_source(spec: Any, processor: Processor, session: Session) -> Iterable[Entry]:
+    spec = processor.source
     src = spec.src
     if callable(src) and not isinstance(src, Reader) and not hasattr(src, "__iter__"):
+        # a source factory: call it with its fixtures; plugins see what it made
         closure = session.fixturemanager.closure(
             processor.nodeid, argnames_of(src), "processor", requester="source", autouse=False
         )
@@ -627,5 +626,12 @@ def ingestkit_make_source(spec: Any, processor: Processor, session: Session) -> 
         runtime = session.fixtures
         request = FixtureRequest(runtime, processor.nodeid, "processor", None, processor)
         kwargs = {name: runtime.value(closure, fdef, request) for name, fdef in closure.args}
-        src = src(**kwargs)
-    return iter_entries(src, spec.declared_in)
+        spec = dataclasses.replace(spec, src=src(**kwargs))
+    yield from session.config.hook.ingestkit_make_source(
+        spec=spec, processor=processor, session=session
+    )
+
+
+@hookimpl(trylast=True)
+def ingestkit_make_source(spec: Any, processor: Processor, session: Session) -> Iterable[Entry]:
+    return iter_entries(spec.src, spec.declared_in)
