@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from ingestkit.pytest_plugin import RunResult, query, run_ingestkit
@@ -66,6 +68,18 @@ class Project:
         proc = self.spawn(*args, cwd=cwd, dsn=dsn, env=env or {})
         out, _ = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+    def wait_for_items(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until a running batch has committed ``count`` outcome rows."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if (self.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= count:
+                    return
+            except psycopg2.Error:
+                pass  # the schema may not exist yet
+            time.sleep(0.05)
+        raise TimeoutError(f"fewer than {count} items committed after {timeout} s")
 
     def query(self, statement: str, params=None) -> list[dict]:
         return query(self.dsn, statement, params)

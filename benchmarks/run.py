@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -34,25 +32,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import flights  # noqa: E402
 
 import ingestkit  # noqa: E402
+from ingestkit.pytest_plugin import throwaway_database  # noqa: E402
 
 results: list[tuple[str, int, float, str]] = []  # (name, items, seconds, note)
 
 
-@contextlib.contextmanager
-def database(server: str) -> Iterator[str]:
-    name = f"ingestkit_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg2.extensions.make_dsn(server, dbname=name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        admin.close()
+def database(server: str) -> contextlib.AbstractContextManager[str]:
+    """A fresh database on ``server``, dropped afterwards."""
+    return throwaway_database(server)
 
 
 def record(name: str, items: int, seconds: float, note: str = "") -> float:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -174,14 +173,7 @@ def process_n(record, db):
 """,
     )
     proc = project.spawn("--chunk-size", "20")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if (project.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= 40:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
+    project.wait_for_items(40)
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2, out

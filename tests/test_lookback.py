@@ -99,14 +99,7 @@ def process_n(record):
 """,
     )
     proc = project.spawn("--chunk-size", "10")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if (project.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= 20:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
+    project.wait_for_items(20)
     proc.kill()
     proc.wait()
     # the server notices the dead client within milliseconds; no lease has to expire

@@ -1,7 +1,6 @@
 """§3: an item's writes commit with its outcome row, or not at all."""
 
 import signal
-import time
 
 import pytest
 
@@ -187,15 +186,6 @@ def test_changed_content_runs_again_and_reprocess_runs_everything(project):
     assert project.run("--reprocess").counts == {"succeeded": 5}
 
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_killed_process_leaves_a_consistent_database_and_a_rerun_finishes(project, sig):
     project.write(
@@ -216,13 +206,7 @@ def process_n(record, db):
     )
     proc = project.spawn("--chunk-size", "10")
 
-    def some_committed():
-        try:
-            return (project.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= 50
-        except Exception:
-            return False
-
-    assert _wait_for(some_committed), proc.stdout.read() if proc.poll() is not None else "timeout"
+    project.wait_for_items(50)
     proc.send_signal(sig)
     proc.wait(timeout=30)
     succeeded = {

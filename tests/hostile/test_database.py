@@ -731,14 +731,7 @@ def process_n(record, db):
 """,
     )
     proc = project.spawn("--chunk-size", "10")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if (project.scalar("SELECT count(*) FROM ingestkit.items") or 0) >= 30:
-                break
-        except psycopg2.Error:
-            pass
-        time.sleep(0.05)
+    project.wait_for_items(30)
     project.query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name LIKE 'ingestkit%%'"
