@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
 #: A batch that recorded this many outcomes refreshes the planner's statistics.
-ANALYZE_AFTER = 10_000
+ANALYZE_AFTER = 50_000
 #: First key of the advisory locks that let one batch at a time run a processor.
 PROCESSOR_NAMESPACE = 0x696B_0003
 #: First key of the two-key advisory locks that mark live batches.
