@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import signal
 import threading
@@ -174,14 +175,12 @@ class Session:
         self.lookup = Lookup(self.txn)
 
     def close_database(self) -> None:
-        for conn in (self.txn.conn if self.txn else None, self.control):
-            if conn is not None and not conn.closed:
-                try:
-                    if conn is not self.control:
-                        conn.rollback()  # a dry run ends here; otherwise nothing is pending
-                    conn.close()
-                except Exception:  # noqa: S110 - closing a broken connection
-                    pass
+        with contextlib.suppress(Exception):  # closing a broken connection
+            if self.txn is not None:
+                self.txn.close()  # waits for a background commit; a dry run ends here
+        with contextlib.suppress(Exception):
+            if self.control is not None and not self.control.closed:
+                self.control.close()
 
     def on_alarm(self, signum: int, frame: Any) -> None:
         """SIGALRM: the running item exceeded --item-timeout."""

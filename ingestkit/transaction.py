@@ -14,6 +14,7 @@ without a round trip per item:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import threading
@@ -481,17 +482,10 @@ class Transaction:
         self._in_chunk = False
         self.owner = None
 
-    def in_error(self) -> bool:
-        self.wait()
-        status = self.conn.info.transaction_status
-        return status == psycopg2.extensions.TRANSACTION_STATUS_INERROR
-
     def close(self) -> None:
         """End the batch: a dry run rolls back everything it did."""
-        try:
+        with contextlib.suppress(Exception):  # the batch is over; its error was reported
             self.wait()
-        except Exception:  # noqa: S110 - the batch is over; its error was reported
-            pass
         if self.conn.closed:
             return
         try:

@@ -47,9 +47,6 @@ WHERE id = %(id)s;
 -- stale until autovacuum gets to it, and the next run's history reads would scan.
 ANALYZE ingestkit.latest;
 
--- name: update-counts
-UPDATE ingestkit.batches SET counts = %(counts)s WHERE id = %(id)s;
-
 -- name: mark-interrupted
 -- A batch still 'running' whose process is gone no longer holds its advisory
 -- lock: taking it here proves the process died, without any timeout.
