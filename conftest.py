@@ -19,6 +19,21 @@ import pytest
 
 from ingestkit.pytest_plugin import RunResult, query, run_ingestkit
 
+#: The start of a pipeline file written with ``Project.write_noted``: ``note(...)``
+#: appends a line to the file the ``events`` fixture reads (outside the project,
+#: so no rollback can hide it).
+NOTE = """\
+import os
+
+import ingestkit
+
+
+def note(*parts):
+    with open(os.environ["IK_EVENTS"], "a") as f:
+        f.write(" ".join(str(p) for p in parts) + "\\n")
+
+"""
+
 
 class Project:
     """A folder of ingest files for one test, run against its own database."""
@@ -35,6 +50,10 @@ class Project:
         else:
             path.write_text(textwrap.dedent(text).lstrip("\n"))
         return path
+
+    def write_noted(self, relpath: str, body: str) -> Path:
+        """Write a pipeline or conftest file that starts with the ``note`` helper."""
+        return self.write(relpath, NOTE + textwrap.dedent(body).lstrip("\n"))
 
     def run(self, *args: str, cwd: Path | None = None, plugins: list | None = None) -> RunResult:
         """Run ingestkit in-process in ``cwd`` (default: the project root)."""
@@ -96,3 +115,15 @@ def project(tmp_path: Path, ingestkit_dsn: str) -> Project:
     root.mkdir()
     (root / "ingestkit.toml").write_text("")
     return Project(root, ingestkit_dsn)
+
+
+@pytest.fixture
+def events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Reads the lines the pipelines noted with ``note(...)``."""
+    path = tmp_path / "events.txt"
+    monkeypatch.setenv("IK_EVENTS", str(path))
+
+    def read() -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    return read

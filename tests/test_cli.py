@@ -295,3 +295,45 @@ def process_n(record, db):
     counts = [b["counts"] for b in batches]
     assert sorted((c["succeeded"], c["unchanged"]) for c in counts) == [(0, 300), (300, 0)]
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 300
+
+
+def test_ingestkit_main_stays_the_function_once_its_modules_are_imported(project):
+    import ingestkit
+    import ingestkit.cli
+    import ingestkit.session  # noqa: F401 - a submodule named like ingestkit.main once shadowed it
+
+    project.write("ingest_ok.py", "def process_once():\n    pass\n")
+    assert callable(ingestkit.main)
+
+
+def test_looking_back_into_a_closed_pipe_is_not_an_error(project):
+    import subprocess
+    import sys
+
+    project.write(
+        "ingest_bad.py",
+        "import ingestkit\n\n"
+        "@ingestkit.source([{'id': i, 'pad': 'x' * 100} for i in range(3000)], key='id')\n"
+        "def process_bad(record):\n"
+        "    raise ValueError('bad')\n",
+    )
+    project.run()  # ~500 kB of failures to export: more than a pipe holds
+    argv = [
+        sys.executable,
+        "-m",
+        "ingestkit",
+        "--dsn",
+        project.dsn,
+        "--export",
+        "--format",
+        "jsonl",
+    ]
+    proc = subprocess.run(
+        ["bash", "-c", '"$@" | head -n 1 >/dev/null; exit "${PIPESTATUS[0]}"', "bash", *argv],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -7,21 +7,8 @@ so that "nothing ran" and run order can be observed without ingestkit's tables.
 from __future__ import annotations
 
 import re
-import textwrap
 
 import pytest
-
-NOTE = """\
-import os
-
-import ingestkit
-
-
-def note(*parts):
-    with open(os.environ["IK_EVENTS"], "a") as f:
-        f.write(" ".join(str(p) for p in parts) + "\\n")
-
-"""
 
 THREE = """
 @ingestkit.source([{"id": 1}, {"id": 2}, {"id": 3}], key="id")
@@ -33,21 +20,6 @@ def process_NAME(record, item):
 def three(name: str) -> str:
     """A processor ``process_<name>`` over three records that notes each item's node id."""
     return THREE.replace("NAME", name)
-
-
-@pytest.fixture
-def events(tmp_path, monkeypatch):
-    path = tmp_path / "events.txt"
-    monkeypatch.setenv("IK_EVENTS", str(path))
-
-    def read() -> list[str]:
-        return path.read_text().splitlines() if path.exists() else []
-
-    return read
-
-
-def write(project, relpath: str, body: str):
-    return project.write(relpath, NOTE + textwrap.dedent(body).lstrip("\n"))
 
 
 def processors(result) -> set[str]:
@@ -73,8 +45,7 @@ def info(result) -> str:
 
 
 def test_default_patterns(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_orders.py",
         """
         def process_one():
@@ -100,11 +71,13 @@ def test_default_patterns(project, events):
             pass
         """,
     )
-    write(project, "sub/deeper/ingest_nested.py", "def process_nested():\n    note('nested')\n")
-    write(project, "helpers.py", "def process_helper():\n    note('helper')\n")
-    write(project, "test_ingest.py", "def process_test():\n    note('test')\n")
-    write(project, "ingest_notes.txt", "def process_txt():\n    note('txt')\n")
-    write(project, "my_ingest_x.py", "def process_my():\n    note('my')\n")
+    project.write_noted(
+        "sub/deeper/ingest_nested.py", "def process_nested():\n    note('nested')\n"
+    )
+    project.write_noted("helpers.py", "def process_helper():\n    note('helper')\n")
+    project.write_noted("test_ingest.py", "def process_test():\n    note('test')\n")
+    project.write_noted("ingest_notes.txt", "def process_txt():\n    note('txt')\n")
+    project.write_noted("my_ingest_x.py", "def process_my():\n    note('my')\n")
     result = project.run()
     assert result.exit_code == 0, info(result)
     assert processors(result) == {
@@ -128,8 +101,7 @@ def test_custom_patterns_from_pyproject(project, events):
         functions = ["handle_*", "on_*"]
         """,
     )
-    write(
-        project,
+    project.write_noted(
         "load_orders.py",
         """
         def handle_order():
@@ -144,8 +116,8 @@ def test_custom_patterns_from_pyproject(project, events):
             note("process_ignored")
         """,
     )
-    write(project, "pipelines/news_feed.py", "def handle_news():\n    note('handle_news')\n")
-    write(project, "ingest_default.py", "def handle_default():\n    note('default')\n")
+    project.write_noted("pipelines/news_feed.py", "def handle_news():\n    note('handle_news')\n")
+    project.write_noted("ingest_default.py", "def handle_default():\n    note('default')\n")
     result = project.run()
     assert result.exit_code == 0, info(result)
     assert processors(result) == {
@@ -159,10 +131,10 @@ def test_custom_patterns_from_pyproject(project, events):
 def test_paths_from_config(project, events):
     (project.root / "ingestkit.toml").unlink()
     project.write("pyproject.toml", '[tool.ingestkit]\npaths = ["pipelines", "more/feeds"]\n')
-    write(project, "ingest_root.py", "def process_root():\n    note('root')\n")
-    write(project, "pipelines/ingest_a.py", "def process_a():\n    note('a')\n")
-    write(project, "more/feeds/ingest_b.py", "def process_b():\n    note('b')\n")
-    write(project, "more/ingest_c.py", "def process_c():\n    note('c')\n")
+    project.write_noted("ingest_root.py", "def process_root():\n    note('root')\n")
+    project.write_noted("pipelines/ingest_a.py", "def process_a():\n    note('a')\n")
+    project.write_noted("more/feeds/ingest_b.py", "def process_b():\n    note('b')\n")
+    project.write_noted("more/ingest_c.py", "def process_c():\n    note('c')\n")
     result = project.run()
     assert result.exit_code == 0, info(result)
     assert processors(result) == {
@@ -179,7 +151,7 @@ def test_paths_from_config(project, events):
 
 
 def test_nodeids_do_not_depend_on_where_ingestkit_is_invoked(project, events):
-    write(project, "pipelines/ingest_x.py", three("x"))
+    project.write_noted("pipelines/ingest_x.py", three("x"))
     project.write("pipelines/pyproject.toml", "[tool.black]\nline-length = 100\n")
     from_root = project.run("pipelines")
     assert from_root.exit_code == 0, info(from_root)
@@ -204,7 +176,7 @@ def test_nodeids_do_not_depend_on_where_ingestkit_is_invoked(project, events):
 
 def test_rootdir_found_through_the_ingestkit_folder_left_by_an_earlier_run(project, events):
     (project.root / "ingestkit.toml").unlink()
-    write(project, "pipelines/ingest_x.py", three("x"))
+    project.write_noted("pipelines/ingest_x.py", three("x"))
     first = project.run()  # no marker at all: rootdir is the current directory
     assert first.exit_code == 0, info(first)
     assert processors(first) == {"pipelines/ingest_x.py::process_x"}
@@ -239,8 +211,7 @@ def test_rootdir_found_through_pyproject_tool_ingestkit(project):
 
 
 def test_nodeid_arguments_select_processors_and_keys(project, events):
-    write(
-        project,
+    project.write_noted(
         "pipelines/ingest_x.py",
         """
         KEYS = ["1", "2", "3", "a b", "x[1]", "p/q::r"]
@@ -328,7 +299,7 @@ def test_keyword_expressions(project, expression, expected):
 
 
 def test_keyword_selection_runs_only_the_selected(project, events):
-    write(project, "ingest_one.py", three("alpha") + three("beta"))
+    project.write_noted("ingest_one.py", three("alpha") + three("beta"))
     result = project.run("-k", "beta")
     assert result.exit_code == 0, info(result)
     assert processors(result) == {"ingest_one.py::process_beta"}
@@ -339,8 +310,7 @@ def test_keyword_selection_runs_only_the_selected(project, events):
 
 
 def test_collect_only_lists_and_runs_nothing(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_a.py",
         """
         @ingestkit.source(ingestkit.read_csv("data/customers.csv"), key="id")
@@ -436,10 +406,9 @@ def test_files_below_a_broken_conftest_do_not_run_without_it(project, events):
         """,
     )
     for name in ("one", "two"):
-        write(
-            project, f"staging/ingest_{name}.py", f"def process_{name}(target):\n    note(target)\n"
-        )
-    write(project, "ingest_good.py", "def process_good(target):\n    note('good', target)\n")
+        body = f"def process_{name}(target):\n    note(target)\n"
+        project.write_noted(f"staging/ingest_{name}.py", body)
+    project.write_noted("ingest_good.py", "def process_good(target):\n    note('good', target)\n")
     result = project.run()
     assert result.exit_code == 1, info(result)
     assert re.search(r"staging/conftest\.py:1\b", result.output), info(result)
@@ -464,7 +433,7 @@ def test_processors_run_in_sorted_file_order_then_definition_order(project, even
             note("{f}::process_a")
         """
     for f in ("ingest_c.py", "b/ingest_x.py", "ingest_a.py", "a/z/ingest_q.py", "ingest_B.py"):
-        write(project, f, body.format(f=f))
+        project.write_noted(f, body.format(f=f))
     result = project.run()
     assert result.exit_code == 0, info(result)
     files = sorted(
@@ -478,8 +447,7 @@ def test_processors_run_in_sorted_file_order_then_definition_order(project, even
 
 
 def test_items_run_in_source_order(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_order.py",
         """
         import random
@@ -506,8 +474,7 @@ def test_items_run_in_source_order(project, events):
 
 
 def test_processor_without_source_runs_once_per_batch_with_empty_key(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_once.py",
         """
         def process_once(item, record):

@@ -1,7 +1,8 @@
 """Fixtures (SPEC §2): scopes, teardown, autouse, conftest.py hierarchy, built-ins, errors.
 
 Fixture setup/teardown order is observed through an events file outside the
-database (so rollbacks cannot hide it): every pipeline starts with ``NOTE``,
+database (so rollbacks cannot hide it): pipelines are written with
+``project.write_noted`` (conftest.py), which starts them with ``NOTE``,
 whose ``note(...)`` appends one line to the file named by ``IK_EVENTS``.
 """
 
@@ -11,38 +12,7 @@ import re
 import textwrap
 from collections import Counter
 
-import pytest
-
-NOTE = """\
-import os
-
-import ingestkit
-
-
-def note(*parts):
-    with open(os.environ["IK_EVENTS"], "a") as f:
-        f.write(" ".join(str(p) for p in parts) + "\\n")
-
-"""
-
 BUILTINS = ("batch", "config", "db", "item", "log", "lookup", "record", "request")
-
-
-@pytest.fixture
-def events(tmp_path, monkeypatch):
-    """Reads the lines the pipelines noted (the file lives outside the project)."""
-    path = tmp_path / "events.txt"
-    monkeypatch.setenv("IK_EVENTS", str(path))
-
-    def read() -> list[str]:
-        return path.read_text().splitlines() if path.exists() else []
-
-    return read
-
-
-def write(project, relpath: str, body: str):
-    """Write a pipeline/conftest file that starts with the ``note`` helper."""
-    return project.write(relpath, NOTE + textwrap.dedent(body).lstrip("\n"))
 
 
 def ok(result):
@@ -99,9 +69,9 @@ def process_two(f_batch, f_mod, f_proc, f_item, record):
 
 
 def test_each_scope_is_set_up_once_per_its_unit(project, events):
-    write(project, "conftest.py", SCOPE_CONFTEST)
-    write(project, "ingest_a.py", SCOPE_MODULE)
-    write(project, "ingest_b.py", SCOPE_MODULE)
+    project.write_noted("conftest.py", SCOPE_CONFTEST)
+    project.write_noted("ingest_a.py", SCOPE_MODULE)
+    project.write_noted("ingest_b.py", SCOPE_MODULE)
     result = project.run()
     assert result.exit_code == 0, ok(result)
     assert result.counts == {"succeeded": 12}
@@ -124,9 +94,9 @@ def test_each_scope_is_set_up_once_per_its_unit(project, events):
 
 
 def test_scopes_end_at_the_end_of_their_unit(project, events):
-    write(project, "conftest.py", SCOPE_CONFTEST)
-    write(project, "ingest_a.py", SCOPE_MODULE)
-    write(project, "ingest_b.py", SCOPE_MODULE)
+    project.write_noted("conftest.py", SCOPE_CONFTEST)
+    project.write_noted("ingest_a.py", SCOPE_MODULE)
+    project.write_noted("ingest_b.py", SCOPE_MODULE)
     result = project.run()
     assert result.exit_code == 0, ok(result)
 
@@ -150,9 +120,8 @@ def test_scopes_end_at_the_end_of_their_unit(project, events):
 
 def test_wider_scopes_are_set_up_first_whatever_the_argument_order(project, events):
     # pytest: "higher-scoped fixtures are instantiated first", independent of argument order
-    write(project, "conftest.py", SCOPE_CONFTEST)
-    write(
-        project,
+    project.write_noted("conftest.py", SCOPE_CONFTEST)
+    project.write_noted(
         "ingest_a.py",
         """
         @ingestkit.source([{"id": 1}], key="id")
@@ -174,8 +143,7 @@ def test_wider_scopes_are_set_up_first_whatever_the_argument_order(project, even
 
 
 def test_teardown_runs_in_reverse_setup_order(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_chain.py",
         """
         @ingestkit.fixture(autouse=True)
@@ -229,8 +197,7 @@ def test_teardown_runs_in_reverse_setup_order(project, events):
 
 
 def test_autouse_fixtures_run_for_every_processor_they_are_visible_to(project, events):
-    write(
-        project,
+    project.write_noted(
         "conftest.py",
         """
         @ingestkit.fixture(autouse=True)
@@ -249,8 +216,7 @@ def test_autouse_fixtures_run_for_every_processor_they_are_visible_to(project, e
             note("each_module", request.nodeid)
         """,
     )
-    write(
-        project,
+    project.write_noted(
         "sub/conftest.py",
         """
         @ingestkit.fixture(autouse=True)
@@ -258,9 +224,8 @@ def test_autouse_fixtures_run_for_every_processor_they_are_visible_to(project, e
             note("sub_only", item.nodeid)
         """,
     )
-    write(project, "sub/ingest_c.py", "def process_c():\n    pass\n")
-    write(
-        project,
+    project.write_noted("sub/ingest_c.py", "def process_c():\n    pass\n")
+    project.write_noted(
         "ingest_a.py",
         """
         @ingestkit.fixture(scope="module", autouse=True)
@@ -273,8 +238,7 @@ def test_autouse_fixtures_run_for_every_processor_they_are_visible_to(project, e
             db.insert("auto_made", {"id": record["id"]})
         """,
     )
-    write(
-        project,
+    project.write_noted(
         "ingest_b.py",
         """
         def process_b(db):
@@ -299,8 +263,7 @@ def test_autouse_fixtures_run_for_every_processor_they_are_visible_to(project, e
 
 
 def test_outer_autouse_fixtures_run_before_inner_ones_of_the_same_scope(project, events):
-    write(
-        project,
+    project.write_noted(
         "conftest.py",
         """
         @ingestkit.fixture(autouse=True)
@@ -308,8 +271,7 @@ def test_outer_autouse_fixtures_run_before_inner_ones_of_the_same_scope(project,
             note("zz_outer")
         """,
     )
-    write(
-        project,
+    project.write_noted(
         "ingest_a.py",
         """
         @ingestkit.fixture(autouse=True)
@@ -511,8 +473,7 @@ def test_sibling_conftest_fixtures_are_not_visible(project):
 
 
 def test_record_is_the_record_as_the_source_yielded_it(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_rec.py",
         """
         RECORDS = [{"id": 1, "nested": {"a": [1, 2]}, "none": None}, {"id": 2, "nested": {}}]
@@ -533,8 +494,7 @@ def test_record_is_the_record_as_the_source_yielded_it(project, events):
 
 
 def test_item_fixture_key_nodeid_attempt_previous_error(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_item.py",
         """
         @ingestkit.source([{"id": "a"}, {"id": "b"}], key="id")
@@ -712,8 +672,7 @@ def test_lookup_get_or_create_row_and_cache_are_gone_when_the_item_fails(project
 
 
 def test_batch_fixture_id_started_at_meta_dry_run(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_batch.py",
         """
         @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
@@ -769,8 +728,7 @@ def test_log_fixture_is_stored_with_the_item(project):
 
 
 def test_request_fixture(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_req.py",
         """
         @ingestkit.fixture(scope="processor")
@@ -818,8 +776,7 @@ def test_request_fixture(project, events):
 
 
 def test_config_fixture(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_cfg.py",
         """
         def process_cfg(config):
@@ -938,8 +895,7 @@ def test_scope_mismatch_names_both_fixtures(project):
 
 
 def test_fixture_setup_raising_is_an_error_and_the_processor_never_runs(project, events):
-    write(
-        project,
+    project.write_noted(
         "ingest_setup.py",
         """
         @ingestkit.fixture
@@ -982,8 +938,7 @@ def test_fixture_setup_raising_is_an_error_and_the_processor_never_runs(project,
 
 def test_item_fixture_teardown_raising_is_an_error(project, events):
     project.query("CREATE TABLE t (id int)")
-    write(
-        project,
+    project.write_noted(
         "ingest_td.py",
         """
         @ingestkit.fixture
@@ -1213,8 +1168,7 @@ def test_callable_source_receives_fixtures_and_reads_a_staging_table(project):
 def test_source_and_processor_share_a_processor_fixture_and_record_can_be_overridden(
     project, events
 ):
-    write(
-        project,
+    project.write_noted(
         "conftest.py",
         """
         @ingestkit.fixture
@@ -1229,8 +1183,7 @@ def test_source_and_processor_share_a_processor_fixture_and_record_can_be_overri
             note("limit teardown")
         """,
     )
-    write(
-        project,
+    project.write_noted(
         "ingest_x.py",
         """
         def rows(limit):

@@ -38,7 +38,7 @@ def etl_role(project):
     params["user"] = role
     yield role, psycopg2.extensions.make_dsn(**params)
     with admin.cursor() as cur:
-        cur.execute('DROP SCHEMA IF EXISTS ingestkit CASCADE')
+        cur.execute("DROP SCHEMA IF EXISTS ingestkit CASCADE")
         cur.execute(f'DROP OWNED BY "{role}"')
         cur.execute(f'DROP ROLE "{role}"')
     admin.close()
