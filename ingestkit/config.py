@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "junitxml",
     "lookback",
     "html",
+    "workers",
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
 
@@ -167,6 +168,8 @@ class Config:
         options parse; the positional arguments then locate the rootdir, whose
         config file may add options (``addopts``) and plugins of its own.
         """
+        if args[:1] == ["worker"]:  # `ingestkit worker --batch ID` joins a shared batch
+            args = [*args[1:], "--worker"]
         self._load_plugins(_preparse_plugins(args))
         parser = ArgumentParser(prog="ingestkit", add_help=True)
         self.hook.ingestkit_addoption.call_historic(

@@ -43,12 +43,16 @@ def mark_interrupted(conn: Any, own: Any = None) -> list[str]:
     with conn.cursor() as cur:
         cur.execute(q("mark-interrupted"), {"own": own, "ns": LOCK_NAMESPACE})
         ids = [str(r[0]) for r in cur.fetchall()]
+        cur.execute(q("drop-dispatch"), {"batch_id": None})  # the queues of batches now over
     conn.commit()
     return ids
 
 
 @hookimpl(tryfirst=True)
 def ingestkit_batch_start(session: Session) -> None:
+    if session.role == "worker":  # the leader recorded the batch
+        _create_outcomes_table(session)
+        return
     conn, batch = session.control, session.batch
     argv = [session.config.mask(a) for a in session.config.argv]
     with conn.cursor() as cur:
@@ -65,6 +69,10 @@ def ingestkit_batch_start(session: Session) -> None:
         batch.started_at, batch.lock_key = cur.fetchone()
         cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
     session.interrupted_batches = mark_interrupted(conn, batch.id)
+    _create_outcomes_table(session)
+
+
+def _create_outcomes_table(session: Session) -> None:
     with session.txn.conn.cursor() as cur:
         cur.execute(q("create-outcomes-table"))
     session.txn.conn.commit()
@@ -74,6 +82,8 @@ def ingestkit_batch_start(session: Session) -> None:
 def ingestkit_processor_start(processor: Processor, session: Session) -> None:
     """Take the processor's lock (waiting for another batch that runs it), then
     note whether it has no recorded outcome yet: its chunks need no history."""
+    if session.role == "worker":  # the leader holds the lock and knows the history
+        return
     params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
     with session.control.cursor() as cur:
         cur.execute(q("try-lock-processor"), params)
@@ -94,6 +104,8 @@ def ingestkit_processor_start(processor: Processor, session: Session) -> None:
 
 @hookimpl(trylast=True)
 def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
+    if session.role == "worker":
+        return
     if session.control is not None and not session.control.closed:
         params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
         with session.control.cursor() as cur:
@@ -181,6 +193,8 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
 @hookimpl(tryfirst=True)
 def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     conn = session.control
+    if session.role == "worker":
+        return  # the leader finishes the batch
     if conn is None or conn.closed or session.batch.lock_key is None:
         return  # no batch row was made
     batch = session.batch

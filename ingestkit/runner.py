@@ -66,6 +66,7 @@ class Item:
         "location",
         "content_hash",
         "rerun",
+        "duplicate",
         "entry_error",
         "has_statements",
         "statement_error",
@@ -82,6 +83,7 @@ class Item:
         self.previous_error: str | None = None
         self.content_hash: str | None = None
         self.rerun = False
+        self.duplicate = False  # its key came earlier in this batch
         self.entry_error: str | None = None
         self.has_statements = False
         self.statement_error: BaseException | None = None
@@ -102,6 +104,7 @@ class Plan:
     # per-item built-in; None when some item-scoped fixture must be set up
     static: dict[str, Any] | None = None
     per_item: list[tuple[str, str]] = field(default_factory=list)  # (argument, built-in)
+    keyfunc: Any = None  # record, position -> key
 
 
 @dataclass
@@ -114,6 +117,10 @@ class Chunk:
     restored: list[str] = field(default_factory=list)  # unchanged, back to a success
     #: what commits with the chunk: ``write(cursor)`` callables (see ingestkit_chunk_commit)
     writes: list[Any] = field(default_factory=list)
+    #: the queued task the items came from, when a worker runs them (see workers.py)
+    task: Any = None
+    #: items not run because the batch is stopping
+    left: list[Item] = field(default_factory=list)
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -186,25 +193,37 @@ class Runner:
         self._module = processor.module_nodeid
         self.runtime.processor = processor
         self.hook.ingestkit_processor_start(processor=processor, session=session)
-        closure = session.fixturemanager.closure(processor.nodeid, argnames_of(processor.func))
-        plan = Plan(processor, closure, closure.error)
-        if plan.setup_error is None:
-            plan.setup_error = self._setup_wider(closure, processor)
-        if plan.setup_error is None:
-            self._plan_fast_path(plan)
-        try:
-            keyfunc = make_keyfunc(processor.source.key if processor.source else None)
-        except TypeError as exc:  # a bad key= fails this processor's items, not the batch
-            plan.setup_error = plan.setup_error or exc
-            keyfunc = make_keyfunc(None)
+        plan = self.prepare(processor)
         try:
             entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
-            self._run_entries(plan, keyfunc, iter(entries or ()))
+            self._run_entries(plan, iter(entries or ()))
         finally:
+            self.finish_processor(processor)
+
+    def prepare(self, processor: Processor, setup: bool = True) -> Plan:
+        """How the processor's items are called; with ``setup``, its wider fixtures set up."""
+        closure = self.session.fixturemanager.closure(
+            processor.nodeid, argnames_of(processor.func)
+        )
+        plan = Plan(processor, closure, closure.error)
+        if plan.setup_error is None and setup:
+            plan.setup_error = self._setup_wider(closure, processor)
+        if plan.setup_error is None and setup:
+            self._plan_fast_path(plan)
+        try:
+            plan.keyfunc = make_keyfunc(processor.source.key if processor.source else None)
+        except TypeError as exc:  # a bad key= fails this processor's items, not the batch
+            plan.setup_error = plan.setup_error or exc
+            plan.keyfunc = make_keyfunc(None)
+        return plan
+
+    def finish_processor(self, processor: Processor) -> None:
+        try:
             self._complete()
+        finally:
             self._teardown("processor")
             self.runtime.processor = None
-            self.hook.ingestkit_processor_finish(processor=processor, session=session)
+            self.hook.ingestkit_processor_finish(processor=processor, session=self.session)
 
     def _setup_wider(self, closure: Closure, processor: Processor) -> BaseException | None:
         """Set up fixtures wider than item now, and commit what they wrote."""
@@ -253,8 +272,9 @@ class Runner:
 
     # -- entries and chunks ------------------------------------------------
 
-    def _run_entries(self, plan: Plan, keyfunc: Any, entries: Iterator[Entry]) -> None:
+    def _run_entries(self, plan: Plan, entries: Iterator[Entry]) -> None:
         processor = plan.processor
+        keyfunc = plan.keyfunc
         seen = KeySet()
         self.rerun_keys: set[str] = set()
         position = 0
@@ -271,16 +291,22 @@ class Runner:
             if not batch:
                 break
             items = []
+            sourced = processor.source is not None
             for entry in batch:
                 position += 1
                 item = self._make_item(processor, entry, position, keyfunc)
                 if item is not None:
+                    item.duplicate = sourced and not seen.add(item.key)
                     items.append(item)
-            started = time.perf_counter()
-            self._run_chunk(plan, items, seen)
-            self._adapt(time.perf_counter() - started, len(batch))
+            self.run_items(plan, items, len(batch))
         if broken is not None and not self.session.shouldstop:
             self._source_error(processor, broken)
+
+    def run_items(self, plan: Plan, items: list[Item], read: int) -> None:
+        """Run a chunk of items read from the source (``read`` entries made them)."""
+        started = time.perf_counter()
+        self._run_chunk(plan, items)
+        self._adapt(time.perf_counter() - started, read)
 
     def _adapt(self, seconds: float, count: int) -> None:
         if self.fixed_chunk:
@@ -346,10 +372,10 @@ class Runner:
         chunk.reports.append(report)
         self._commit(chunk)
 
-    def _run_chunk(self, plan: Plan, items: list[Item], seen: KeySet) -> None:
+    def _run_chunk(self, plan: Plan, items: list[Item], task: Any = None) -> Chunk:
         session = self.session
         processor = plan.processor
-        chunk = Chunk(processor)
+        chunk = Chunk(processor, task=task)
         self.txn.begin()
         # a re-fed (--lf) item carries its own history; the others need theirs
         keys = [it.key for it in items if processor.source is not None and not it.rerun]
@@ -360,7 +386,7 @@ class Runner:
         ) or {}
         to_run: list[Item] = []
         for item in items:
-            if processor.source is not None and not seen.add(item.key):
+            if item.duplicate:
                 report = self._report(item, "failed", None, 0.0)
                 report.error_type = "DuplicateKey"
                 report.error_message = (
@@ -394,17 +420,22 @@ class Runner:
                 ran.append(item)
                 self._run_item(item, plan)
                 if item.report.failed:
-                    self.failures += 1
-                if self.maxfail and self.failures >= self.maxfail:
-                    session.shouldstop = f"stopping after {self.maxfail} failure" + (
-                        "s" if self.maxfail > 1 else ""
-                    )
+                    self._count_failure()
         except KeyboardInterrupt:
             item = ran.pop()
             self._abandon(item)
             session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
             session.interrupted = True
+        chunk.left = to_run[len(ran) :]
         self._finish_chunk(chunk, ran, plan)
+        return chunk
+
+    def _count_failure(self) -> None:
+        self.failures += 1
+        if self.maxfail and self.failures >= self.maxfail and not self.session.shouldstop:
+            self.session.shouldstop = f"stopping after {self.maxfail} failure" + (
+                "s" if self.maxfail > 1 else ""
+            )
 
     def _abandon(self, item: Item) -> None:
         self.capture.handler.stop()
@@ -419,6 +450,8 @@ class Runner:
         except ReplayChunk:
             culprits = self._replay(ran, plan)
         for owner, exc in culprits:
+            if owner.report is None or not owner.report.failed:  # -x counts a row rejected at the chunk's end too
+                self._count_failure()
             self._fail_late(owner, exc)
         chunk.reports.extend(item.report for item in ran)
         chunk.reports.sort(key=lambda r: r.finished_epoch)

@@ -131,6 +131,10 @@ class Session:
         if self.batch.dry_run:
             self.batch.meta["dry_run"] = True
         self.database: tuple[str, str] | None = None  # (masked dsn, origin)
+        self.dsn: str | None = None
+        self.queue: Any = None  # a shared batch's queue (workers.py)
+        #: "single"; or, in a batch shared by workers, "leader" or "worker"
+        self.role = "single"
         self.txn: Transaction | None = None
         self.control: Any = None
         self.db: Database | None = None
@@ -162,6 +166,7 @@ class Session:
         if password:
             self.config.secrets.append(password)
         self.database = (mask_dsn(dsn), origin)
+        self.dsn = dsn  # for worker processes; never shown
         timeout = self.config.getoption("item_timeout")
         # an item stuck in one SQL statement is bounded by the server
         options = f"-c statement_timeout={int(timeout * 1000)}" if timeout else None

@@ -205,7 +205,8 @@ class TerminalReporter:
         if session.teardown_errors:
             self.section("TEARDOWN ERRORS")
             for scope, exc, tb in session.teardown_errors:
-                self.write_line(f"{scope}-scoped fixture teardown: {type(exc).__name__}: {exc}")
+                name = getattr(exc, "type_name", type(exc).__name__)  # a worker's, by name
+                self.write_line(f"{scope}-scoped fixture teardown: {name}: {exc}")
                 if self.tb in ("long", "short"):
                     self.write_line(tb.rstrip())
         self.config.hook.ingestkit_terminal_summary(

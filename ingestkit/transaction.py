@@ -111,6 +111,7 @@ class Transaction:
         self._interrupted: BaseException | None = None  # a signal came during one
         self._late_failures: list[tuple[Any, BaseException]] = []
         self._in_chunk = False
+        self._held = False  # a claim's row locks keep the transaction open (see claim)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler for the batch: see :func:`_critical`."""
@@ -435,10 +436,43 @@ class Transaction:
         self._job.start()
 
     @_critical
+    def claim(self, query: Any, params: Any) -> tuple | None:
+        """Start a chunk by running ``query``, a row-locking ``SELECT``: its row or None.
+
+        The locks it takes (a worker's claim on a task) last until the chunk
+        commits: rolling the chunk back for a replay keeps them. With no row,
+        no transaction is left open.
+        """
+        self.wait()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(query, params)
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            if is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            raise
+        if row is None:
+            self.conn.rollback()
+            return None
+        self._held = True
+        self.begin()
+        return row
+
+    @_critical
+    def release(self) -> None:
+        """Give up a claim without committing anything."""
+        self.wait()
+        self._held = False
+        self._reset()
+        if not self.conn.closed:
+            self.conn.rollback()
+
+    @_critical
     def begin(self) -> None:
         if not self._in_chunk:
             self._in_chunk = True
-            if self.dry_run:
+            if self.dry_run or self._held:
                 self._raw("SAVEPOINT ingestkit_chunk")
 
     def _end_chunk(self) -> None:
@@ -447,6 +481,7 @@ class Transaction:
                 cur.execute("RELEASE SAVEPOINT ingestkit_chunk")
         else:
             self.conn.commit()
+            self._held = False
 
     @_critical
     def commit(self) -> None:
@@ -466,11 +501,11 @@ class Transaction:
         """Undo the whole chunk in flight (one committing in the background completes)."""
         self.wait()
         try:
-            if self.dry_run and self._in_chunk:
+            if (self.dry_run or self._held) and self._in_chunk:
                 self._raw(
                     "ROLLBACK TO SAVEPOINT ingestkit_chunk; RELEASE SAVEPOINT ingestkit_chunk"
                 )
-            elif not self.dry_run and not self.conn.closed:
+            elif not self.dry_run and not self._held and not self.conn.closed:
                 self.conn.rollback()
         finally:
             self._reset()

@@ -717,24 +717,26 @@ def test_collect_only_with_a_collection_error_exits_1(project):
 def test_schema_is_created_once_and_later_migrations_apply_once(project, monkeypatch):
     import ingestkit.schema
 
+    current = ingestkit.schema.current_version()
     project.write("ingest_ok.py", ONE)
     assert project.run().exit_code == 0
     assert project.run().exit_code == 0
     versions = project.query("SELECT version FROM ingestkit.schema_version")
-    assert [r["version"] for r in versions] == [1]
+    assert [r["version"] for r in versions] == [current]
     monkeypatch.setattr(
         ingestkit.schema,
         "migrations",
         lambda: {
-            1: "SELECT ingestkit_must_not_run()",  # already applied: schema.sql made version 1
-            2: "ALTER TABLE ingestkit.batches ADD COLUMN x int",
+            # already applied: schema.sql is the current version
+            **{n: "SELECT ingestkit_must_not_run()" for n in range(1, current + 1)},
+            current + 1: "ALTER TABLE ingestkit.batches ADD COLUMN x int",
         },
     )
     for _ in range(2):  # the second run must not apply it again
         result = project.run()
         assert result.exit_code == 0, out_of(result)
     versions = project.query("SELECT version FROM ingestkit.schema_version ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 2]
+    assert [r["version"] for r in versions] == [current, current + 1]
     assert (
         project.scalar(
             "SELECT count(*) FROM information_schema.columns"
@@ -743,6 +745,21 @@ def test_schema_is_created_once_and_later_migrations_apply_once(project, monkeyp
         == 1
     )
     assert project.scalar("SELECT count(*) FROM ingestkit.batches") == 4
+
+
+def test_a_version_1_schema_is_migrated_to_the_current_one(project):
+    """A database set up by the first release gets the work queue of -n."""
+    project.write("ingest_ok.py", ONE)
+    assert project.run().exit_code == 0
+    project.query(
+        "DROP TABLE ingestkit.dispatch, ingestkit.tasks, ingestkit.results;"
+        " DELETE FROM ingestkit.schema_version; INSERT INTO ingestkit.schema_version VALUES (1)"
+    )
+    result = project.run("-n", "2", "--reprocess")
+    assert result.exit_code == 0, out_of(result)
+    versions = project.query("SELECT version FROM ingestkit.schema_version ORDER BY version")
+    assert [r["version"] for r in versions] == [1, 2]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'") == 2
 
 
 # -- transactions: escapes, dry runs, raw connections ------------------------------

@@ -219,3 +219,101 @@ FROM (
     WHERE batch_id = %(batch_id)s AND status IN ('failed', 'error')
 ) f
 ORDER BY processor, error_type, shape, finished_at;
+
+-- Shared batches (workers.py) ------------------------------------------------
+
+-- name: open-dispatch
+INSERT INTO ingestkit.dispatch (batch_id, options) VALUES (%(batch_id)s, %(options)s);
+
+-- name: drop-dispatch
+-- The queues of batches that are over (or of this one, when it ends). A task a
+-- worker still holds is left for a later run to drop, rather than waited for.
+DELETE FROM ingestkit.tasks
+WHERE ctid = ANY (ARRAY (
+    SELECT t.ctid FROM ingestkit.tasks t
+    WHERE t.batch_id = %(batch_id)s OR NOT EXISTS (
+        SELECT 1 FROM ingestkit.batches b WHERE b.id = t.batch_id AND b.status = 'running')
+    FOR UPDATE SKIP LOCKED));
+DELETE FROM ingestkit.results r
+WHERE r.batch_id = %(batch_id)s OR NOT EXISTS (
+    SELECT 1 FROM ingestkit.batches b WHERE b.id = r.batch_id AND b.status = 'running');
+DELETE FROM ingestkit.dispatch d
+WHERE d.batch_id = %(batch_id)s OR NOT EXISTS (
+    SELECT 1 FROM ingestkit.batches b WHERE b.id = d.batch_id AND b.status = 'running');
+
+-- name: dispatch-state
+-- What a worker checks when it finds no task: is the batch done, or stopping?
+SELECT d.options, d.fed, d.stop,
+       EXISTS (SELECT 1 FROM ingestkit.tasks t WHERE t.batch_id = d.batch_id) AS pending,
+       b.status, b.lock_key
+FROM ingestkit.dispatch d JOIN ingestkit.batches b ON b.id = d.batch_id
+WHERE d.batch_id = %(batch_id)s;
+
+-- name: find-running-batch
+SELECT b.id FROM ingestkit.batches b JOIN ingestkit.dispatch d ON d.batch_id = b.id
+WHERE b.status = 'running' AND b.id::text LIKE %(prefix)s || '%%'
+ORDER BY b.started_at DESC
+LIMIT 2;
+
+-- name: batch-row
+SELECT id, started_at, meta, lock_key FROM ingestkit.batches WHERE id = %(id)s;
+
+-- name: set-statement-timeout
+SET statement_timeout = %s;
+
+-- name: set-fed
+UPDATE ingestkit.dispatch SET fed = true WHERE batch_id = %(batch_id)s;
+
+-- name: set-stop
+UPDATE ingestkit.dispatch SET stop = coalesce(stop, %(reason)s) WHERE batch_id = %(batch_id)s;
+
+-- name: add-problem
+UPDATE ingestkit.dispatch SET problems = problems || %(problem)s WHERE batch_id = %(batch_id)s;
+
+-- name: put-task
+INSERT INTO ingestkit.tasks (batch_id, seq, processor, fresh, size, items)
+VALUES (%(batch_id)s, %(seq)s, %(processor)s, %(fresh)s, %(size)s, %(items)s);
+
+-- name: pending-tasks
+SELECT count(*), coalesce(sum(size), 0) FROM ingestkit.tasks WHERE batch_id = %(batch_id)s;
+
+-- name: claim-task
+-- The row lock is the claim: it lasts as long as the worker's chunk transaction,
+-- so a worker that dies (its connection closed) gives the task back at once.
+SELECT seq, processor, fresh, items
+FROM ingestkit.tasks
+WHERE batch_id = %(batch_id)s
+ORDER BY seq
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: finish-task
+DELETE FROM ingestkit.tasks WHERE batch_id = %(batch_id)s AND seq = %(seq)s;
+
+-- name: shrink-task
+-- The worker stopped inside the task: what it did not run stays queued.
+UPDATE ingestkit.tasks SET items = %(items)s, size = %(size)s
+WHERE batch_id = %(batch_id)s AND seq = %(seq)s;
+
+-- name: put-result
+INSERT INTO ingestkit.results (batch_id, processor, unchanged, reports)
+VALUES (%(batch_id)s, %(processor)s, %(unchanged)s, %(reports)s);
+
+-- name: take-results
+DELETE FROM ingestkit.results WHERE batch_id = %(batch_id)s
+RETURNING processor, unchanged, reports;
+
+-- name: lock-worker
+-- Held (shared) by every worker of a batch while it serves it.
+SELECT pg_advisory_lock_shared(%(ns)s, %(lock_key)s);
+
+-- name: unlock-worker
+SELECT pg_advisory_unlock_shared(%(ns)s, %(lock_key)s);
+
+-- name: workers-alive
+-- True while some worker holds its shared lock.
+SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
+
+-- name: leader-alive
+-- A shared batch's leader holds the batch's lock for as long as it lives.
+SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
