@@ -92,7 +92,10 @@ def reports_to_json(reports: list[ItemReport]) -> str:
 
 
 def reports_from_json(processor: str, text: str) -> list[ItemReport]:
-    return [ItemReport(processor, **dict(zip(_REPORT_FIELDS, row, strict=True))) for row in json.loads(text)]
+    return [
+        ItemReport(processor, **dict(zip(_REPORT_FIELDS, row, strict=True)))
+        for row in json.loads(text)
+    ]
 
 
 @dataclass

@@ -202,9 +202,7 @@ class Runner:
 
     def prepare(self, processor: Processor, setup: bool = True) -> Plan:
         """How the processor's items are called; with ``setup``, its wider fixtures set up."""
-        closure = self.session.fixturemanager.closure(
-            processor.nodeid, argnames_of(processor.func)
-        )
+        closure = self.session.fixturemanager.closure(processor.nodeid, argnames_of(processor.func))
         plan = Plan(processor, closure, closure.error)
         if plan.setup_error is None and setup:
             plan.setup_error = self._setup_wider(closure, processor)
@@ -450,7 +448,8 @@ class Runner:
         except ReplayChunk:
             culprits = self._replay(ran, plan)
         for owner, exc in culprits:
-            if owner.report is None or not owner.report.failed:  # -x counts a row rejected at the chunk's end too
+            # -x counts a row rejected at the chunk's end too
+            if owner.report is None or not owner.report.failed:
                 self._count_failure()
             self._fail_late(owner, exc)
         chunk.reports.extend(item.report for item in ran)

@@ -95,6 +95,19 @@ def ingestkit_configure(config: Config) -> None:
 
 
 @hookimpl
+def ingestkit_report_header(config: Config) -> str | None:
+    option = config.option
+    if option.worker:
+        return f"worker (pid {os.getpid()}) of a shared batch"
+    if option.numprocesses and not option.dry_run:
+        n = option.numprocesses
+        batch = str(config.session.batch.id)[:8]
+        plural = "es" if n != 1 else ""
+        return f"workers: {n} process{plural} (-n {n}); more join with: ingestkit worker --batch {batch}"
+    return None
+
+
+@hookimpl
 def ingestkit_collection_finish(session: Session) -> None:
     option = session.config.option
     if option.worker:
