@@ -103,7 +103,8 @@ def ingestkit_report_header(config: Config) -> str | None:
         n = option.numprocesses
         batch = str(config.session.batch.id)[:8]
         plural = "es" if n != 1 else ""
-        return f"workers: {n} process{plural} (-n {n}); more join with: ingestkit worker --batch {batch}"
+        join = f"ingestkit worker --batch {batch}"
+        return f"workers: {n} process{plural} (-n {n}); more join with: {join}"
     return None
 
 
