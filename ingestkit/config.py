@@ -168,14 +168,17 @@ class Config:
         options parse; the positional arguments then locate the rootdir, whose
         config file may add options (``addopts``) and plugins of its own.
         """
-        if args[:1] == ["worker"]:  # `ingestkit worker --batch ID` joins a shared batch
-            args = [*args[1:], "--worker"]
         self._load_plugins(_preparse_plugins(args))
         parser = ArgumentParser(prog="ingestkit", add_help=True)
         self.hook.ingestkit_addoption.call_historic(
             kwargs=dict(parser=parser, config_keys=self.config_keys)
         )
         known, _unknown = parser.parse_known_args(args)
+        if known.file_or_dir[:1] == ["worker"]:  # `ingestkit worker --batch ID` (./worker: a path)
+            args = list(args)
+            args.remove("worker")
+            args.append("--worker")
+            known.file_or_dir.pop(0)
         self.rootdir, self.inipath, self.inicfg = find_rootdir(
             list(known.file_or_dir), self.invocation_dir
         )

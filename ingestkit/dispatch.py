@@ -14,7 +14,9 @@ are worked out once, by the leader.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 #: First key of the shared advisory locks each worker of a batch holds.
 WORKER_NAMESPACE = 0x696B_0004
+#: First key of the advisory lock a worker holds while it sets up fixtures.
+SETUP_NAMESPACE = 0x696B_0005
 
 _REPORT_FIELDS = (
     "key",
@@ -185,6 +189,16 @@ class Queue:
 
     def join(self, lock_key: int) -> None:
         self._run("lock-worker", ns=WORKER_NAMESPACE, lock_key=lock_key).close()
+
+    @contextlib.contextmanager
+    def setting_up(self, lock_key: int) -> Iterator[None]:
+        """One worker at a time sets up fixtures (see ``lock-setup``)."""
+        params = {"ns": SETUP_NAMESPACE, "lock_key": lock_key}
+        self._run("lock-setup", **params).close()
+        try:
+            yield
+        finally:
+            self._run("unlock-setup", **params).close()
 
     def finish_writes(self, chunk: Chunk) -> Any:
         """The write that ends ``chunk``'s task, in the chunk's transaction."""

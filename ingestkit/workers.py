@@ -34,6 +34,7 @@ from .runner import FIRST_CHUNK, Chunk, Item, Plan, Runner
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
+    from .fixtures import Closure
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -379,6 +380,10 @@ class Worker(Runner):
         self.runtime.processor = processor
         self.hook.ingestkit_processor_start(processor=processor, session=self.session)
         return self.prepare(processor)
+
+    def _setup_wider(self, closure: Closure, processor: Processor) -> BaseException | None:
+        with self.queue.setting_up(self.session.batch.lock_key):
+            return super()._setup_wider(closure, processor)
 
     def _batch_over(self) -> bool:
         state = self.queue.state()

@@ -310,6 +310,14 @@ SELECT pg_advisory_lock_shared(%(ns)s, %(lock_key)s);
 -- name: unlock-worker
 SELECT pg_advisory_unlock_shared(%(ns)s, %(lock_key)s);
 
+-- name: lock-setup
+-- Workers set up their wider fixtures one at a time: two CREATE TABLE IF NOT
+-- EXISTS at once can fail in PostgreSQL.
+SELECT pg_advisory_lock(%(ns)s, %(lock_key)s);
+
+-- name: unlock-setup
+SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
+
 -- name: workers-alive
 -- True while some worker holds its shared lock.
 SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
