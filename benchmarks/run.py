@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -227,6 +228,15 @@ def process_row(record):
         raise ValueError("bad row")
 """
 
+API_PIPELINE = """
+import time
+import ingestkit
+
+@ingestkit.source(({{"id": i}} for i in range({count})), key="id")
+def process_api_call(record):
+    time.sleep(0.002)  # an API call: waiting, not computing
+"""
+
 
 def run_ingestkit(
     folder: Path, dsn: str, *args: str, expect: int | None = None
@@ -247,7 +257,10 @@ def outcome_counts(dsn: str) -> dict[str, int]:
     """Outcome rows by status in ``ingestkit.items``; raises if a key has two."""
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
-        cur.execute("SELECT status, count(*), count(DISTINCT (processor, key)) FROM ingestkit.items GROUP BY status")
+        cur.execute(
+            "SELECT status, count(*), count(DISTINCT (processor, key))"
+            " FROM ingestkit.items GROUP BY status"
+        )
         rows = cur.fetchall()
         cur.execute("SELECT count(*) FROM ingestkit.batches")
         batches = cur.fetchone()[0]
@@ -264,7 +277,9 @@ def ingestkit_flights(
     bad: int,
     *args: str,
     name: str = "ingestkit: read_csv, 3 lookups, db.insert, every outcome",
+    speedups: Callable[[float], str] | None = None,
 ) -> float:
+    """``speedups(rate)``: more of the printed note, from this run's rate."""
     conn = psycopg2.connect(dsn)
     flights.create_dimensions(conn)
     conn.close()
@@ -282,7 +297,10 @@ def ingestkit_flights(
     expected = {"succeeded": rows - bad, "failed": bad} if bad else {"succeeded": rows}
     assert written == rows - bad, (written, rows, bad)
     assert outcomes == expected, (outcomes, expected)
-    return record(name, rows, seconds, f"({bad:,} failed)")
+    note = f"({bad:,} failed)"
+    if speedups is not None:
+        note += " " + speedups(rows / seconds)
+    return record(name, rows, seconds, note)
 
 
 def trivial_project(tmp: Path, count: int) -> Path:
@@ -324,6 +342,72 @@ def peak_rss_mb(server: str, count: int) -> float:
         return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
+# -- scale out: -n N worker processes ------------------------------------------
+
+
+def _workers_name(what: str, n: int) -> str:
+    return f"ingestkit {f'-n {n}' if n else 'in one process'}: {what}"
+
+
+def _speedups(rates: dict[int, float], n: int) -> str:
+    """``n``'s rate against the one-process run (0), and against -n 1."""
+    parts = [f"{rates[n] / rates[0]:5.2f}x one process"]
+    if 1 in rates:
+        parts.append(f"{rates[n] / rates[1]:5.2f}x -n 1")
+    return "(" + ", ".join(parts) + ")"
+
+
+def workers_api(server: str, count: int, numprocesses: list[int]) -> dict[int, float]:
+    """A processor that waits 2 ms per item, in one process and on -n N workers
+    (0: in one process). Each run gets a fresh folder and database."""
+    rates: dict[int, float] = {}
+    for n in (0, *numprocesses):
+        with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+            folder = Path(tmp)
+            (folder / "ingestkit.toml").write_text("")
+            (folder / "ingest_api.py").write_text(API_PIPELINE.format(count=count))
+            seconds, _ = run_ingestkit(folder, dsn, *(("-n", str(n)) if n else ()), expect=0)
+            outcomes = outcome_counts(dsn)
+        assert outcomes == {"succeeded": count}, (n, outcomes, count)
+        rates[n] = count / seconds
+        note = _speedups(rates, n) if n else ""
+        record(_workers_name("2 ms wait per item (an API call)", n), count, seconds, note)
+    return rates
+
+
+def workers_flights(server: str, rows: int, numprocesses: list[int]) -> dict[int, float]:
+    """The ingestkit flights job in one process and on -n N workers."""
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flights.csv"
+        bad = flights.write_csv(path, rows)
+        for n in (0, *numprocesses):
+            with database(server) as dsn:
+                rates[n] = ingestkit_flights(
+                    dsn,
+                    path,
+                    rows,
+                    bad,
+                    *(("-n", str(n)) if n else ()),
+                    name=_workers_name("flights, read_csv, 3 lookups, db.insert", n),
+                    speedups=lambda rate, n=n: _speedups(rates | {n: rate}, n) if n else "",
+                )
+    return rates
+
+
+def _numprocesses_list(value: str) -> list[int]:
+    try:
+        ns = [int(n) for n in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,2,4,8, got {value!r}") from None
+    if not ns or min(ns) < 1:
+        raise argparse.ArgumentTypeError("expected 1 or more workers per run")
+    return ns
+
+
+SECTIONS = ("flights", "overhead", "memory", "workers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -341,52 +425,112 @@ def main() -> None:
         "--million", type=int, default=1_000_000, help="records for the trivial processor"
     )
     parser.add_argument("--pytest-tests", type=int, default=20_000)
+    parser.add_argument(
+        "--api-items",
+        type=int,
+        default=2_500,
+        help="items for the processor that waits 2 ms per item (workers section)",
+    )
+    parser.add_argument(
+        "--api-n",
+        type=_numprocesses_list,
+        default=[1, 2, 4, 8],
+        metavar="N,N,...",
+        help="-n values for the 2 ms processor (default: 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--workers-rows",
+        type=int,
+        default=20_000,
+        help="flights rows in the workers section (default: 20,000)",
+    )
+    parser.add_argument(
+        "--flights-n",
+        type=_numprocesses_list,
+        default=[1, 2],
+        metavar="N,N,...",
+        help="-n values for the flights job (default: 1,2)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"run only this section, repeatable ({', '.join(SECTIONS)}); default: all",
+    )
     args = parser.parse_args()
     if not args.dsn:
         raise SystemExit(
             "give --dsn (or INGESTKIT_BENCH_DSN / INGESTKIT_TEST_DSN): a server for databases"
         )
+    only = set(args.only or SECTIONS)
 
     print(
         f"ingestkit {ingestkit.__version__} benchmarks, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
-        f"{os.cpu_count()} cores, server {psycopg2.extensions.parse_dsn(args.dsn).get('host')}"
+        f"{os.cpu_count()} cores (load {os.getloadavg()[0]:.2f}), "
+        f"server {psycopg2.extensions.parse_dsn(args.dsn).get('host')}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "flights.csv"
-        bad = flights.write_csv(path, args.rows)
-        print(f"\nflights: {args.rows:,} rows, 3 dimension lookups per row, {bad:,} bad rows")
-        with database(args.dsn) as dsn:
-            ceiling = copy_ceiling(dsn, path, args.rows)
-        with database(args.dsn) as dsn:
-            hand = hand_written(dsn, path, args.rows)
-        with database(args.dsn) as dsn:
-            naive = naive_script(dsn, path, args.naive_rows)
-        with database(args.dsn) as dsn:
-            ours = ingestkit_flights(dsn, path, args.rows, bad)
+    ratios: list[str] = []
+    if "flights" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "flights.csv"
+            bad = flights.write_csv(path, args.rows)
+            print(f"\nflights: {args.rows:,} rows, 3 dimension lookups per row, {bad:,} bad rows")
+            with database(args.dsn) as dsn:
+                ceiling = copy_ceiling(dsn, path, args.rows)
+            with database(args.dsn) as dsn:
+                hand = hand_written(dsn, path, args.rows)
+            with database(args.dsn) as dsn:
+                naive = naive_script(dsn, path, args.naive_rows)
+            with database(args.dsn) as dsn:
+                ours = ingestkit_flights(dsn, path, args.rows, bad)
+        ratios += [
+            f"ingestkit / hand-written execute_values loader   {ours / hand:6.2f}x   [>= 0.5x]",
+            f"ingestkit / naive per-row script                 {ours / naive:6.1f}x",
+            f"ingestkit / COPY ceiling                         {ours / ceiling:6.3f}x",
+        ]
 
-    print(f"\nframework overhead: {args.million:,} records, a processor that does nothing")
-    pytest_rate = pytest_trivial(args.pytest_tests)
-    trivial, lf_share = ingestkit_trivial(args.dsn, args.million)
+    if "overhead" in only:
+        print(f"\nframework overhead: {args.million:,} records, a processor that does nothing")
+        pytest_rate = pytest_trivial(args.pytest_tests)
+        trivial, lf_share = ingestkit_trivial(args.dsn, args.million)
+        ratios += [
+            f"trivial processor / pytest per-item rate         {trivial / pytest_rate:6.1f}x"
+            "   [>= 20x, >= 50,000/s]",
+            f"--lf over 1% / full run time                     {lf_share:6.1%}   [< 5%]",
+        ]
 
-    print("\nmemory: peak RSS of a whole ingestkit process")
-    small = peak_rss_mb(args.dsn, args.million // 10)
-    large = peak_rss_mb(args.dsn, args.million)
-    print(f"  {args.million // 10:>9,} records: {small:6.1f} MB")
-    print(f"  {args.million:>9,} records: {large:6.1f} MB")
+    if "memory" in only:
+        print("\nmemory: peak RSS of a whole ingestkit process")
+        small = peak_rss_mb(args.dsn, args.million // 10)
+        large = peak_rss_mb(args.dsn, args.million)
+        print(f"  {args.million // 10:>9,} records: {small:6.1f} MB")
+        print(f"  {args.million:>9,} records: {large:6.1f} MB")
+        ratios.append(
+            f"peak RSS {args.million:,} / {args.million // 10:,} records"
+            f"        {large / small:6.2f}x   [<= 1.3x, < 150 MB]"
+        )
+
+    if "workers" in only:
+        print(
+            "\nworkers: one process against -n N worker processes "
+            "(each run: a fresh folder and database)"
+        )
+        api = workers_api(args.dsn, args.api_items, args.api_n)
+        most = max(args.api_n)
+        goal = "   [>= 6x]" if most == 8 else ""
+        ratios.append(f"2 ms wait, -n {most} / one process{'':<17}{api[most] / api[0]:6.2f}x{goal}")
+        if 1 in api and most != 1:
+            ratios.append(f"2 ms wait, -n {most} / -n 1{'':<24}{api[most] / api[1]:6.2f}x")
+        on = workers_flights(args.dsn, args.workers_rows, args.flights_n)
+        most = max(args.flights_n)
+        ratios.append(f"flights, -n {most} / one process{'':<19}{on[most] / on[0]:6.2f}x")
+        if 1 in on and most != 1:
+            ratios.append(f"flights, -n {most} / -n 1{'':<26}{on[most] / on[1]:6.2f}x")
 
     print("\nratios (goal in brackets)")
-    print(f"  ingestkit / hand-written execute_values loader   {ours / hand:6.2f}x   [>= 0.5x]")
-    print(f"  ingestkit / naive per-row script                 {ours / naive:6.1f}x")
-    print(f"  ingestkit / COPY ceiling                         {ours / ceiling:6.3f}x")
-    print(
-        f"  trivial processor / pytest per-item rate         {trivial / pytest_rate:6.1f}x"
-        "   [>= 20x, >= 50,000/s]"
-    )
-    print(f"  --lf over 1% / full run time                     {lf_share:6.1%}   [< 5%]")
-    print(
-        f"  peak RSS {args.million:,} / {args.million // 10:,} records"
-        f"        {large / small:6.2f}x   [<= 1.3x, < 150 MB]"
-    )
+    for line in ratios:
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

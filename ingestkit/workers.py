@@ -139,10 +139,11 @@ def _join(session: Session) -> None:
     option = session.config.option
     for name in BATCH_OPTIONS:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
-    if option.item_timeout:
-        with session.txn.conn.cursor() as cur:
+    with session.txn.conn.cursor() as cur:
+        cur.execute(q("worker-lease"))
+        if option.item_timeout:
             cur.execute(q("set-statement-timeout"), (f"{int(option.item_timeout * 1000)}ms",))
-        session.txn.conn.commit()
+    session.txn.conn.commit()
     queue.join(lock_key)
     session.queue = queue
 

@@ -261,6 +261,13 @@ SELECT id, started_at, meta, lock_key FROM ingestkit.batches WHERE id = %(id)s;
 -- name: set-statement-timeout
 SET statement_timeout = %s;
 
+-- name: worker-lease
+-- How long a worker's claims outlive its machine: the server drops a connection
+-- whose peer stopped answering after 10 s + 3 probes 5 s apart (TCP only).
+SET tcp_keepalives_idle = 10;
+SET tcp_keepalives_interval = 5;
+SET tcp_keepalives_count = 3;
+
 -- name: set-fed
 UPDATE ingestkit.dispatch SET fed = true WHERE batch_id = %(batch_id)s;
 
