@@ -243,7 +243,14 @@ def run_ingestkit(
 ) -> tuple[float, int]:
     out = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    # from the project folder, as users run it: -n N workers find the leader's
+    # rootdir only from there (ingestkit worker --batch ID -q PATH takes the
+    # invocation dir as rootdir, so its processors' ids differ from the leader's)
+    with (
+        contextlib.chdir(folder),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(out),
+    ):
         code = ingestkit.main(["--dsn", dsn, "-q", "--tb=no", str(folder), *args])
     seconds = time.perf_counter() - start
     if code not in (0, 1) or (expect is not None and code != expect):

@@ -246,6 +246,12 @@ def test_installed_plugin_posts_the_batch_summary(project, server, venv):
     }
     assert second["processors"]["ingest_rows.py::process_row"] == {"failed": 3, "unchanged": 7}
 
+    # under -n the plugin loads in every worker too, and the leader alone posts
+    proc = venv.run(project, "-n", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert len(server.posts) == 3
+    assert server.summaries()[2]["processors"] == second["processors"]
+
     # a POST that fails: one line on stderr, the same exit code
     refused = f"http://127.0.0.1:{_free_port()}/hook"
     proc = venv.run(project, "-q", "--webhook-url", refused)

@@ -132,6 +132,8 @@ class Webhook:
 
     @ingestkit.hookimpl
     def ingestkit_batch_finish(self, session: Session, exitstatus: int) -> None:
+        if session.role == "worker":  # under -n, the leader posts the whole batch
+            return
         post_json(self.url, self.summary(session, exitstatus))
 
     def summary(self, session: Session, exitstatus: int) -> dict[str, Any]:
