@@ -178,7 +178,7 @@ class Config:
             args = list(args)
             args.remove("worker")
             args.append("--worker")
-            known.file_or_dir.pop(0)
+            known, _unknown = parser.parse_known_args(args)
         self.rootdir, self.inipath, self.inicfg = find_rootdir(
             list(known.file_or_dir), self.invocation_dir
         )

@@ -154,11 +154,11 @@ class Queue:
             items=items_to_json(items),
         )
 
-    def pending(self) -> tuple[int, int]:
-        """Tasks and items not yet committed by a worker."""
+    def pending(self) -> tuple[int, int, str | None]:
+        """Tasks and items not yet committed by a worker, and why the batch stops."""
         with self._run("pending-tasks") as cur:
-            tasks, items = cur.fetchone()
-        return tasks, int(items)
+            tasks, items, stop = cur.fetchone()
+        return tasks, int(items), stop
 
     def take_results(self) -> list[tuple[str, int, str]]:
         with self._run("take-results") as cur:

@@ -41,8 +41,12 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 
 #: Largest task the leader queues: small enough to spread a batch over workers.
 MAX_TASK = 1000
+#: Seconds of processor time a task is sized for, once items' durations are known.
+TASK_SECONDS = 0.2
 #: Seconds between the leader's looks at the queue, and a worker's idle waits.
 POLL, IDLE_MAX = 0.01, 0.2
+#: The leader takes the workers' results at least this often (seconds) while feeding.
+DRAIN_EVERY = 0.1
 #: Options a worker takes from the batch it joins, whatever its own command line says.
 BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size")
 
@@ -189,6 +193,10 @@ class Leader(Runner):
         self.by_nodeid = {p.nodeid: p for p in session.processors}
         self.task_size = self.fixed_chunk or FIRST_CHUNK
         self.room = max(4, 3 * workers)  # tasks queued ahead of the workers
+        self.reported = 0  # items whose reports came back
+        self.reported_seconds = 0.0  # and the time the processors spent on them
+        self.drained = 0.0  # when the results were last taken
+        self.stop_sent = False
 
     def run(self) -> None:
         option = self.config.option
@@ -253,12 +261,23 @@ class Leader(Runner):
     def prepare(self, processor: Processor, setup: bool = True) -> Plan:
         return super().prepare(processor, setup=False)  # the workers set up its fixtures
 
+    def _run_entries(self, plan: Plan, entries: Any) -> None:
+        try:
+            super()._run_entries(plan, entries)
+        except BaseException:  # Ctrl-C, a lost connection: nothing more is queued
+            self.session.shouldstop = self.session.shouldstop or "the leader stopped"
+            raise
+
     def run_items(self, plan: Plan, items: list[Item], read: int) -> None:
         processor = plan.processor
         fresh = processor.nodeid in self.session.new_processors
         for start in range(0, len(items), self.task_size):
             self.queue.put(processor.nodeid, fresh, items[start : start + self.task_size])
             self._wait(lambda tasks, _items: tasks < self.room)
+        if self.reported and not self.fixed_chunk:
+            # tasks of about TASK_SECONDS each: few round trips, and an even spread
+            per_item = max(self.reported_seconds / self.reported, 1e-6)
+            self.task_size = max(FIRST_CHUNK, min(int(TASK_SECONDS / per_item), MAX_TASK))
         self.chunk_size = self.task_size  # read the source a task at a time
 
     def finish_processor(self, processor: Processor) -> None:
@@ -271,24 +290,28 @@ class Leader(Runner):
     def _wait(self, ready: Any) -> None:
         session = self.session
         while not session.shouldstop:
-            self._complete()
-            tasks, items = self.queue.pending()
+            tasks, items, stop = self.queue.pending()
+            if stop and not session.shouldstop:  # a worker stopped the batch (-x, Ctrl-C)
+                session.shouldstop = stop
+                break
             if ready(tasks, items):
-                if tasks == 0 and not self.fixed_chunk:  # the workers ran dry: bigger tasks
-                    self.task_size = min(self.task_size * 2, MAX_TASK)
+                if time.monotonic() - self.drained > DRAIN_EVERY:
+                    self._complete()
                 return
+            self._complete()
             if self.procs and all(p.poll() is not None for p in self.procs):
                 if not self.queue.workers_alive(session.batch.lock_key):
                     session.fatal = (
                         f"every worker exited; {items:,} queued items were not processed"
                     )
-                    session.shouldstop = True
+                    session.shouldstop = "every worker exited"
                     return
             time.sleep(POLL)
 
     def _complete(self) -> None:
         super()._complete()  # chunks the leader committed itself (a broken source)
         session = self.session
+        self.drained = time.monotonic()
         for nodeid, unchanged, reports in self.queue.take_results():
             processor = self.by_nodeid.get(nodeid)
             if processor is None:
@@ -299,14 +322,13 @@ class Leader(Runner):
             if self.active["ingestkit_runtest_logreport"]:
                 for report in chunk.reports:
                     self.hook.ingestkit_runtest_logreport(report=report)
+            self.reported += len(chunk.reports)
             for report in chunk.reports:
+                self.reported_seconds += report.duration_ms / 1000.0
                 if report.failed:
                     self._count_failure()
-        if not session.shouldstop:
-            state = self.queue.state()
-            if state is not None and state.stop:
-                session.shouldstop = state.stop
-        if session.shouldstop:
+        if session.shouldstop and not self.stop_sent:
+            self.stop_sent = True
             self.queue.stop(str(session.shouldstop))
 
 

@@ -249,6 +249,14 @@ def test_node_ids_with_keys_junitxml_and_dry_run(project, tmp_path):
     assert dry.batch["meta"] == {"dry_run": True}
 
 
+def test_workers_run_from_another_folder(project):
+    """The workers find the processors by the leader's paths, wherever it ran."""
+    write_numbers(project, 300)
+    result = project.run("-n", "2", "project", cwd=project.root.parent)
+    assert result.exit_code == 1, out_of(result)
+    assert result.counts == {"succeeded": 299, "failed": 1}
+
+
 @pytest.mark.parametrize("args", [["worker"], ["worker", "--batch", "0000"]])
 def test_a_worker_without_a_batch_to_join_is_a_usage_error(project, args):
     write_numbers(project, 10)

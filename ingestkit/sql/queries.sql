@@ -282,7 +282,9 @@ INSERT INTO ingestkit.tasks (batch_id, seq, processor, fresh, size, items)
 VALUES (%(batch_id)s, %(seq)s, %(processor)s, %(fresh)s, %(size)s, %(items)s);
 
 -- name: pending-tasks
-SELECT count(*), coalesce(sum(size), 0) FROM ingestkit.tasks WHERE batch_id = %(batch_id)s;
+SELECT count(*), coalesce(sum(size), 0),
+       (SELECT stop FROM ingestkit.dispatch WHERE batch_id = %(batch_id)s)
+FROM ingestkit.tasks WHERE batch_id = %(batch_id)s;
 
 -- name: claim-task
 -- The row lock is the claim: it lasts as long as the worker's chunk transaction,
