@@ -102,6 +102,10 @@ def reports_from_json(processor: str, text: str) -> list[ItemReport]:
     ]
 
 
+class BatchOver(Exception):
+    """A worker's batch ended without it: it stops, and its chunk in flight is undone."""
+
+
 @dataclass
 class Task:
     """A claimed row of ``ingestkit.tasks``."""
@@ -215,6 +219,9 @@ class Queue:
         }
 
         def write(cur: Any) -> None:
+            cur.execute(q("batch-still-running"), params)
+            if cur.fetchone() is None:
+                raise BatchOver("the batch is over (its leader died): this chunk is undone")
             cur.execute(q("shrink-task" if left else "finish-task"), params)
             if cur.rowcount != 1:  # the claim was lost (the transaction ended early)
                 raise RuntimeError(f"task {task.seq} of batch {self.batch_id} was not ours")

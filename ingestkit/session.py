@@ -141,7 +141,8 @@ class Session:
         self.lookup: Lookup | None = None
         self.capture = LogCapture()
         self.interrupted_batches: list[str] = []
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # shown in the header
+        self.warnings: list[str] = []  # shown in the summary
         self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
         self.timing_item = False  # --item-timeout's alarm is armed
@@ -269,7 +270,7 @@ def run_batch(session: Session) -> int:
             except ConnectionLost as exc:
                 session.fatal = f"lost the database connection: {exc}"
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not session.txn.conn.closed:
+                if not session.txn.conn.closed and not session.control.closed:
                     raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 session.fatal = f"lost the database connection: {first}"

@@ -209,6 +209,8 @@ class TerminalReporter:
                 self.write_line(f"{scope}-scoped fixture teardown: {name}: {exc}")
                 if self.tb in ("long", "short"):
                     self.write_line(tb.rstrip())
+        for warning in session.warnings:
+            self.write_line(f"WARNING: {warning}")
         self.config.hook.ingestkit_terminal_summary(
             terminalreporter=self, exitstatus=exitstatus, config=self.config
         )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .dispatch import Queue, Task, items_from_json, reports_from_json
+from .dispatch import BatchOver, Queue, Task, items_from_json, reports_from_json
 from .outcomes import UsageError
 from .queries import q
 from .recorder import LOCK_NAMESPACE
@@ -244,12 +244,12 @@ class Leader(Runner):
         for number, proc in enumerate(self.procs, 1):
             code = proc.returncode
             if code is not None and code < 0:
-                self.session.notes.append(
+                self.session.warnings.append(
                     f"worker {number} (pid {proc.pid}) was killed by signal {-code}; "
                     "the chunk it held went back to the queue"
                 )
             elif code not in (None, 0, 1, 2):
-                self.session.notes.append(f"worker {number} (pid {proc.pid}) exited with {code}")
+                self.session.warnings.append(f"worker {number} (pid {proc.pid}) exited with {code}")
         state = self.queue.state()
         for problem in state.problems if state else ():
             self.session.teardown_errors.append(
@@ -350,14 +350,27 @@ class Worker(Runner):
         super().__init__(session)
         self.queue: Queue = session.queue
         self.by_nodeid = {p.nodeid: p for p in session.processors}
+        self.claim_params = {
+            "batch_id": self.queue.batch_id,
+            "ns": LOCK_NAMESPACE,
+            "lock_key": session.batch.lock_key,
+        }
 
     def run(self) -> None:
+        try:
+            self._take_tasks()
+        except BatchOver as exc:
+            self.txn.release()
+            self.session.shouldstop = str(exc)
+            self.session.interrupted = True
+
+    def _take_tasks(self) -> None:
         current: Processor | None = None
         plan: Plan | None = None
         idle = POLL
         try:
             while not self.session.shouldstop:
-                row = self.txn.claim(q("claim-task"), {"batch_id": self.queue.batch_id})
+                row = self.txn.claim(q("claim-task"), self.claim_params)
                 if row is None:
                     if self._batch_over():
                         break

@@ -245,7 +245,7 @@ WHERE d.batch_id = %(batch_id)s OR NOT EXISTS (
 -- What a worker checks when it finds no task: is the batch done, or stopping?
 SELECT d.options, d.fed, d.stop,
        EXISTS (SELECT 1 FROM ingestkit.tasks t WHERE t.batch_id = d.batch_id) AS pending,
-       b.status, b.lock_key
+       b.status, b.lock_key, d.problems
 FROM ingestkit.dispatch d JOIN ingestkit.batches b ON b.id = d.batch_id
 WHERE d.batch_id = %(batch_id)s;
 
@@ -289,12 +289,22 @@ FROM ingestkit.tasks WHERE batch_id = %(batch_id)s;
 -- name: claim-task
 -- The row lock is the claim: it lasts as long as the worker's chunk transaction,
 -- so a worker that dies (its connection closed) gives the task back at once.
-SELECT seq, processor, fresh, items
-FROM ingestkit.tasks
-WHERE batch_id = %(batch_id)s
-ORDER BY seq
+-- Nothing is claimed once the batch stops, or once its leader is gone (the
+-- leader's lock is free; taking it here holds it only until this transaction ends).
+SELECT t.seq, t.processor, t.fresh, t.items
+FROM ingestkit.tasks t
+WHERE t.batch_id = %(batch_id)s
+  AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
+  AND (SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s))
+ORDER BY t.seq
 LIMIT 1
-FOR UPDATE SKIP LOCKED;
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: batch-still-running
+-- Checked by a worker as its chunk commits. A run that marks the batch
+-- interrupted (its leader died) waits for this lock, so it reads the history
+-- after this chunk; a chunk that comes after the mark rolls back.
+SELECT 1 FROM ingestkit.batches WHERE id = %(batch_id)s AND status = 'running' FOR SHARE;
 
 -- name: finish-task
 DELETE FROM ingestkit.tasks WHERE batch_id = %(batch_id)s AND seq = %(seq)s;

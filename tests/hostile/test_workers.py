@@ -3,9 +3,11 @@
 SPEC §3: every item commits exactly once with its outcome row; a run that dies is
 marked ``interrupted`` by the next run without waiting for a timeout, and a rerun
 resumes where it left off. §4: exit codes (2 interrupted, 4 usage error in one
-line). With workers, a SIGKILL or a dropped connection can hit the leader or any
-worker at any instant; what a worker held goes back to the queue, and no key is
-ever processed twice.
+line). docs/workers.md ("When a worker dies", "Fixtures"): a killed worker's chunk
+goes back to the queue and the leader names it; a killed leader's workers finish
+the chunk they hold and exit; a worker's fixture teardown error reaches the
+leader's summary. A SIGKILL or a dropped connection can hit the leader or any
+worker at any instant, and no key is ever processed twice.
 
 The target table ``t`` has no primary key on purpose: an item committed twice
 shows up as a duplicate row instead of a constraint violation.
@@ -21,25 +23,47 @@ from pathlib import Path
 
 import pytest
 
-N = 600
+from ingestkit.dispatch import WORKER_NAMESPACE
 
-PIPELINE = f"""
+N = 400
+
+#: Each item sleeps a little (``IK_SLEEP`` seconds when set: reruns go at full speed)
+#: so that a signal sent once some items are committed lands mid-run.
+PIPELINE = """
 import os
 import time
 
 import ingestkit
 
 
-@ingestkit.source(range(1, {N} + 1), key=str)
+@ingestkit.source(range(1, COUNT + 1), key=str)
 def process_n(record, db):
-    time.sleep(SLEEP)
-    db.insert("t", {{"id": record, "pid": os.getpid()}})
+    time.sleep(float(os.environ.get("IK_SLEEP", SLEEP)))
+    FAIL
+    db.insert("t", {"id": record, "pid": os.getpid()})
 """
 
+FAST = {"IK_SLEEP": "0"}
 
-def write_pipeline(project, sleep: float = 0.003, n: int = N) -> None:
-    project.write("ingest_x.py", PIPELINE.replace("SLEEP", repr(sleep)).replace(str(N), str(n)))
-    project.query("CREATE TABLE IF NOT EXISTS t (id int NOT NULL, pid int)")
+
+#: With ``fail_every=100``: the items that fail.
+FAILING_KEYS = [100, 200, 300, 400]
+
+
+def write_pipeline(project, sleep: float = 0.003, n: int = N, fail_every: int = 0) -> None:
+    fail = "pass"
+    if fail_every:
+        fail = (
+            f"if record % {fail_every} == 0:\n"
+            '        raise ValueError(f"{record} is a round number")'
+        )
+    text = PIPELINE.replace("SLEEP", repr(sleep)).replace("COUNT", str(n)).replace("FAIL", fail)
+    project.write("ingest_x.py", text)
+    # which worker process (pid) and connection (backend) committed the row
+    project.query(
+        "CREATE TABLE IF NOT EXISTS t"
+        " (id int NOT NULL, pid int, backend int DEFAULT pg_backend_pid())"
+    )
 
 
 # -- processes ---------------------------------------------------------------
@@ -80,21 +104,31 @@ def wait_until(condition, timeout: float = 20.0, what: str = "condition"):
 
 
 _started: list[int] = []
+_leaders: list = []
 
 
 @pytest.fixture(autouse=True)
-def _no_process_left_behind():
+def _no_process_left_behind(project):
     """A failing test must not leave its leader or workers running."""
     yield
     for pid in reversed(_started):
-        if alive(pid):
+        try:
+            ours = b"ingestkit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if ours and alive(pid):  # not a later process that got the same pid
             os.kill(pid, signal.SIGKILL)
+    for proc in _leaders:
+        proc.wait()
+        proc.stdout.close()
     _started.clear()
+    _leaders.clear()
 
 
 def spawn(project, *args, **kwargs):
     proc = project.spawn(*args, **kwargs)
     _started.append(proc.pid)
+    _leaders.append(proc)
     return proc
 
 
@@ -106,35 +140,6 @@ def workers_of(leader, count: int) -> list[int]:
     )
     _started.extend(pids)
     return pids
-
-
-def backends_of(project, pid: int) -> dict[str, int]:
-    """The server backends of process ``pid``'s connections: application_name -> backend pid.
-
-    A connection's local port (from the socket's inode in /proc/net/tcp) is the
-    backend's ``client_port``.
-    """
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if not os.path.exists(table):
-            continue
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    rows = project.query(
-        "SELECT pid, application_name, client_port FROM pg_stat_activity"
-        " WHERE datname = current_database()"
-    )
-    return {r["application_name"]: r["pid"] for r in rows if r["client_port"] in ports}
 
 
 def finish(proc, timeout: float = 60) -> str:
@@ -171,10 +176,10 @@ def assert_consistent(project) -> int:
     return len(keys)
 
 
-def assert_exact(project, n: int = N) -> None:
-    """Every key succeeded exactly once, with exactly one row in t."""
+def assert_exact(project, n: int = N, skip=()) -> None:
+    """Every key (but ``skip``) succeeded exactly once, with exactly one row in t."""
     assert_consistent(project)
-    assert target_ids(project) == list(range(1, n + 1))
+    assert target_ids(project) == [i for i in range(1, n + 1) if i not in skip]
 
 
 def assert_queue_empty(project) -> None:
@@ -183,7 +188,7 @@ def assert_queue_empty(project) -> None:
 
 
 def summary_counts(output: str) -> str:
-    """The closing summary line's counts, e.g. '600 succeeded'."""
+    """The closing summary line's counts, e.g. '400 succeeded'."""
     lines = [line for line in output.splitlines() if re.match(r"^=+ .* in [\d.]+s", line)]
     assert lines, output
     return lines[-1].strip("= ").rsplit(" in ", 1)[0]
@@ -195,25 +200,72 @@ def batch_rows(project) -> list[dict]:
     )
 
 
+def committed_by(project, pid: int) -> int:
+    return project.scalar("SELECT count(*) FROM t WHERE pid = %s", (pid,))
+
+
+def chunk_backend(project, worker: int) -> int:
+    """The backend of ``worker``'s chunk connection, once it has committed a row."""
+    return wait_until(
+        lambda: project.scalar("SELECT min(backend) FROM t WHERE pid = %s", (worker,)),
+        what=f"worker {worker} committed",
+    )
+
+
+def in_transaction(project, backend: int) -> bool:
+    """The backend is inside a transaction: for a worker's chunk connection, a claimed task."""
+    return bool(
+        project.scalar(
+            "SELECT xact_start IS NOT NULL FROM pg_stat_activity WHERE pid = %s", (backend,)
+        )
+    )
+
+
 # -- a worker dies -----------------------------------------------------------
 
 
 def test_sigkill_one_worker_mid_run(project):
-    write_pipeline(project)
+    write_pipeline(project, fail_every=100)
     leader = spawn(project, "-n", "3")
     pids = workers_of(leader, 3)
-    project.wait_for_items(60)
     victim = pids[1]
-    os.kill(victim, signal.SIGKILL)
+    chunk = chunk_backend(project, victim)
+    wait_until(lambda: in_transaction(project, chunk), what="the victim inside a chunk")
+    os.kill(victim, signal.SIGKILL)  # its claimed task goes back to the queue
     out = finish(leader)
 
-    assert leader.returncode == 0, out
-    assert summary_counts(out) == f"{N} succeeded"
-    assert re.search(rf"worker \d \(pid {victim}\) was killed by signal 9", out), out
-    assert_exact(project)
-    assert batch_rows(project)[0]["counts"]["succeeded"] == N
-    assert project.scalar("SELECT count(*) FROM t WHERE pid = %s", (victim,)) > 0
+    assert leader.returncode == 1, out  # as the items dictate: some failed
+    assert_no_traceback(out.split("FAILURES")[0])
+    assert summary_counts(out) == f"{N - 4} succeeded, 4 failed"
+    assert_exact(project, skip=FAILING_KEYS)
+    failed = project.query(
+        "SELECT key, error_message FROM ingestkit.items WHERE status = 'failed' ORDER BY key::int"
+    )
+    assert failed == [
+        {"key": str(k), "error_message": f"{k} is a round number"} for k in FAILING_KEYS
+    ]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == N
+    assert batch_rows(project)[0]["counts"] == {
+        "succeeded": N - 4,
+        "failed": 4,
+        "error": 0,
+        "skipped": 0,
+        "unchanged": 0,
+    }
     assert_queue_empty(project)
+
+
+def test_leader_notes_a_killed_worker(project):
+    write_pipeline(project, n=200)
+    leader = spawn(project, "-n", "2")
+    pids = workers_of(leader, 2)
+    victim = pids[0]
+    wait_until(lambda: committed_by(project, victim) > 0, what="the victim worked")
+    os.kill(victim, signal.SIGKILL)
+    out = finish(leader)
+    assert leader.returncode == 0, out
+    assert_exact(project, 200)
+    assert re.search(rf"worker \d \(pid {victim}\) was killed by signal 9", out), out
 
 
 def test_sigkill_every_worker_stops_the_leader(project):
@@ -231,9 +283,10 @@ def test_sigkill_every_worker_stops_the_leader(project):
     assert_no_traceback(out)
     done = assert_consistent(project)
     assert 0 < done < N
+    assert summary_counts(out) == f"{done} succeeded"
     assert batch_rows(project)[0]["status"] == "interrupted"
 
-    again = project.cli("-n", "2")
+    again = project.cli("-n", "2", env=FAST)
     assert again.returncode == 0, again.stdout
     assert summary_counts(again.stdout) == f"{N - done} succeeded, {done} unchanged"
     assert_exact(project)
@@ -243,68 +296,63 @@ def test_sigkill_every_worker_stops_the_leader(project):
 # -- the leader dies ---------------------------------------------------------
 
 
-def test_sigkill_leader_mid_run(project):
+@pytest.mark.parametrize("rerun", ["-n", "single"])
+def test_sigkill_leader_mid_run(project, monkeypatch, rerun):
     write_pipeline(project)
     leader = spawn(project, "-n", "2")
     pids = workers_of(leader, 2)
     project.wait_for_items(60)
     leader.kill()
     # the workers see the leader's lock go and leave on their own
-    wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="workers exited")
-    finish(leader, timeout=10)  # the output pipe closes once the workers are gone
+    wait_until(lambda: not any(alive(p) for p in pids), timeout=5, what="workers exited")
+    finish(leader, timeout=5)  # the output pipe closes once the workers are gone
     done = assert_consistent(project)
     assert done < N
 
     looked = project.cli("--batches")
     assert looked.returncode == 0, looked.stdout
+    assert "interrupted" in looked.stdout, looked.stdout
     assert [b["status"] for b in batch_rows(project)] == ["interrupted"]
 
-    again = project.cli("-n", "2")
-    assert again.returncode == 0, again.stdout
-    assert summary_counts(again.stdout) == f"{N - done} succeeded, {done} unchanged"
+    if rerun == "-n":
+        again = project.cli("-n", "2", env=FAST)
+        assert again.returncode == 0, again.stdout
+        assert summary_counts(again.stdout) == f"{N - done} succeeded, {done} unchanged"
+    else:
+        monkeypatch.setenv("IK_SLEEP", "0")
+        result = project.run()
+        assert result.exit_code == 0, result.output
+        assert result.counts == {"succeeded": N - done, "unchanged": done}
     assert_exact(project)
     assert [b["status"] for b in batch_rows(project)] == ["interrupted", "finished"]
     assert_queue_empty(project)
 
 
-def test_sigkill_leader_then_rerun_in_one_process(project):
-    write_pipeline(project)
-    leader = spawn(project, "-n", "2")
-    pids = workers_of(leader, 2)
-    project.wait_for_items(60)
-    leader.kill()
-    wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="workers exited")
-    finish(leader, timeout=10)
-    done = assert_consistent(project)
-
-    again = project.run()
-    assert again.exit_code == 0, again.output
-    assert again.counts == {"succeeded": N - done, "unchanged": done}
-    assert_exact(project)
-    assert [b["status"] for b in batch_rows(project)] == ["interrupted", "finished"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rerun started while the dead leader's workers still finish their chunks "
-    "runs the same keys again: nothing makes it wait for them (workers hold no "
-    "processor lock; mark-interrupted only tests the leader's batch lock)",
-)
 def test_rerun_right_after_the_leader_dies_waits_for_its_workers(project):
-    """Orphaned workers may still be committing chunks when the user reruns at once."""
-    write_pipeline(project, sleep=0.01)
+    write_pipeline(project, sleep=0.01, n=200)
     leader = spawn(project, "-n", "2", "--chunk-size", "30")
     pids = workers_of(leader, 2)
-    project.wait_for_items(60)
+    project.wait_for_items(30)
     leader.kill()
     leader.wait()
     try:
-        again = project.cli()  # at once: the workers are still inside a task
+        again = project.cli(env=FAST)  # at once: the workers are still inside a task
     finally:
-        wait_until(lambda: not any(alive(p) for p in pids), timeout=20, what="workers exited")
-        finish(leader, timeout=10)
+        wait_until(lambda: not any(alive(p) for p in pids), timeout=10, what="workers exited")
+        finish(leader, timeout=5)
     assert again.returncode == 0, again.stdout
-    assert_exact(project)
+    assert_exact(project, 200)
+
+
+def test_workers_stop_taking_tasks_once_the_leader_is_gone(project):
+    write_pipeline(project, sleep=0.02, n=200)
+    leader = spawn(project, "-n", "1", "--chunk-size", "20")  # 0.4 s a task, 4 queued
+    [worker] = workers_of(leader, 1)
+    project.wait_for_items(20)
+    leader.kill()
+    leader.wait()
+    wait_until(lambda: not alive(worker), timeout=1.0, what="the worker left")
+    assert_consistent(project)
 
 
 # -- Ctrl-C ------------------------------------------------------------------
@@ -319,12 +367,15 @@ def test_ctrl_c_to_the_process_group(project):
     out = finish(leader, timeout=30)
 
     assert leader.returncode == 2, out
+    assert "Ctrl-C" in out, out
+    assert_no_traceback(out)
     assert not any(alive(p) for p in pids)
     [batch] = batch_rows(project)
     assert batch["status"] == "interrupted" and batch["exit_code"] == 2
     done = assert_consistent(project)
     assert 0 < done < N
-    # what the leader counted is exactly what was committed, once
+    # what the leader reported is exactly what was committed, each item once
+    assert summary_counts(out) == f"{done} succeeded"
     recorded = project.query(
         "SELECT status, count(*) AS n, count(DISTINCT key) AS keys FROM ingestkit.items"
         " GROUP BY status"
@@ -333,7 +384,7 @@ def test_ctrl_c_to_the_process_group(project):
     assert {k: v for k, v in batch["counts"].items() if v} == {"succeeded": done}
     assert_queue_empty(project)
 
-    again = project.cli("-n", "2")
+    again = project.cli("-n", "2", env=FAST)
     assert again.returncode == 0, again.stdout
     assert summary_counts(again.stdout) == f"{N - done} succeeded, {done} unchanged"
     assert_exact(project)
@@ -342,24 +393,91 @@ def test_ctrl_c_to_the_process_group(project):
 # -- a worker's connection is dropped ----------------------------------------
 
 
-@pytest.mark.parametrize("which", ["ingestkit", "ingestkit-control"], ids=["chunk", "control"])
-def test_worker_connection_terminated(project, which):
+def terminate_worker_connection(project, which: str) -> tuple:
+    """Start ``-n 3``; once a worker is inside a chunk, terminate one of its connections."""
     write_pipeline(project)
     leader = spawn(project, "-n", "3")
-    pids = workers_of(leader, 3)
-    project.wait_for_items(60)
-    backends = wait_until(
-        lambda: b if which in (b := backends_of(project, pids[0])) else None,
-        what="the worker's connections",
-    )
-    project.query("SELECT pg_terminate_backend(%s, 5000)", (backends[which],))
-    out = finish(leader)
+    victim = workers_of(leader, 3)[0]
+    chunk = chunk_backend(project, victim)
+    wait_until(lambda: in_transaction(project, chunk), what="the victim inside a chunk")
+    if which == "chunk":
+        backend = chunk
+    else:  # a worker's control connection holds its shared lock on the batch
+        backend = project.scalar(
+            "SELECT min(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE d.datname = current_database() AND l.locktype = 'advisory'"
+            " AND l.granted AND l.mode = 'ShareLock' AND l.classid = %s::oid",
+            (WORKER_NAMESPACE,),
+        )
+    project.query("SELECT pg_terminate_backend(%s, 5000)", (backend,))
+    return leader, finish(leader)
 
+
+@pytest.mark.parametrize("which", ["chunk", "control"])
+def test_worker_connection_terminated(project, which):
+    leader, out = terminate_worker_connection(project, which)
     assert leader.returncode == 0, out
     assert summary_counts(out) == f"{N} succeeded"
     assert_exact(project)
-    assert_no_traceback(out)
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == N
     assert_queue_empty(project)
+
+
+def test_worker_losing_its_control_connection_leaves_without_a_traceback(project):
+    leader, out = terminate_worker_connection(project, "control")
+    assert leader.returncode == 0, out
+    assert_no_traceback(out)
+
+
+# -- joining a batch ---------------------------------------------------------
+
+
+def running_batch(project) -> str:
+    def find():
+        try:
+            return project.scalar("SELECT id FROM ingestkit.batches WHERE status = 'running'")
+        except Exception:
+            return None  # the schema is being created
+
+    return str(wait_until(find, what="a running batch"))
+
+
+def test_joined_worker_killed_mid_run(project):
+    write_pipeline(project)
+    leader = spawn(project, "-n", "1")
+    batch = running_batch(project)
+    joined = spawn(project, "worker", "--batch", batch[:8])
+    wait_until(lambda: committed_by(project, joined.pid) > 0, what="the joined worker worked")
+    joined.kill()
+    joined.wait()
+    out = finish(leader)
+    assert leader.returncode == 0, out
+    assert summary_counts(out) == f"{N} succeeded"
+    assert_exact(project)
+    assert_queue_empty(project)
+
+
+def test_worker_started_in_another_folder(project, tmp_path):
+    """A worker that does not have the batch's processors gives its task back and says why."""
+    write_pipeline(project, n=300)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ingestkit.toml").write_text("")
+    (other / "ingest_y.py").write_text(
+        "import ingestkit\n\n@ingestkit.source([1], key=str)\ndef process_y(record):\n    pass\n"
+    )
+    leader = spawn(project, "-n", "1")
+    batch = running_batch(project)
+    stray = project.cli("worker", "--batch", batch[:8], cwd=other)
+    out = finish(leader)
+
+    assert stray.returncode == 4, stray.stdout
+    assert "has no processor ingest_x.py::process_n" in stray.stdout, stray.stdout
+    assert_no_traceback(stray.stdout)
+    assert leader.returncode == 0, out
+    assert summary_counts(out) == "300 succeeded"
+    assert_exact(project, 300)
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE processor LIKE '%y'") == 0
 
 
 # -- usage errors ------------------------------------------------------------
@@ -393,40 +511,48 @@ def test_worker_for_a_finished_batch_is_a_usage_error(project):
     assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
     assert "no running batch" in proc.stdout
     assert_no_traceback(proc.stdout)
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 3
 
 
 # -- fixtures and failures in workers ----------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["batch", "module", "processor"])
-def test_fixture_teardown_error_in_workers_reaches_the_summary(project, scope):
+def test_fixture_teardown_errors_in_workers_reach_the_summary(project):
     project.write(
         "ingest_x.py",
-        f"""
+        """
 import time
 import ingestkit
 
-@ingestkit.fixture(scope="{scope}")
+@ingestkit.fixture(scope="batch")
 def pool():
     yield "pool"
     raise RuntimeError("pool did not close cleanly")
 
+@ingestkit.fixture(scope="processor")
+def session_token():
+    yield "token"
+    raise ValueError("token was not revoked")
+
 @ingestkit.source(range(1, 201), key=str)
-def process_n(record, db, pool):
+def process_n(record, db, pool, session_token):
     time.sleep(0.002)
-    db.insert("t", {{"id": record}})
+    db.insert("t", {"id": record})
 """,
     )
-    project.query("CREATE TABLE t (id int NOT NULL, pid int)")
+    project.query("CREATE TABLE t (id int NOT NULL)")
     proc = project.cli("-n", "2")
+    assert summary_counts(proc.stdout).startswith("200 succeeded"), proc.stdout
+    assert_exact(project, 200)
     assert proc.returncode == 1, proc.stdout
     assert "TEARDOWN ERRORS" in proc.stdout, proc.stdout
-    line = f"{scope}-scoped fixture teardown: RuntimeError: pool did not close cleanly"
-    assert line in proc.stdout, proc.stdout
-    assert summary_counts(proc.stdout).startswith("200 succeeded"), proc.stdout
+    for line in (
+        "batch-scoped fixture teardown: RuntimeError: pool did not close cleanly",
+        "processor-scoped fixture teardown: ValueError: token was not revoked",
+    ):
+        assert line in proc.stdout, proc.stdout
     [batch] = batch_rows(project)
     assert batch["exit_code"] == 1 and batch["status"] == "finished"
-    assert_exact(project, 200)
 
 
 FAILING = """
@@ -452,8 +578,8 @@ def process_row(record, db):
     db.upsert("t", {"id": int(record["id"]), "name": name}, conflict=("id",))
 """
 
+#: Records the processor raises for, and ids already in t (a primary key violation).
 BAD, TAKEN = {17, 123, 290}, {5, 150, 299}
-BAD_TAKEN = sorted(BAD | TAKEN)
 
 
 def test_failures_under_workers_and_last_failed(project):
@@ -467,6 +593,9 @@ def test_failures_under_workers_and_last_failed(project):
     proc = project.cli("-n", "3")
     assert proc.returncode == 1, proc.stdout
     assert summary_counts(proc.stdout) == "294 succeeded, 6 failed"
+    # grouped by processor + exception type + message shape, as in a single run
+    assert "ingest_x.py::process_row: ValueError (3 items)" in proc.stdout, proc.stdout
+    assert "ingest_x.py::process_row: UniqueViolation (3 items)" in proc.stdout, proc.stdout
     assert "rerun the failures: ingestkit --lf" in proc.stdout
     failed = project.query(
         "SELECT key, error_type, error_message, count(*) OVER (PARTITION BY key) AS n"
@@ -484,6 +613,7 @@ def test_failures_under_workers_and_last_failed(project):
             assert 'duplicate key value violates unique constraint "t_pkey"' in f["error_message"]
             assert f"Key (id)=({key}) already exists" in f["error_message"]
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 300
+    assert project.scalar("SELECT count(DISTINCT key) FROM ingestkit.items") == 300
     assert project.scalar("SELECT count(*) FROM t") == 297
     assert project.scalar("SELECT count(*) FROM t WHERE name = 'taken'") == 3
 
@@ -497,7 +627,9 @@ def test_failures_under_workers_and_last_failed(project):
     )
     assert rerun == [{"key": str(k), "status": "succeeded"} for k in sorted(BAD | TAKEN)]
     assert [r["id"] for r in project.query("SELECT id FROM t ORDER BY id")] == list(range(1, 301))
-    names = project.query("SELECT id, name FROM t WHERE id = ANY(%s) ORDER BY id", (BAD_TAKEN,))
+    names = project.query(
+        "SELECT id, name FROM t WHERE id = ANY(%s) ORDER BY id", (sorted(BAD | TAKEN),)
+    )
     assert names == [
         {"id": k, "name": "fixed" if k in BAD else f"n{k}"} for k in sorted(BAD | TAKEN)
     ]
