@@ -44,7 +44,7 @@ MAX_TASK = 1000
 #: Seconds of processor time a task is sized for, once items' durations are known.
 TASK_SECONDS = 0.2
 #: Seconds between the leader's looks at the queue, and a worker's idle waits.
-POLL, IDLE_MAX = 0.01, 0.2
+POLL, IDLE_MAX = 0.01, 0.05
 #: The leader takes the workers' results at least this often (seconds) while feeding.
 DRAIN_EVERY = 0.1
 #: Options a worker takes from the batch it joins, whatever its own command line says.
@@ -207,8 +207,6 @@ class Leader(Runner):
         self.spawn()
         try:
             super().run()
-            if not self.session.shouldstop:
-                self.queue.set_fed()
         except BaseException:
             with contextlib.suppress(Exception):
                 self.queue.stop("the leader stopped")
@@ -281,6 +279,8 @@ class Leader(Runner):
         self.chunk_size = self.task_size  # read the source a task at a time
 
     def finish_processor(self, processor: Processor) -> None:
+        if processor is self.session.processors[-1] and not self.session.shouldstop:
+            self.queue.set_fed()  # workers leave once the queue is empty
         # the next processor may need every write of this one: wait for all of it
         try:
             self._wait(lambda tasks, _items: tasks == 0)
