@@ -353,6 +353,9 @@ class FixtureRuntime:
         """Run the finalizers of ``scope`` in reverse order; return what they raised."""
         errors: list[BaseException] = []
         finalizers = self.finalizers[scope]
+        cache = self.cache[scope]
+        if not finalizers and not cache:  # the common case, once per item
+            return errors
         while finalizers:
             fin = finalizers.pop()
             try:

@@ -1,13 +1,16 @@
 """A compact set of 64-bit key fingerprints: duplicate detection in flat memory.
 
 A Python ``set`` of a million keys costs ~100 MB; this costs 16 MB, at the
-price of a 2**-64 chance per pair of calling two keys the same.
+price of a 2**-64 chance per pair of calling two keys the same. The
+fingerprint is Python's own string hash (SipHash, 64 bits, cached on the
+string): stable within a process, which is all a batch's de-duplication needs.
 """
 
 from __future__ import annotations
 
-import hashlib
 from array import array
+
+_MASK64 = (1 << 64) - 1
 
 
 class KeySet:
@@ -16,14 +19,9 @@ class KeySet:
         self._mask = 1023
         self._used = 0
 
-    @staticmethod
-    def _fingerprint(key: str) -> int:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1
-
     def add(self, key: str) -> bool:
         """Add ``key``; return False if it was already there."""
-        fp = self._fingerprint(key)
+        fp = (hash(key) & _MASK64) or 1
         slots, mask = self._slots, self._mask
         i = fp & mask
         while True:

@@ -8,6 +8,7 @@ batch's advisory lock: while it is held, the batch is alive.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -128,6 +129,15 @@ def ingestkit_chunk_history(
         return {row[0]: History(*row[1:]) for row in cur.fetchall()}
 
 
+@functools.cache
+def record_outcomes(first_load: bool) -> str:
+    """The statement that moves a chunk's outcome rows to their tables (queries.sql)."""
+    latest = (
+        q("insert-latest") if first_load else f"{q('insert-latest')}\n{q('latest-on-conflict')}"
+    )
+    return ";\n".join((q("insert-items"), latest, q("truncate-outcomes")))
+
+
 def outcome_rows(reports: list[ItemReport]) -> bytes:
     """A chunk's reports as COPY text for ``pg_temp.ingestkit_outcomes``.
 
@@ -181,11 +191,18 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     if not chunk.reports:
         return
     data = outcome_rows(chunk.reports)
+    # A processor with no recorded outcome gets plain inserts into ingestkit.latest:
+    # its lock keeps other batches out, and a key comes once per batch. Key "" is
+    # the exception: a broken source's error item may share it with a record.
+    first_load = chunk.processor.nodeid in session.new_processors and all(
+        r.key for r in chunk.reports
+    )
+    statement = record_outcomes(first_load)
 
     def write_outcomes(cur: Any) -> None:
         # one read of the whole payload: each read would wait for the GIL
         cur.copy_expert(q("outcomes-copy"), io.BytesIO(data), size=len(data) + 1)
-        cur.execute(q("record-outcomes"), params)
+        cur.execute(statement, params)
 
     chunk.writes.append(write_outcomes)
 

@@ -578,7 +578,7 @@ class Runner:
             status, exc = "failed", RuntimeError(_ENDED_TRANSACTION)
         elif status == "succeeded" and item.statement_error is not None:
             status, exc = "failed", item.statement_error
-        if status == "succeeded":
+        if status == "succeeded" and (item.has_statements or txn.isolated):
             try:
                 txn.finish_item(item)
             except ConnectionLost:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import enum
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from .runner import Chunk
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
+
+#: Seconds a thread may hold the GIL while another waits for it (see run_batch).
+COMMIT_SWITCH_INTERVAL = 0.0005
 
 
 class ExitCode(enum.IntEnum):
@@ -258,6 +262,11 @@ def run_batch(session: Session) -> int:
     timeout = config.option.item_timeout
     if timeout and in_main:
         signal.signal(signal.SIGALRM, session.on_alarm)
+    # The commit thread mostly waits on the server; when an answer comes it must
+    # get the GIL back from the processors' thread. Python's default (5 ms) leaves
+    # the server idle that long, several times a chunk.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(COMMIT_SWITCH_INTERVAL)
     try:
         config.hook.ingestkit_batch_start(session=session)
         with session.capture:
@@ -276,6 +285,7 @@ def run_batch(session: Session) -> int:
                 session.fatal = f"lost the database connection: {first}"
         status = session.exitstatus
     finally:
+        sys.setswitchinterval(switch_interval)
         if in_main:
             signal.signal(signal.SIGINT, previous)
             if timeout:

@@ -116,8 +116,8 @@ def make_keyfunc(key: Any) -> Callable[[Any, int], str]:
 
         return by_callable
     if isinstance(key, str):
-        fields: tuple[str, ...] = (key,)
-    elif isinstance(key, (tuple, list)) and key and all(isinstance(f, str) for f in key):
+        return _by_field(key)
+    if isinstance(key, (tuple, list)) and key and all(isinstance(f, str) for f in key):
         fields = tuple(key)
     else:
         raise TypeError(f"key= must be a field name, a tuple of them, a callable or None: {key!r}")
@@ -135,6 +135,21 @@ def make_keyfunc(key: Any) -> Callable[[Any, int], str]:
         return "|".join(str(v) for v in values)
 
     return by_fields
+
+
+def _by_field(field: str) -> Callable[[Any, int], str]:
+    """``key="field"``, the common case: no loop over fields per record."""
+
+    def by_field(record: Any, position: int) -> str:
+        try:
+            value = record[field]
+        except (KeyError, IndexError, TypeError):
+            raise RecordError(f"record has no key field {field!r}") from None
+        if value is None or value == "":
+            raise RecordError(f"key field {field!r} is empty")
+        return value if type(value) is str else str(value)
+
+    return by_field
 
 
 def _has(record: Any, field: str) -> bool:
@@ -170,7 +185,7 @@ def content_hash(record: Any, flat: bool = False) -> str:
     repr, which is stable and three times cheaper than JSON; anything else
     through its JSON text.
     """
-    if flat or (type(record) is dict and all(type(v) in _PLAIN_TYPES for v in record.values())):
+    if flat or (type(record) is dict and _PLAIN_TYPES.issuperset(map(type, record.values()))):
         text = repr(record)
     else:
         text = to_json(record)

@@ -748,17 +748,23 @@ def test_schema_is_created_once_and_later_migrations_apply_once(project, monkeyp
 
 
 def test_a_version_1_schema_is_migrated_to_the_current_one(project):
-    """A database set up by the first release gets the work queue of -n."""
+    """A database set up by the first release gets the work queue of -n, and
+    loses the foreign key of items.batch_id."""
     project.write("ingest_ok.py", ONE)
     assert project.run().exit_code == 0
     project.query(
         "DROP TABLE ingestkit.dispatch, ingestkit.tasks, ingestkit.results;"
+        " ALTER TABLE ingestkit.items ADD CONSTRAINT items_batch_id_fkey"
+        " FOREIGN KEY (batch_id) REFERENCES ingestkit.batches (id) ON DELETE CASCADE;"
         " DELETE FROM ingestkit.schema_version; INSERT INTO ingestkit.schema_version VALUES (1)"
     )
     result = project.run("-n", "2", "--reprocess")
     assert result.exit_code == 0, out_of(result)
     versions = project.query("SELECT version FROM ingestkit.schema_version ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 2]
+    assert [r["version"] for r in versions] == [1, 2, 3]
+    assert not project.query(
+        "SELECT 1 FROM pg_constraint WHERE conrelid = 'ingestkit.items'::regclass AND contype = 'f'"
+    )
     assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'") == 2
 
 
@@ -1612,3 +1618,28 @@ def process_csv(record):
     (item,) = result.items
     assert item["status"] == "error"
     assert item["error_message"].startswith("data.csv, line 1: ")
+
+
+BROKEN_AFTER_EMPTY_KEY = """
+import ingestkit
+
+def rows():
+    yield {"k": ""}
+    raise OSError("the feed went away")
+
+@ingestkit.source(rows, key=lambda r: r["k"])
+def process_row(record):
+    pass
+"""
+
+
+def test_first_load_whose_record_and_broken_source_share_key_empty(project):
+    """A first load writes ingestkit.latest with plain inserts; the one key two
+    outcomes of a batch can share (a record keyed "" and the source's own error)
+    still takes the upsert."""
+    project.write("ingest_x.py", BROKEN_AFTER_EMPTY_KEY)
+    result = project.run()
+    assert result.exit_code == 1, out_of(result)
+    assert sorted(i["status"] for i in result.items) == ["error", "succeeded"]
+    latest = project.query("SELECT key, status FROM ingestkit.latest")
+    assert latest == [{"key": "", "status": "error"}]

@@ -35,7 +35,7 @@ CREATE INDEX batches_running_idx ON ingestkit.batches (id) WHERE status = 'runni
 
 -- One row per item outcome (append-only audit trail). "unchanged" items add no row.
 CREATE TABLE ingestkit.items (
-    batch_id       uuid NOT NULL REFERENCES ingestkit.batches (id) ON DELETE CASCADE,
+    batch_id       uuid NOT NULL,  -- ingestkit.batches (id); no foreign key: see 0003
     processor      text NOT NULL,
     key            text NOT NULL,
     status         text NOT NULL CHECK (status IN ('succeeded', 'failed', 'error', 'skipped')),
