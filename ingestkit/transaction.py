@@ -18,7 +18,7 @@ import contextlib
 import functools
 import io
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg2
@@ -56,14 +56,8 @@ def _critical(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def step(self: Transaction, *args: Any, **kwargs: Any) -> Any:
-        self._depth += 1
-        try:
+        with self.uninterrupted():
             return method(self, *args, **kwargs)
-        finally:
-            self._depth -= 1
-            if not self._depth and self._interrupted is not None:
-                interruption, self._interrupted = self._interrupted, None
-                raise interruption
 
     return step
 
@@ -116,6 +110,18 @@ class Transaction:
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler for the batch: see :func:`_critical`."""
         self.interrupt(KeyboardInterrupt())
+
+    @contextlib.contextmanager
+    def uninterrupted(self) -> Iterator[None]:
+        """A step that Ctrl-C does not cut in two (see :func:`_critical`)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._interrupted is not None:
+                interruption, self._interrupted = self._interrupted, None
+                raise interruption
 
     def interrupt(self, exc: BaseException) -> None:
         """Raise ``exc`` now, or at the end of the critical step under way."""

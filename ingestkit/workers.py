@@ -235,8 +235,10 @@ class Leader(Runner):
             for proc in self.procs:
                 proc.wait()
         finally:
-            self._complete()
-            self._report_workers()
+            try:
+                self._complete()
+            finally:
+                self._report_workers()
 
     def _report_workers(self) -> None:
         for number, proc in enumerate(self.procs, 1):
@@ -312,6 +314,14 @@ class Leader(Runner):
         super()._complete()  # chunks the leader committed itself (a broken source)
         session = self.session
         self.drained = time.monotonic()
+        with self.txn.uninterrupted():  # results taken from the queue are counted
+            self._take_results()
+        if session.shouldstop and not self.stop_sent:
+            self.stop_sent = True
+            self.queue.stop(str(session.shouldstop))
+
+    def _take_results(self) -> None:
+        session = self.session
         for nodeid, unchanged, reports in self.queue.take_results():
             processor = self.by_nodeid.get(nodeid)
             if processor is None:
@@ -327,9 +337,6 @@ class Leader(Runner):
                 self.reported_seconds += report.duration_ms / 1000.0
                 if report.failed:
                     self._count_failure()
-        if session.shouldstop and not self.stop_sent:
-            self.stop_sent = True
-            self.queue.stop(str(session.shouldstop))
 
 
 class WorkerError(Exception):
