@@ -266,3 +266,36 @@ def test_a_worker_without_a_batch_to_join_is_a_usage_error(project, args):
     assert result.stdout.startswith("ERROR: ")
     assert len(result.stdout.strip().splitlines()) == 1
     assert "Traceback" not in result.stdout
+
+
+LEASE = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def table(db):
+    db.execute("CREATE TABLE IF NOT EXISTS seen (setting text, value text)")
+
+@ingestkit.source([{"id": 1}], key="id")
+def process_one(record, db):
+    for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+        value = db.query_one("SELECT current_setting(%s) AS v", (name,))["v"]
+        db.insert("seen", {"setting": name, "value": value})
+    unix = db.query_one("SELECT inet_client_addr() IS NULL AS unix")["unix"]
+    db.insert("seen", {"setting": "unix socket", "value": str(unix)})
+"""
+
+
+def test_a_workers_claims_are_leased_by_the_servers_tcp_keepalives(project):
+    """The connection that holds a worker's claims tells the server to give up on
+    a silent peer after 10 s + 3 probes 5 s apart (docs/workers.md)."""
+    project.write("ingest_lease.py", LEASE)
+    result = project.run("-n", "1")
+    assert result.exit_code == 0, out_of(result)
+    seen = {r["setting"]: r["value"] for r in project.query("SELECT * FROM seen")}
+    if seen.pop("unix socket") == "True":  # the embedded server: no TCP, no keepalives
+        pytest.skip("a Unix-socket connection has no TCP keepalives")
+    assert seen == {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
