@@ -204,9 +204,12 @@ class Leader(Runner):
             {name: getattr(option, name) for name in BATCH_OPTIONS}
             | {"store_payloads": self.config.get("store_payloads", "failed")}
         )
-        self.spawn()
+        if self.session.processors:  # (none: only collection errors to report)
+            self.spawn()
         try:
             super().run()
+            if not self.session.shouldstop:
+                self.queue.set_fed()
         except BaseException:
             with contextlib.suppress(Exception):
                 self.queue.stop("the leader stopped")

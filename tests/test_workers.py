@@ -257,6 +257,15 @@ def test_workers_run_from_another_folder(project):
     assert result.counts == {"succeeded": 299, "failed": 1}
 
 
+def test_only_collection_errors_under_workers(project):
+    """Nothing to queue: the batch ends at once, with the collection error."""
+    project.write("ingest_broken.py", "import no_such_module_anywhere\n")
+    result = project.run("-n", "2")
+    assert result.exit_code == 1, out_of(result)
+    assert "ERROR collecting ingest_broken.py" in result.output
+    assert result.batch["status"] == "finished"
+
+
 @pytest.mark.parametrize("args", [["worker"], ["worker", "--batch", "0000"]])
 def test_a_worker_without_a_batch_to_join_is_a_usage_error(project, args):
     write_numbers(project, 10)
