@@ -210,7 +210,9 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     Append ``write(cursor)`` callables to ``chunk.writes``: they run in order
     right before COMMIT, in ingestkit's committing thread (so that the next
     chunk's items run meanwhile); do not touch the connection otherwise. The
-    recorder adds the outcome rows here. A write that raises loses the chunk
+    recorder adds the outcome rows here; under ``-n``, the ``workers`` plugin
+    adds the end of the chunk's task (``chunk.task``; ``chunk.left`` holds the
+    items a stopping worker did not run). A write that raises loses the chunk
     and stops the batch.
     """
 

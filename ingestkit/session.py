@@ -116,7 +116,12 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 class Session:
-    """One invocation: what was collected, the database, the counts."""
+    """One invocation: what was collected, the database, the counts.
+
+    ``role`` is ``"single"``, or under ``-n`` ``"leader"`` (queues the items,
+    reports) or ``"worker"`` (runs them): plugins whose effect must happen once
+    per batch check it.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -172,10 +172,9 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
 
 @hookimpl
 def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
-    queue = getattr(session, "queue", None)
-    if queue is not None and session.role == "leader":
+    if session.role == "leader":
         with contextlib.suppress(Exception):  # a lost connection: the next run cleans up
-            queue.close()
+            session.queue.close()
 
 
 # -- the leader --------------------------------------------------------------
