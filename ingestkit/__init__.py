@@ -11,10 +11,15 @@ __version__ = "0.1.0"
 
 import pluggy
 
+from .collection import Processor
+from .config import Config
 from .fixtures import fixture
 from .outcomes import LookupMissing, Skipped, UsageError, skip
 from .readers import read_csv, read_json, read_jsonl
-from .sources import Entry, Reader, source
+from .reports import ItemReport
+from .runner import Chunk, Item
+from .session import ExitCode, Session
+from .sources import Entry, Reader, SourceSpec, source
 
 #: Marks a plugin function as an implementation of a hook in ``ingestkit.hookspec``.
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -28,10 +33,18 @@ def main(args: list[str] | None = None, plugins: list | None = None) -> int:
 
 
 __all__ = [
+    "Chunk",
+    "Config",
     "Entry",
+    "ExitCode",
+    "Item",
+    "ItemReport",
     "LookupMissing",
+    "Processor",
     "Reader",
+    "Session",
     "Skipped",
+    "SourceSpec",
     "UsageError",
     "__version__",
     "fixture",

@@ -263,6 +263,36 @@ def test_installed_plugin_posts_the_batch_summary(project, server, venv):
     assert "ingestkit-webhook" not in proc.stdout
 
 
+def test_hook_arguments_are_of_the_public_types(project):
+    import ingestkit
+
+    seen = []
+
+    class Checker:
+        @ingestkit.hookimpl
+        def ingestkit_processor_start(self, processor, session):
+            seen.append(isinstance(processor, ingestkit.Processor))
+            seen.append(isinstance(session, ingestkit.Session))
+            seen.append(isinstance(session.config, ingestkit.Config))
+            seen.append(
+                processor.source is None or isinstance(processor.source, ingestkit.SourceSpec)
+            )
+
+        @ingestkit.hookimpl
+        def ingestkit_chunk_finish(self, chunk):
+            seen.append(isinstance(chunk, ingestkit.Chunk))
+            seen.append(all(isinstance(r, ingestkit.ItemReport) for r in chunk.reports))
+
+        @ingestkit.hookimpl
+        def ingestkit_runtest_setup(self, item):
+            seen.append(isinstance(item, ingestkit.Item))
+
+    project.write("ingest_rows.py", ROWS)
+    result = project.run(plugins=[Checker()])
+    assert result.exit_code == ingestkit.ExitCode.ITEMS_FAILED
+    assert seen and all(seen)
+
+
 def test_blocking_the_installed_plugin_with_p_no_webhook(project, server, venv):
     project.write("ingest_rows.py", ROWS)
     blocked = venv.run(project, "-p", "no:webhook")

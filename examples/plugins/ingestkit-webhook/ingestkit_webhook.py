@@ -29,11 +29,7 @@ from ingestkit.reports import COUNTED
 if TYPE_CHECKING:
     import argparse
 
-    from ingestkit.collection import Processor
-    from ingestkit.config import Config
-    from ingestkit.runner import Chunk
-    from ingestkit.session import Session
-    from ingestkit.sources import SourceSpec
+    from ingestkit import Chunk, Config, Processor, Session, SourceSpec
 
 __version__ = "0.1.0"
 
