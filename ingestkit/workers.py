@@ -140,6 +140,14 @@ def _join(session: Session) -> None:
     batch.id, batch.started_at, batch.meta, batch.lock_key = batch_id, started_at, meta, lock_key
     queue = Queue(session.control, batch_id)
     state = queue.state()
+    have = {p.nodeid for p in session.processors}
+    missing = [nodeid for nodeid in state.options.get("processors", ()) if nodeid not in have]
+    if missing:
+        raise UsageError(
+            f"this worker has no processor {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + ": start it in the leader's folder, with the leader's paths"
+        )
     option = session.config.option
     for name in BATCH_OPTIONS:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
@@ -202,6 +210,7 @@ class Leader(Runner):
         self.queue.open(
             {name: getattr(option, name) for name in BATCH_OPTIONS}
             | {"store_payloads": self.config.get("store_payloads", "failed")}
+            | {"processors": [p.nodeid for p in self.session.processors]}
         )
         if self.session.processors:  # (none: only collection errors to report)
             self.spawn()

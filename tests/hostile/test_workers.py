@@ -473,6 +473,7 @@ def test_worker_started_in_another_folder(project, tmp_path):
 
     assert stray.returncode == 4, stray.stdout
     assert "has no processor ingest_x.py::process_n" in stray.stdout, stray.stdout
+    assert stray.stdout.startswith("ERROR: "), stray.stdout  # before any header
     assert_no_traceback(stray.stdout)
     assert leader.returncode == 0, out
     assert summary_counts(out) == "300 succeeded"
