@@ -308,3 +308,22 @@ def test_a_workers_claims_are_leased_by_the_servers_tcp_keepalives(project):
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
     }
+
+
+def test_the_leader_queues_only_a_few_chunks_ahead(project):
+    """Sources stay streams under -n: the queue holds a few chunks per worker,
+    never the source."""
+    write_numbers(project, 3_000, pause=0.001)
+    leader = project.spawn("-n", "2", "--chunk-size", "20")
+    most = 0
+    while leader.poll() is None:
+        try:
+            queued = project.scalar("SELECT count(*) FROM ingestkit.tasks")
+        except Exception:  # the schema may not exist yet
+            queued = 0
+        most = max(most, queued or 0)
+        time.sleep(0.02)
+    out = leader.stdout.read()
+    assert leader.returncode == 1, out
+    assert "2,988 succeeded, 12 failed" in out
+    assert 0 < most <= 6  # 3 per worker: 120 of the 3,000 records at a time
