@@ -370,7 +370,7 @@ class Runner:
         chunk.reports.append(report)
         self._commit(chunk)
 
-    def _run_chunk(self, plan: Plan, items: list[Item], task: Any = None) -> Chunk:
+    def _run_chunk(self, plan: Plan, items: list[Item], task: Any = None) -> None:
         session = self.session
         processor = plan.processor
         chunk = Chunk(processor, task=task)
@@ -426,7 +426,6 @@ class Runner:
             session.interrupted = True
         chunk.left = to_run[len(ran) :]
         self._finish_chunk(chunk, ran, plan)
-        return chunk
 
     def _count_failure(self) -> None:
         self.failures += 1

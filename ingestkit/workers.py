@@ -397,13 +397,7 @@ class Worker(Runner):
                     continue
                 idle = POLL
                 task = Task(*row)
-                processor = self.by_nodeid.get(task.processor)
-                if processor is None:
-                    self.txn.release()
-                    raise UsageError(
-                        f"this worker has no processor {task.processor}: start it in the "
-                        "leader's folder, with the leader's paths"
-                    )
+                processor = self.by_nodeid[task.processor]  # checked when it joined
                 if processor is not current:
                     self.txn.release()  # fixtures set up next commit on their own
                     if current is not None:

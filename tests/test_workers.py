@@ -327,3 +327,35 @@ def test_the_leader_queues_only_a_few_chunks_ahead(project):
     assert leader.returncode == 1, out
     assert "2,988 succeeded, 12 failed" in out
     assert 0 < most <= 6  # 3 per worker: 120 of the 3,000 records at a time
+
+
+REPLAY = """
+import os
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def tables(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, pid int)")
+    db.execute("CREATE TABLE IF NOT EXISTS audit (id int, pid int)")
+
+@ingestkit.source([{"id": i, "pk": i - 1 if i % 20 == 0 else i} for i in range(1, 401)], key="id")
+def process_row(record, db):
+    db.execute("INSERT INTO audit VALUES (%s, %s)", (record["id"], os.getpid()))
+    db.insert("t", {"id": record["pk"], "pid": os.getpid()})
+"""
+
+
+def test_a_chunk_replayed_in_a_worker_keeps_its_claim(project):
+    """A rejected buffered row of an item that also ran statements makes the
+    worker replay its chunk item by item; its task stays claimed meanwhile."""
+    project.write("ingest_replay.py", REPLAY)
+    result = project.run("-n", "2")
+    assert result.exit_code == 1, out_of(result)
+    failed = {i["key"] for i in result.items if i["status"] == "failed"}
+    # every 20th record repeats the one before's id: its row is rejected, its audit row undone
+    assert failed == {str(i) for i in range(20, 401, 20)}
+    assert {i["error_type"] for i in result.items if i["status"] == "failed"} == {"UniqueViolation"}
+    assert result.counts == {"succeeded": 380, "failed": 20}
+    assert project.scalar("SELECT count(*) FROM t") == 380
+    assert project.scalar("SELECT count(*) FROM audit") == 380
+    assert project.scalar("SELECT count(DISTINCT key) FROM ingestkit.items") == 400
