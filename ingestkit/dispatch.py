@@ -17,18 +17,20 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg2.extras import Json
 
 from .queries import q
+from .recorder import LOCK_NAMESPACE
 from .reports import ItemReport
+from .runner import Item
 from .sources import _json_default
 
 if TYPE_CHECKING:
     from .collection import Processor
-    from .runner import Chunk, Item
+    from .runner import Chunk
 
 #: First key of the shared advisory locks each worker of a batch holds.
 WORKER_NAMESPACE = 0x696B_0004
@@ -77,8 +79,6 @@ def items_to_json(items: list[Item]) -> str:
 
 
 def items_from_json(processor: Processor, text: str) -> list[Item]:
-    from .runner import Item
-
     items = []
     for key, record, location, chash, attempt, previous, entry_error, rerun, dup in json.loads(
         text
@@ -126,7 +126,7 @@ class State:
     pending: bool
     status: str
     lock_key: int
-    problems: list = field(default_factory=list)
+    problems: list
 
 
 class Queue:
@@ -178,7 +178,13 @@ class Queue:
         self._run("drop-dispatch").close()
 
     def workers_alive(self, lock_key: int) -> bool:
-        with self._run("workers-alive", ns=WORKER_NAMESPACE, lock_key=lock_key) as cur:
+        return self._lock_held(WORKER_NAMESPACE, lock_key)
+
+    def leader_alive(self, lock_key: int) -> bool:
+        return self._lock_held(LOCK_NAMESPACE, lock_key)
+
+    def _lock_held(self, ns: int, lock_key: int) -> bool:
+        with self._run("lock-held", ns=ns, lock_key=lock_key) as cur:
             return bool(cur.fetchone()[0])
 
     # -- workers -----------------------------------------------------------

@@ -439,9 +439,7 @@ class Worker(Runner):
             return True
         if state.fed and not state.pending:
             return True
-        with self.queue.conn.cursor() as cur:  # the leader died: stop taking its work
-            cur.execute(q("leader-alive"), {"ns": LOCK_NAMESPACE, "lock_key": state.lock_key})
-            return not cur.fetchone()[0]
+        return not self.queue.leader_alive(state.lock_key)  # dead: stop taking its work
 
     def _report_problems(self) -> None:
         """Teardown errors reach the leader's summary through the queue."""

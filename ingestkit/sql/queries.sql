@@ -345,10 +345,7 @@ SELECT pg_advisory_lock(%(ns)s, %(lock_key)s);
 -- name: unlock-setup
 SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
 
--- name: workers-alive
--- True while some worker holds its shared lock.
-SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
-
--- name: leader-alive
--- A shared batch's leader holds the batch's lock for as long as it lives.
+-- name: lock-held
+-- True while another session holds the lock (shared or not): a shared batch's
+-- leader holds the batch's lock, and each worker a shared one, while they live.
 SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
