@@ -172,7 +172,14 @@ def ingestkit_runtest_setup(item: Item) -> None:
 def ingestkit_runtest_call(item: Item, kwargs: dict[str, Any]) -> object | None:
     """Call the processor for ``item`` with its fixture ``kwargs``.
 
-    Return anything but None to say it was called; raise to fail the item.
+    Called once per item, after setup. The runner's own implementation
+    (``trylast``) calls the processor, as pytest's ``pytest_pyfunc_call`` does:
+    an implementation that returns None (an observer, or a ``wrapper=True``
+    hook) leaves the call to it. Return anything but None to say the processor
+    was called (and so replace it); raise to fail the item.
+
+    :param item: the item being run.
+    :param kwargs: the processor's arguments, by name.
     """
 
 

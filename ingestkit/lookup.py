@@ -2,7 +2,8 @@
 
 Values are cached per (table, returning, match); misses are cached too. An
 entry that an item creates (``get_or_create``) or reads inside a chunk that is
-later rolled back is forgotten with it, so the cache never outlives the rows.
+later rolled back is forgotten with it, so the cache never outlives the rows:
+the cache listens to the transaction's commit, rollback and discard events.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Lookup:
 
     def __init__(self, txn: Transaction) -> None:
         self._txn = txn
+        txn.listeners.append(self)  # the cache follows the transaction's commits and rollbacks
         self._cache: dict[tuple, Any] = {}
         self._preloaded: set[tuple[str, str, str]] = set()
         # entries added in the chunk in flight, with the item that added them
@@ -99,15 +101,31 @@ class Lookup:
         if value is not None:
             return value
         row = {**match, **(defaults or {})}
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+        insert = sql.SQL("INSERT INTO {} ({}) VALUES ({}) {} RETURNING {}")
+        parts = (
             table_identifier(table),
             sql.SQL(", ").join(map(sql.Identifier, row)),
             sql.SQL(", ").join(sql.Placeholder() * len(row)),
-            sql.Identifier(returning),
         )
+        # Another run or worker may be creating the same row right now: its
+        # unique constraint makes this wait, then do nothing, and the row is read.
+        returns = sql.Identifier(returning)
+        statement = insert.format(*parts, sql.SQL("ON CONFLICT DO NOTHING"), returns)
         cur = self._txn.execute(statement, list(row.values()))
-        value = cur.fetchone()[0]
+        created = cur.fetchone()
         cur.close()
+        if created is None:
+            key = _cache_key(table, returning, match)
+            self._cache.pop(key, None)  # the miss cached a moment ago is out of date
+            value = self._fetch(table, returning, match, key)
+            if value is not _MISSING:
+                return value
+            # the conflict was on another column: let the plain INSERT say which
+            statement = insert.format(*parts, sql.SQL(""), returns)
+            cur = self._txn.execute(statement, list(row.values()))
+            created = cur.fetchone()
+            cur.close()
+        value = created[0]
         self._remember(_cache_key(table, returning, match), value)
         return value
 
@@ -124,9 +142,9 @@ class Lookup:
         self._preloaded.add((table, key, returning))
         return len(rows)
 
-    # -- transaction bookkeeping (called by the runner) --------------------
+    # -- transaction events (see Transaction.listeners) ----------------------
 
-    def forget_item(self, owner: Any) -> None:
+    def on_discard(self, owner: Any) -> None:
         """``owner`` failed: drop every entry it added (it may have seen its own rows)."""
         keep = []
         for entry in self._journal:
@@ -136,10 +154,10 @@ class Lookup:
                 keep.append(entry)
         self._journal = keep
 
-    def chunk_committed(self) -> None:
+    def on_commit(self) -> None:
         self._journal.clear()
 
-    def chunk_rolled_back(self) -> None:
+    def on_rollback(self) -> None:
         for key, _who in self._journal:
             self._cache.pop(key, None)
         self._journal.clear()

@@ -8,6 +8,7 @@ batch's advisory lock: while it is held, the batch is alive.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -21,8 +22,10 @@ import psycopg2
 from psycopg2.extras import Json
 
 from .copy import NULL, copy_field, copy_rows
+from .outcomes import UsageError
 from .queries import q
 from .reports import COUNTED, History, ItemReport
+from .transaction import BatchAborted
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -52,10 +55,14 @@ def mark_interrupted(conn: Any, own: Any = None) -> list[str]:
 @hookimpl(tryfirst=True)
 def ingestkit_batch_start(session: Session) -> None:
     if session.role == "worker":  # the leader recorded the batch
-        _create_outcomes_table(session)
+        _create_temp_tables(session)
         return
-    conn, batch = session.control, session.batch
+    batch = session.batch
     argv = [session.config.mask(a) for a in session.config.argv]
+    # The row and its lock commit together, on the connection that commits the
+    # items (see Transaction.batch_statement): a batch row is never seen running
+    # without its lock, and the lock goes with the connection that writes.
+    conn = session.txn.conn
     with conn.cursor() as cur:
         cur.execute(
             q("insert-batch"),
@@ -69,13 +76,16 @@ def ingestkit_batch_start(session: Session) -> None:
         )
         batch.started_at, batch.lock_key = cur.fetchone()
         cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
-    session.interrupted_batches = mark_interrupted(conn, batch.id)
-    _create_outcomes_table(session)
+    conn.commit()  # before any chunk: a dry run's writes start after it
+    session.interrupted_batches = mark_interrupted(session.control, batch.id)
+    _create_temp_tables(session)
 
 
-def _create_outcomes_table(session: Session) -> None:
+def _create_temp_tables(session: Session) -> None:
+    """The outcome rows' staging table, and the guard against a processor's COMMIT."""
     with session.txn.conn.cursor() as cur:
         cur.execute(q("create-outcomes-table"))
+        cur.execute(q("create-commit-guard"))
     session.txn.conn.commit()
 
 
@@ -86,18 +96,17 @@ def ingestkit_processor_start(processor: Processor, session: Session) -> None:
     if session.role == "worker":  # the leader holds the lock and knows the history
         return
     params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
-    with session.control.cursor() as cur:
-        cur.execute(q("try-lock-processor"), params)
-        if not cur.fetchone()[0]:
+    txn = session.txn
+    if not txn.batch_statement(q("try-lock-processor"), params)[0][0]:
+        with session.control.cursor() as cur:
             cur.execute(q("processor-holder"), params)
             holder = cur.fetchone()
-            who = (
-                f"batch {holder[0]} (host {holder[1]}, pid {holder[2]})"
-                if holder
-                else "another batch"
-            )
-            print(f"{processor.nodeid} is being run by {who}: waiting for it", file=sys.stderr)
-            cur.execute(q("lock-processor"), params)
+        who = "another batch"
+        if holder:
+            who = f"batch {holder[0]} (host {holder[1]}, pid {holder[2]})"
+        print(f"{processor.nodeid} is being run by {who}: waiting for it", file=sys.stderr)
+        txn.batch_statement(q("lock-processor"), params)
+    with session.control.cursor() as cur:
         cur.execute(q("processor-has-history"), {"processor": processor.nodeid})
         if not cur.fetchone()[0]:
             session.new_processors.add(processor.nodeid)
@@ -107,10 +116,10 @@ def ingestkit_processor_start(processor: Processor, session: Session) -> None:
 def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
     if session.role == "worker":
         return
-    if session.control is not None and not session.control.closed:
+    txn = session.txn
+    if txn is not None and txn.aborted is None and not txn.conn.closed:
         params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
-        with session.control.cursor() as cur:
-            cur.execute(q("unlock-processor"), params)
+        txn.batch_statement(q("unlock-processor"), params)
 
 
 @hookimpl
@@ -209,24 +218,35 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
 
 @hookimpl(tryfirst=True)
 def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
-    conn = session.control
     if session.role == "worker":
         return  # the leader finishes the batch
-    if conn is None or conn.closed or session.batch.lock_key is None:
+    if session.control is None or session.batch.lock_key is None:
         return  # no batch row was made
     batch = session.batch
     counts = {name: session.counts.get(name, 0) for name in COUNTED}
     status = "interrupted" if exitstatus == 2 else "finished"
     try:
-        _finish(conn, batch, status, exitstatus, counts)
+        try:
+            conn = session.live_control()
+            _finish(conn, batch, status, exitstatus, counts)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if not session.control.closed:
+                raise
+            conn = session.live_control()  # lost on its own (a DBA, a pooler): once more
+            _finish(conn, batch, status, exitstatus, counts)
         if sum(counts.values()) - counts["unchanged"] >= ANALYZE_AFTER:
             # fresh statistics, so the next run's history reads use the indexes
             with conn.cursor() as cur:
                 cur.execute(q("analyze"))
-    except (psycopg2.OperationalError, psycopg2.InterfaceError):
-        if not conn.closed:
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, UsageError):
+        if not session.control.closed:
             raise
         # the server went away: the next run sees the batch's lock gone and marks it interrupted
+    txn = session.txn
+    if txn.aborted is None and not txn.conn.closed:
+        with contextlib.suppress(psycopg2.Error, BatchAborted):  # closing releases it too
+            params = {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key}
+            txn.batch_statement(q("unlock-batch"), params)
 
 
 def _finish(conn: Any, batch: Any, status: str, exitstatus: int, counts: dict) -> None:
@@ -241,4 +261,3 @@ def _finish(conn: Any, batch: Any, status: str, exitstatus: int, counts: dict) -
                 "meta": Json(batch.meta, dumps=lambda v: json.dumps(v, default=str)),
             },
         )
-        cur.execute(q("unlock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})

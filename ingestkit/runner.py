@@ -27,7 +27,7 @@ from .outcomes import ItemTimeout, RecordError, Skipped
 from .readers import SourceUnreadable
 from .reports import ItemReport
 from .sources import Entry, Reader, content_hash, iter_entries, make_keyfunc, to_json
-from .transaction import ConnectionLost, ReplayChunk
+from .transaction import ConnectionLost, ReplayChunk, TransactionEnded
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -44,12 +44,6 @@ _PER_ITEM_HOOKS = (
     "ingestkit_runtest_teardown",
     "ingestkit_runtest_makereport",
     "ingestkit_runtest_logreport",
-)
-
-
-_ENDED_TRANSACTION = (
-    "the processor ended the transaction (COMMIT or ROLLBACK): ingestkit commits each "
-    "item's writes together with its outcome; do not commit inside a processor"
 )
 
 
@@ -70,6 +64,8 @@ class Item:
         "entry_error",
         "has_statements",
         "statement_error",
+        "uses_raw",
+        "ended_transaction",
         "report",
     )
 
@@ -87,6 +83,8 @@ class Item:
         self.entry_error: str | None = None
         self.has_statements = False
         self.statement_error: BaseException | None = None
+        self.uses_raw = False  # it took db.connection (see Transaction.lost_by)
+        self.ended_transaction = False  # its own COMMIT or ROLLBACK ended the chunk's
         self.report: ItemReport | None = None
 
     def __repr__(self) -> str:
@@ -164,8 +162,13 @@ class Runner:
         self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK
         pm = self.config.pluginmanager
+        # a per-item hook is called only when a plugin other than this one implements it
         self.active = {
-            name: bool(getattr(pm.hook, name).get_hookimpls()) for name in _PER_ITEM_HOOKS
+            name: any(
+                impl.function is not _DEFAULTS.get(name)
+                for impl in getattr(pm.hook, name).get_hookimpls()
+            )
+            for name in _PER_ITEM_HOOKS
         }
         manager = session.fixturemanager
         self.seeded = {name: manager.defs_for(name, "")[0] for name in ("record", "item", "log")}
@@ -233,12 +236,10 @@ class Runner:
             for fdef in wider:
                 self.runtime.value(closure, fdef, request)
                 self.txn.commit()  # each one's writes stay, whatever the next one does
-                self.lookup.chunk_committed()
         except ConnectionLost:
             raise
         except Exception as exc:
             self.txn.rollback()
-            self.lookup.chunk_rolled_back()
             return exc
         return None
 
@@ -417,6 +418,8 @@ class Runner:
                     break
                 ran.append(item)
                 self._run_item(item, plan)
+                if self.txn.ended_by is not None:
+                    self._run_again(ran, plan, task)
                 if item.report.failed:
                     self._count_failure()
         except KeyboardInterrupt:
@@ -426,6 +429,32 @@ class Runner:
             session.interrupted = True
         chunk.left = to_run[len(ran) :]
         self._finish_chunk(chunk, ran, plan)
+
+    def _run_again(self, ran: list[Item], plan: Plan, task: Any) -> None:
+        """An item ended the chunk's transaction: what its neighbours wrote went with
+        it, so they run again in a new one; the item itself fails."""
+        while (culprit := self.txn.ended_by) is not None:
+            self.txn.ended_by = None
+            culprit.ended_transaction = True
+            if culprit.report is None or culprit.report.status != "failed":
+                if culprit.report is not None:  # a later item found our savepoint gone
+                    self._count_failure()
+                culprit.report = self._report(culprit, "failed", TransactionEnded(), 0.0)
+            self.txn.rollback()
+            self.regain(task)
+            for item in ran:
+                if item.ended_transaction or (
+                    item.report is not None and item.report.status != "succeeded"
+                ):
+                    continue
+                item.has_statements = item.uses_raw = False
+                item.statement_error = None
+                self._run_item(item, plan)
+                if self.txn.ended_by is not None:
+                    break  # once more, without the one that ended it
+
+    def regain(self, task: Any) -> None:
+        """After a lost transaction, take back what the chunk held (a worker's claim)."""
 
     def _count_failure(self) -> None:
         self.failures += 1
@@ -438,7 +467,6 @@ class Runner:
         self.capture.handler.stop()
         self.runtime.teardown("item")
         self.txn.discard(item)
-        self.lookup.forget_item(item)
         self.txn.owner = None
 
     def _finish_chunk(self, chunk: Chunk, ran: list[Item], plan: Plan) -> None:
@@ -458,7 +486,6 @@ class Runner:
     def _replay(self, ran: list[Item], plan: Plan) -> list:
         """Roll the chunk back and run it again, each item writing its own rows."""
         self.txn.rollback()
-        self.lookup.chunk_rolled_back()
         self.txn.isolated = True
         try:
             for item in ran:
@@ -477,7 +504,7 @@ class Runner:
         if old is not None:
             fresh.log, fresh.finished_epoch = old.log, old.finished_epoch
         item.report = fresh
-        self.lookup.forget_item(item)
+        self.txn.forget(item)
 
     def _commit(self, chunk: Chunk) -> None:
         """Commit a chunk with what plugins add to it (the outcome rows).
@@ -488,7 +515,6 @@ class Runner:
         self.hook.ingestkit_chunk_commit(session=self.session, chunk=chunk)
         self._complete()  # the previous chunk's commit, finished by now as a rule
         self.txn.commit_later(chunk.writes, token=chunk)
-        self.lookup.chunk_committed()  # a failed commit ends the batch, and the cache with it
 
     def _complete(self) -> None:
         """Wait for chunks committing in the background, then count and report them."""
@@ -532,7 +558,7 @@ class Runner:
             try:
                 if active["ingestkit_runtest_call"]:
                     self.hook.ingestkit_runtest_call(item=item, kwargs=kwargs)
-                else:
+                else:  # what the default implementation below does, without the hook call
                     item.processor.func(**kwargs)
             except Skipped as e:
                 status, exc = "skipped", e
@@ -573,8 +599,15 @@ class Runner:
                 if self.item_timeout:
                     self.session.timing_item = False
                     signal.setitimer(signal.ITIMER_REAL, 0)
-        if item.has_statements and txn.transaction_ended():
-            status, exc = "failed", RuntimeError(_ENDED_TRANSACTION)
+        if txn.ended_by is not None and txn.ended_by is not item:
+            item.report = None  # it found a neighbour's doing: it runs again (_run_again)
+            txn.owner = None
+            self.capture.handler.stop()
+            return
+        if (item.has_statements or txn.ended_by is item) and txn.lost_by(item, item.uses_raw):
+            if not isinstance(exc, TransactionEnded):
+                exc = TransactionEnded()
+            status = "failed"
         elif status == "succeeded" and item.statement_error is not None:
             status, exc = "failed", item.statement_error
         if status == "succeeded" and (item.has_statements or txn.isolated):
@@ -586,7 +619,6 @@ class Runner:
                 status, exc = "failed", e
         if status != "succeeded":
             txn.discard(item)
-            self.lookup.forget_item(item)
         txn.owner = None
         log = self.capture.handler.stop()
         report = self._report(item, status, exc, (time.perf_counter() - started) * 1000.0)
@@ -633,6 +665,16 @@ class Runner:
 def ingestkit_runtestloop(session: Session) -> bool:
     Runner(session).run()
     return True
+
+
+@hookimpl(trylast=True)
+def ingestkit_runtest_call(item: Item, kwargs: dict[str, Any]) -> bool:
+    """Call the processor, as pytest's ``pytest_pyfunc_call`` calls a test function."""
+    item.processor.func(**kwargs)
+    return True
+
+
+_DEFAULTS = {"ingestkit_runtest_call": ingestkit_runtest_call}
 
 
 @hookimpl(trylast=True)

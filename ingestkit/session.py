@@ -26,8 +26,9 @@ from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
 from .outcomes import ItemTimeout
+from .queries import q
 from .schema import ensure_schema
-from .transaction import ConnectionLost, Transaction
+from .transaction import BatchAborted, ConnectionLost, Transaction
 
 if TYPE_CHECKING:
     from .runner import Chunk
@@ -177,17 +178,27 @@ class Session:
             self.config.secrets.append(password)
         self.database = (mask_dsn(dsn), origin)
         self.dsn = dsn  # for worker processes; never shown
-        timeout = self.config.getoption("item_timeout")
-        # an item stuck in one SQL statement is bounded by the server
-        options = f"-c statement_timeout={int(timeout * 1000)}" if timeout else None
-        conn = connect(dsn, options=options)
+        conn = connect(dsn)
         control = connect(dsn, "ingestkit-control")
         control.autocommit = True
+        stay_connected(conn)
+        stay_connected(control)
         ensure_schema(conn)
         self.control = control
         self.txn = Transaction(conn, dry_run=self.batch.dry_run)
+        timeout = self.config.getoption("item_timeout")
+        if timeout:  # an item stuck in one SQL statement is bounded by the server
+            self.txn.bound_statements(timeout)
         self.db = Database(self.txn)
         self.lookup = Lookup(self.txn)
+
+    def live_control(self) -> Any:
+        """The control connection, opened again if it was lost (it holds no lock)."""
+        if self.control.closed:
+            self.control = connect(self.dsn, "ingestkit-control")
+            self.control.autocommit = True
+            stay_connected(self.control)
+        return self.control
 
     def close_database(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection
@@ -223,6 +234,16 @@ class Session:
         if not self.processors:
             return ExitCode.NO_PROCESSORS_COLLECTED
         return ExitCode.OK
+
+
+def stay_connected(conn: Any) -> None:
+    """Keep a batch connection open through a server's idle timeouts."""
+    with conn.cursor() as cur:
+        cur.execute(q("stay-connected"))
+        if conn.server_version >= 140000:
+            cur.execute(q("stay-connected-14"))
+    if not conn.autocommit:
+        conn.commit()
 
 
 @hookimpl(trylast=True)
@@ -283,6 +304,8 @@ def run_batch(session: Session) -> int:
                 session.txn.rollback()
             except ConnectionLost as exc:
                 session.fatal = f"lost the database connection: {exc}"
+            except BatchAborted as exc:
+                session.fatal = str(exc)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if not session.txn.conn.closed and not session.control.closed:
                     raise

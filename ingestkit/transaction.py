@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,11 +30,36 @@ from .copy import copy_rows
 from .queries import q
 
 _ITEM_SP = "ingestkit_item"
+_ARM = q("arm-commit-guard").rstrip().rstrip(";").encode() + b"; "
 _NOBODY = object()
 
 
-class ConnectionLost(Exception):
+class BatchAborted(BaseException):
+    """The batch cannot go on; nothing uncommitted is kept.
+
+    A ``BaseException``, as pytest's outcomes are: a processor's ``except
+    Exception`` around ``db.execute`` must not swallow it and carry on.
+    """
+
+
+class ConnectionLost(BatchAborted):
     """The database connection went away; the chunk in flight is lost."""
+
+
+class ChunkLost(BatchAborted):
+    """ingestkit's own writes of a chunk (its outcome rows) failed: the chunk was
+    rolled back whole, its items' writes with it, and the batch stops."""
+
+
+class TransactionEnded(RuntimeError):
+    """A processor ended ingestkit's transaction (COMMIT, ROLLBACK, END...)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the processor ended the transaction (COMMIT or ROLLBACK): ingestkit commits "
+            "each item's writes together with its outcome; do not commit or roll back "
+            "inside a processor"
+        )
 
 
 class ReplayChunk(Exception):
@@ -68,6 +94,18 @@ def _as_bytes(query: Any, cur: Any) -> bytes:
     if isinstance(query, str):
         return query.encode(psycopg2.extensions.encodings.get(cur.connection.encoding, "utf-8"))
     return query
+
+
+def _chunk_lost_message(token: Any, error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    what = "a chunk"
+    reports = getattr(token, "reports", None)
+    if reports is not None:
+        what = f"a chunk of {len(reports)} items of {token.processor.nodeid}"
+    return (
+        f"could not record the outcomes of {what}: {first}; the chunk was rolled back "
+        "whole (none of its writes are in the database): rerun to process it"
+    )
 
 
 def table_identifier(name: str) -> sql.Composable:
@@ -106,6 +144,30 @@ class Transaction:
         self._late_failures: list[tuple[Any, BaseException]] = []
         self._in_chunk = False
         self._held = False  # a claim's row locks keep the transaction open (see claim)
+        self._guarded = False  # the commit guard is armed in this transaction
+        #: the item whose own statement ended the transaction (see lost_by)
+        self.ended_by: Any = None
+        #: told of what becomes of the chunk's work: ``on_commit()`` (the chunk is
+        #: handed to COMMIT), ``on_rollback()``, ``on_discard(owner)`` (one item's)
+        self.listeners: list[Any] = []
+        #: why the batch cannot go on; raised again by every later step
+        self.aborted: BatchAborted | None = None
+        #: sent before a chunk's bookkeeping writes (see bound_statements)
+        self.bookkeeping_setup: str | None = None
+        self.timed = False  # items run under an --item-timeout alarm (main thread)
+
+    def bound_statements(self, seconds: float) -> None:
+        """Make ``seconds`` the statement_timeout of the items' statements only."""
+        with self.conn.cursor() as cur:
+            cur.execute(q("show-statement-timeout"))
+            default = cur.fetchone()[0]
+            cur.execute(q("set-statement-timeout"), (f"{int(seconds * 1000)}ms",))
+            if not self.dry_run:  # a dry run's one transaction keeps the items' bound
+                self.bookkeeping_setup = cur.mogrify(
+                    q("set-local-statement-timeout"), (default,)
+                ).decode()
+        self.conn.commit()
+        self.timed = threading.current_thread() is threading.main_thread()
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT handler for the batch: see :func:`_critical`."""
@@ -142,6 +204,8 @@ class Transaction:
         """
         self.wait()
         owner = self.owner
+        if owner is not None and owner is self.ended_by:
+            raise TransactionEnded()  # its transaction is gone: nothing more of it runs
         cur = self.conn.cursor()
         # Client-side problems (a parameter too few, a NUL in a string) raise
         # here, before anything reaches the server or the savepoints change.
@@ -152,6 +216,13 @@ class Transaction:
         except psycopg2.Error as exc:
             if is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
+            if self._ended_here(owner):  # a refused COMMIT: the server rolled back
+                raise
+            if prefix and exc.pgcode == "3B001" and self._savepoint_owner not in (_NOBODY, owner):
+                # the savepoint's owner released or rolled back past it: the
+                # transaction is aborted now, through that item's doing
+                self._lost(self._savepoint_owner)
+                raise TransactionEnded() from exc
             if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
                 self._savepoint_owner = owner
             if owner is None:
@@ -160,6 +231,8 @@ class Transaction:
             elif owner.statement_error is None:  # the first error is the cause
                 owner.statement_error = exc
             raise
+        if self._ended_here(owner):
+            raise TransactionEnded()
         if prefix:
             self._savepoint_owner = owner
         if owner is not None and not reads_only:
@@ -167,28 +240,84 @@ class Transaction:
         return cur
 
     @_critical
+    def batch_statement(self, query: Any, params: Any = None) -> list[tuple]:
+        """Run one of the batch's own statements (its locks, its row): the rows.
+
+        The batch's advisory locks live on this, the committing connection: a
+        run that lost them cannot commit anything more, so no other run can
+        take its processors over while it still writes. Outside a chunk the
+        statement commits at once (except in a dry run's one transaction).
+        """
+        self.wait()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(query, params)
+                rows = cur.fetchall() if cur.description else []
+            if not (self._in_chunk or self.dry_run or self._held):
+                self.conn.commit()
+        except psycopg2.Error as exc:
+            if is_connection_error(self.conn, exc):
+                raise ConnectionLost(str(exc).strip()) from exc
+            raise
+        return rows
+
+    @_critical
     def connection_for(self, owner: Any) -> Any:
         """The raw connection, after making ``owner``'s writes through it undoable.
 
         The transaction is ingestkit's: a processor that commits or rolls back
-        on it fails (see :meth:`transaction_ended`).
+        on it fails (see :meth:`lost_by`).
         """
         if owner is not None:
             self.execute("SELECT 1")
+            owner.uses_raw = True
         self.wait()
         return self.conn
 
+    def _ended_here(self, owner: Any) -> bool:
+        """After a statement: did it end the chunk's transaction? (No round trip.)"""
+        if not self._in_chunk:
+            return False
+        if self.conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            return False
+        self._lost(owner)
+        return True
+
+    def _lost(self, owner: Any) -> None:
+        self.ended_by = owner if owner is not None else self.owner
+        self._savepoint_owner = _NOBODY
+        self._in_chunk = False
+        self._guarded = False
+        self._held = False
+        self._rows = []
+        self._late_failures = []
+        self._rolled_back()
+        self.conn.rollback()  # psycopg2 still thinks a transaction is open: resync it
+
     @_critical
-    def transaction_ended(self) -> bool:
-        """True if something (a raw ``COMMIT``) ended the chunk's transaction."""
+    def lost_by(self, owner: Any, raw: bool) -> bool:
+        """True if ``owner`` ended the chunk's transaction (its other items' writes
+        are gone with it). ``raw``: it used the raw connection, which ingestkit
+        cannot watch statement by statement, so the guard row is looked for."""
         self.wait()
+        if self.ended_by is owner:
+            return True
+        if not self._in_chunk:
+            return False
         idle = self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
-        ended = self._in_chunk and idle and self._savepoint_owner is not _NOBODY
-        if ended:
-            self._savepoint_owner = _NOBODY
-            self._in_chunk = False
-            self.conn.rollback()  # psycopg2 still thinks a transaction is open: resync it
-        return ended
+        if not idle and raw and self._guarded:
+            # a ROLLBACK followed by more statements: a new transaction, without the guard
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute(q("commit-guard-armed"))
+                    idle = not cur.fetchone()[0]
+            except psycopg2.Error as exc:
+                if is_connection_error(self.conn, exc):
+                    raise ConnectionLost(str(exc).strip()) from exc
+                idle = False  # a failed transaction of its own: rolled back below
+        if idle:
+            self._lost(owner)
+        return idle
 
     def _prepare(self, owner: Any) -> bytes:
         """Flush what must be visible and return the savepoint prefix for ``owner``.
@@ -201,9 +330,12 @@ class Transaction:
         if any(row[0] is not owner for row in self._rows):
             self._flush_others(owner)
         prefix = b""
+        if not self._guarded:
+            self._guarded = True
+            prefix = _ARM
         if self._savepoint_owner is not owner:
             release = "" if self._savepoint_owner is _NOBODY else f"RELEASE SAVEPOINT {_ITEM_SP}; "
-            prefix = f"{release}SAVEPOINT {_ITEM_SP}; ".encode()
+            prefix += f"{release}SAVEPOINT {_ITEM_SP}; ".encode()
         if self._rows:  # owner's own buffered rows go in under its savepoint
             if prefix:
                 self._raw(prefix.decode()[:-2])
@@ -249,6 +381,20 @@ class Transaction:
             rows.pop()
         if self._savepoint_owner is owner and owner is not None:
             self._rollback_to_savepoint()
+        self.forget(owner)
+
+    def forget(self, owner: Any) -> None:
+        """Tell the listeners that ``owner``'s work is undone."""
+        for listener in self.listeners:
+            listener.on_discard(owner)
+
+    def _committing(self) -> None:
+        for listener in self.listeners:
+            listener.on_commit()
+
+    def _rolled_back(self) -> None:
+        for listener in self.listeners:
+            listener.on_rollback()
 
     @_critical
     def finish_item(self, owner: Any) -> None:
@@ -394,20 +540,38 @@ class Transaction:
     # -- chunks ------------------------------------------------------------
 
     def wait(self) -> None:
-        """Wait for a chunk committing in the background; raise what it raised."""
+        """Wait for a chunk committing in the background; raise what it raised.
+
+        A chunk whose bookkeeping failed is rolled back whole here, so that none
+        of its writes can ever commit with a later chunk, and the batch is
+        aborted: the failure is ingestkit's, never the item's that runs now.
+        """
+        if self.aborted is not None:
+            raise self.aborted
         job = self._job
         if job is None:
             return
-        job.join()
+        if job.is_alive():
+            # an item's --item-timeout does not count the wait for ingestkit's commit
+            remaining = signal.setitimer(signal.ITIMER_REAL, 0)[0] if self.timed else 0.0
+            job.join()
+            if remaining:
+                signal.setitimer(signal.ITIMER_REAL, remaining)
         self._job = None
         error, self._job_error = self._job_error, None
         token, self._job_token = self._job_token, None
         if error is None:
             self._committed.append(token)
+            return
+        self._reset()
+        self._rolled_back()
+        if isinstance(error, psycopg2.Error) and is_connection_error(self.conn, error):
+            self.aborted = ConnectionLost(str(error).strip())
         else:
-            if isinstance(error, psycopg2.Error) and is_connection_error(self.conn, error):
-                raise ConnectionLost(str(error).strip()) from error
-            raise error
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.rollback()
+            self.aborted = ChunkLost(_chunk_lost_message(token, error))
+        raise self.aborted from error
 
     def take_committed(self) -> list[Any]:
         """Tokens of the background commits that succeeded since the last call."""
@@ -427,16 +591,21 @@ class Transaction:
         self.wait()
         self.begin()
 
+        setup, guarded = self.bookkeeping_setup, self._guarded
+
         def job() -> None:
             try:
                 with self.conn.cursor() as cur:
+                    if setup:
+                        cur.execute(setup)
                     for write in writes:
                         write(cur)
-                self._end_chunk()
+                self._end_chunk(guarded)
             except BaseException as exc:  # handed to the main thread by wait()
                 self._job_error = exc
 
         self._reset()
+        self._committing()  # a commit that fails aborts the batch (see wait)
         self._job_token = token
         self._job = threading.Thread(target=job, name="ingestkit-commit", daemon=True)
         self._job.start()
@@ -471,6 +640,7 @@ class Transaction:
         self.wait()
         self._held = False
         self._reset()
+        self._rolled_back()
         if not self.conn.closed:
             self.conn.rollback()
 
@@ -481,11 +651,14 @@ class Transaction:
             if self.dry_run or self._held:
                 self._raw("SAVEPOINT ingestkit_chunk")
 
-    def _end_chunk(self) -> None:
+    def _end_chunk(self, guarded: bool) -> None:
         if self.dry_run:
             with self.conn.cursor() as cur:
                 cur.execute("RELEASE SAVEPOINT ingestkit_chunk")
         else:
+            if guarded:
+                with self.conn.cursor() as cur:
+                    cur.execute(q("allow-commit"))
             self.conn.commit()
             self._held = False
 
@@ -495,12 +668,14 @@ class Transaction:
         self.wait()
         self.begin()
         try:
-            self._end_chunk()
+            self._end_chunk(self._guarded)
         except psycopg2.Error as exc:
             if is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
+            self._rolled_back()
             raise
         self._reset()
+        self._committing()
 
     @_critical
     def rollback(self) -> None:
@@ -515,17 +690,21 @@ class Transaction:
                 self.conn.rollback()
         finally:
             self._reset()
+            self._guarded = False  # a dry run's guard row may be gone with the chunk
+            self._rolled_back()
 
     def _reset(self) -> None:
         self._rows = []
         self._savepoint_owner = _NOBODY
         self._late_failures = []
         self._in_chunk = False
+        if not self.dry_run:  # a dry run's one transaction keeps its guard row
+            self._guarded = False
         self.owner = None
 
     def close(self) -> None:
         """End the batch: a dry run rolls back everything it did."""
-        with contextlib.suppress(Exception):  # the batch is over; its error was reported
+        with contextlib.suppress(Exception, BatchAborted):  # the batch is over; reported
             self.wait()
         if self.conn.closed:
             return

@@ -153,9 +153,9 @@ def _join(session: Session) -> None:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
     with session.txn.conn.cursor() as cur:
         cur.execute(q("worker-lease"))
-        if option.item_timeout:
-            cur.execute(q("set-statement-timeout"), (f"{int(option.item_timeout * 1000)}ms",))
     session.txn.conn.commit()
+    if option.item_timeout:
+        session.txn.bound_statements(option.item_timeout)
     queue.join(lock_key)
     session.queue = queue
 
@@ -350,6 +350,10 @@ class Leader(Runner):
                     self._count_failure()
 
 
+class TaskTaken(Exception):
+    """A processor's ROLLBACK freed this worker's claim, and another worker took the task."""
+
+
 class WorkerError(Exception):
     """An error a worker reported through the queue."""
 
@@ -408,7 +412,10 @@ class Worker(Runner):
                     self.session.new_processors.add(processor.nodeid)
                 else:
                     self.session.new_processors.discard(processor.nodeid)
-                self._run_chunk(plan, items_from_json(processor, task.items), task)
+                try:
+                    self._run_chunk(plan, items_from_json(processor, task.items), task)
+                except TaskTaken:
+                    self.txn.release()
                 if self.session.shouldstop:
                     self.queue.stop(str(self.session.shouldstop))
         finally:
@@ -420,6 +427,11 @@ class Worker(Runner):
                 self._teardown("module")
                 self._teardown("batch")
                 self._report_problems()
+
+    def regain(self, task: Any) -> None:
+        params = {"batch_id": self.queue.batch_id, "seq": task.seq}
+        if self.txn.claim(q("reclaim-task"), params) is None:
+            raise TaskTaken()  # another worker runs it all again: leave it
 
     def _start(self, processor: Processor) -> Plan:
         if self._module is not None and self._module != processor.module_nodeid:

@@ -535,3 +535,37 @@ def test_p_no_junitxml_makes_its_option_unknown(project, tmp_path):
     assert result.batch is None
     assert project.run("--junitxml", str(xml)).exit_code == 1
     assert xml.exists()
+
+
+def test_an_observer_of_runtest_call_does_not_replace_the_processor(project):
+    """A plugin implementing ingestkit_runtest_call and returning None only observes."""
+    import ingestkit
+
+    seen = []
+
+    class Observer:
+        @ingestkit.hookimpl
+        def ingestkit_runtest_call(self, item, kwargs):
+            seen.append(item.key)
+
+    class Wrapper:
+        @ingestkit.hookimpl(wrapper=True)
+        def ingestkit_runtest_call(self, item, kwargs):
+            return (yield)
+
+    project.write(
+        "ingest_x.py",
+        """
+import ingestkit
+
+@ingestkit.source([{"id": 1}, {"id": 2}, {"id": 3}], key="id")
+def process_row(record):
+    if record["id"] == 3:
+        raise ValueError("bad record")
+""",
+    )
+    for plugin in (Observer(), Wrapper()):
+        result = project.run("--reprocess", plugins=[plugin])
+        assert result.exit_code == 1, result.output
+        assert result.statuses() == {"1": "succeeded", "2": "succeeded", "3": "failed"}
+    assert seen == ["1", "2", "3"]

@@ -240,3 +240,36 @@ def test_content_reverted_to_what_succeeded_is_unchanged_again(project):
     reverted = project.run()
     assert reverted.counts == {"unchanged": 3}
     assert "nothing to rerun" in project.run("--lf").output
+
+
+def test_lookup_forgets_a_row_that_a_failing_teardown_rolled_back(project):
+    """Every rollback reaches the lookup cache (it listens to the transaction)."""
+    project.write(
+        "ingest_x.py",
+        """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS dim (id serial PRIMARY KEY, code text UNIQUE)")
+
+@ingestkit.fixture(scope="processor")
+def makes_a_row_then_breaks(lookup):
+    yield
+    lookup.get_or_create("dim", code="ghost")  # rolled back with the failing teardown
+    raise RuntimeError("teardown broke")
+
+@ingestkit.source([{"id": 1}], key="id")
+def process_a(record, makes_a_row_then_breaks):
+    pass
+
+@ingestkit.source([{"id": 1}], key="id")
+def process_b(record, lookup):
+    assert lookup.get("dim", code="ghost") is None, "a rolled-back row's id was cached"
+""",
+    )
+    result = project.run()
+    assert "teardown broke" in result.output
+    assert project.scalar("SELECT count(*) FROM dim") == 0
+    statuses = {(i["processor"], i["key"]): i["status"] for i in result.items}
+    assert statuses[("ingest_x.py::process_b", "1")] == "succeeded", result.output

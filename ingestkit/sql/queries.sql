@@ -103,6 +103,38 @@ CREATE TEMP TABLE IF NOT EXISTS ingestkit_outcomes (
     track          boolean
 );
 
+-- name: create-commit-guard
+-- A processor's own COMMIT would commit its chunk's other items without their
+-- outcome rows. Each chunk that sends statements first inserts a row here
+-- (arm-commit-guard); the deferred trigger fails any COMMIT that ingestkit did
+-- not allow (allow-commit), so such a COMMIT rolls the chunk back instead, and
+-- the runner runs its other items again.
+CREATE TEMP TABLE IF NOT EXISTS ingestkit_guard (armed boolean) ON COMMIT DELETE ROWS;
+CREATE OR REPLACE FUNCTION pg_temp.ingestkit_refuse_commit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('ingestkit.commit', true), '') <> 'on' THEN
+        RAISE EXCEPTION 'COMMIT inside a processor'
+            USING DETAIL = 'ingestkit commits each item''s writes together with its outcome',
+                  HINT = 'do not commit (or roll back) in a processor';
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS ingestkit_guard ON pg_temp.ingestkit_guard;
+CREATE CONSTRAINT TRIGGER ingestkit_guard AFTER INSERT ON pg_temp.ingestkit_guard
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION pg_temp.ingestkit_refuse_commit();
+
+-- name: arm-commit-guard
+INSERT INTO pg_temp.ingestkit_guard VALUES (true);
+
+-- name: commit-guard-armed
+-- False once something other than ingestkit ended the transaction the guard was armed in.
+SELECT EXISTS (SELECT 1 FROM pg_temp.ingestkit_guard);
+
+-- name: allow-commit
+SELECT set_config('ingestkit.commit', 'on', true);
+
 -- name: outcomes-copy
 COPY pg_temp.ingestkit_outcomes FROM STDIN;
 
@@ -164,7 +196,8 @@ SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'erro
 -- Constraints checked at COMMIT unless told otherwise (quoted, for SET CONSTRAINTS).
 SELECT quote_ident(n.nspname) || '.' || quote_ident(c.conname)
 FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
-WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND NOT (c.conname = 'ingestkit_guard' AND n.oid = pg_my_temp_schema());
 
 -- name: table-oid
 SELECT to_regclass(%s)::oid;
@@ -269,6 +302,22 @@ SELECT id, started_at, meta, lock_key FROM ingestkit.batches WHERE id = %(id)s;
 -- name: set-statement-timeout
 SET statement_timeout = %s;
 
+-- name: show-statement-timeout
+SHOW statement_timeout;
+
+-- name: set-local-statement-timeout
+-- Sent before a chunk's bookkeeping: --item-timeout bounds the items' statements,
+-- not the outcome writes, which keep the role's or database's own setting.
+SET LOCAL statement_timeout = %s;
+
+-- name: stay-connected
+-- A batch's connections hold its locks: a DBA's idle timeouts must not end them
+-- (a slow processor leaves the write connection idle in its transaction).
+SET idle_in_transaction_session_timeout = 0;
+
+-- name: stay-connected-14
+SET idle_session_timeout = 0;
+
 -- name: worker-lease
 -- How long a worker's claims outlive its machine: the server drops a connection
 -- whose peer stopped answering after 10 s + 3 probes 5 s apart (TCP only).
@@ -306,6 +355,13 @@ WHERE t.batch_id = %(batch_id)s
   AND (SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s))
 ORDER BY t.seq
 LIMIT 1
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: reclaim-task
+-- The claim again, after a processor's own ROLLBACK ended the transaction that held it.
+SELECT t.seq, t.processor, t.fresh, t.items
+FROM ingestkit.tasks t
+WHERE t.batch_id = %(batch_id)s AND t.seq = %(seq)s
 FOR UPDATE OF t SKIP LOCKED;
 
 -- name: batch-still-running
