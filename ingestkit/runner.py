@@ -38,6 +38,9 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 _PACKAGE_DIR = str(Path(__file__).parent)
 #: Adaptive chunking: start small (slow processors commit early), grow while fast.
 FIRST_CHUNK, MAX_CHUNK, CHUNK_SECONDS = 16, 5000, 0.5
+#: About how many bytes of records a chunk holds at most: memory stays flat with
+#: 100 KB records as with 100-byte ones.
+CHUNK_BYTES = 8 << 20
 _PER_ITEM_HOOKS = (
     "ingestkit_runtest_setup",
     "ingestkit_runtest_call",
@@ -119,6 +122,22 @@ class Chunk:
     task: Any = None
     #: items not run because the batch is stopping
     left: list[Item] = field(default_factory=list)
+
+
+def _record_bytes(batch: list[Entry]) -> int:
+    """About how large the chunk's records are, each, from a few of them."""
+    sample = batch[:: max(1, len(batch) // 4)][:4]
+    total = 0
+    for entry in sample:
+        record = entry.record
+        if type(record) is dict:
+            total += sum(len(v) if type(v) is str else 16 for v in record.values())
+        elif record is not None:
+            try:
+                total += len(to_json(record))
+            except Exception:  # the item itself will say what is wrong with it
+                total += 256
+    return total // len(sample) + 64
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -274,14 +293,18 @@ class Runner:
     def _run_entries(self, plan: Plan, entries: Iterator[Entry]) -> None:
         processor = plan.processor
         keyfunc = plan.keyfunc
-        seen = KeySet()
+        seen = KeySet(spill=self.session.control)
         self.rerun_keys: set[str] = set()
         position = 0
+        record_bytes = 0  # an estimate, from the chunk before
         broken: Exception | None = None
         while not self.session.shouldstop and broken is None:
             batch: list[Entry] = []
+            size = self.chunk_size
+            if record_bytes and not self.fixed_chunk:  # large records: fewer per chunk
+                size = max(1, min(size, CHUNK_BYTES // record_bytes))
             try:
-                for entry in itertools.islice(entries, self.chunk_size):
+                for entry in itertools.islice(entries, size):
                     batch.append(entry)
             except ConnectionLost:
                 raise
@@ -289,14 +312,16 @@ class Runner:
                 broken = exc
             if not batch:
                 break
+            record_bytes = _record_bytes(batch)
             items = []
-            sourced = processor.source is not None
             for entry in batch:
                 position += 1
                 item = self._make_item(processor, entry, position, keyfunc)
                 if item is not None:
-                    item.duplicate = sourced and not seen.add(item.key)
                     items.append(item)
+            if processor.source is not None:
+                for item, first in zip(items, seen.add_all([it.key for it in items]), strict=True):
+                    item.duplicate = not first
             self.run_items(plan, items, len(batch))
         if broken is not None and not self.session.shouldstop:
             self._source_error(processor, broken)

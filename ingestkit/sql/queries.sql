@@ -405,3 +405,13 @@ SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
 -- True while another session holds the lock (shared or not): a shared batch's
 -- leader holds the batch's lock, and each worker a shared one, while they live.
 SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
+
+-- name: create-seen-keys
+-- A processor's key fingerprints, once there are too many to keep in memory
+-- (keyset.py): on the control connection, for duplicate detection only.
+CREATE TEMP TABLE IF NOT EXISTS ingestkit_seen (fp bigint PRIMARY KEY);
+TRUNCATE ingestkit_seen;
+
+-- name: add-seen-keys
+-- The fingerprints that were not there yet.
+INSERT INTO ingestkit_seen SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING fp;
