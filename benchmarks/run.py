@@ -122,6 +122,58 @@ def hand_written(dsn: str, path: Path, rows: int) -> float:
     return record("hand-written: preloaded dicts, execute_values, outcome rows", rows, seconds)
 
 
+def hand_written_checked(dsn: str, path: Path, rows: int, name: str) -> float:
+    """The careful script when the table rejects rows: execute_values pages of
+    1000 under a savepoint; a page that fails goes again row by row, each row
+    under its own savepoint, and every rejected row gets a failed outcome row."""
+    conn = psycopg2.connect(dsn)
+    flights.create_dimensions(conn)
+    insert = "INSERT INTO flights_checked VALUES %s"
+    start = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE outcomes (key text, status text, error text)")
+        cur.execute("SELECT code, id FROM carriers")
+        carriers = dict(cur.fetchall())
+        cur.execute("SELECT code, id FROM airports")
+        airports = dict(cur.fetchall())
+        facts: list[tuple] = []
+        outcomes: list[tuple] = []
+
+        def flush() -> None:
+            cur.execute("SAVEPOINT page")
+            try:
+                psycopg2.extras.execute_values(cur, insert, facts, page_size=1000)
+                cur.execute("RELEASE SAVEPOINT page")
+                outcomes.extend((str(f[0]), "succeeded", None) for f in facts)
+            except psycopg2.Error:
+                cur.execute("ROLLBACK TO SAVEPOINT page")
+                for fact in facts:
+                    cur.execute("SAVEPOINT row")
+                    try:
+                        psycopg2.extras.execute_values(cur, insert, [fact])
+                        cur.execute("RELEASE SAVEPOINT row")
+                        outcomes.append((str(fact[0]), "succeeded", None))
+                    except psycopg2.Error as exc:
+                        cur.execute("ROLLBACK TO SAVEPOINT row")
+                        outcomes.append((str(fact[0]), "failed", str(exc)))
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO outcomes VALUES %s", outcomes, page_size=1000
+            )
+            facts.clear()
+            outcomes.clear()
+
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                facts.append(_flight_row(r, carriers, airports))
+                if len(facts) >= 1000:
+                    flush()
+        flush()
+    conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return record(name, rows, seconds)
+
+
 def naive_script(dsn: str, path: Path, rows: int) -> float:
     """A SELECT per lookup, an INSERT, a commit per row (on the first rows only)."""
     conn = psycopg2.connect(dsn)
@@ -216,6 +268,18 @@ def process_flight(record, db, lookup):
     }})
 """
 
+#: The dirty load as a user who does not know lookup.preload writes it.
+DIRTY_PIPELINE = FLIGHTS_PIPELINE.replace(
+    """@ingestkit.fixture(scope="batch", autouse=True)
+def dimensions(lookup):
+    lookup.preload("carriers", "code")
+    lookup.preload("airports", "code")
+
+""",
+    "",
+)
+CHECKED_PIPELINE = FLIGHTS_PIPELINE.replace('db.insert("flights"', 'db.insert("flights_checked"')
+
 TRIVIAL_PIPELINE = """
 import os
 import ingestkit
@@ -283,6 +347,8 @@ def ingestkit_flights(
     *args: str,
     name: str = "ingestkit: read_csv, 3 lookups, db.insert, every outcome",
     speedups: Callable[[float], str] | None = None,
+    pipeline: str = FLIGHTS_PIPELINE,
+    table: str = "flights",
 ) -> float:
     """``speedups(rate)``: more of the printed note, from this run's rate."""
     conn = psycopg2.connect(dsn)
@@ -291,11 +357,11 @@ def ingestkit_flights(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "ingestkit.toml").write_text("")
-        (folder / "ingest_flights.py").write_text(FLIGHTS_PIPELINE.format(csv=str(path)))
+        (folder / "ingest_flights.py").write_text(pipeline.format(csv=str(path)))
         seconds, _ = run_ingestkit(folder, dsn, *args, expect=1 if bad else 0)
     check = psycopg2.connect(dsn)
     with check.cursor() as cur:
-        cur.execute("SELECT count(*) FROM flights")
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
         written = cur.fetchone()[0]
     check.close()
     outcomes = outcome_counts(dsn)
@@ -410,7 +476,7 @@ def _numprocesses_list(value: str) -> list[int]:
     return ns
 
 
-SECTIONS = ("flights", "overhead", "memory", "workers")
+SECTIONS = ("flights", "dirty", "constraints", "overhead", "memory", "workers")
 
 
 def main() -> None:
@@ -498,6 +564,61 @@ def main() -> None:
             f"ingestkit / naive per-row script                 {ours / naive:6.1f}x",
             f"ingestkit / COPY ceiling                         {ours / ceiling:6.3f}x",
         ]
+
+    if "dirty" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "dirty.csv"
+            bad = flights.write_csv(path, args.rows, bad_every=0, missing=0.17)
+            print(
+                f"\ndirty flights: {args.rows:,} rows, {bad:,} ({bad / args.rows:.0%}) missing"
+                " a dimension; ingestkit's lookups lazy (no preload)"
+            )
+            with database(args.dsn) as dsn:
+                hand = hand_written(dsn, path, args.rows)
+            with database(args.dsn) as dsn:
+                ours = ingestkit_flights(
+                    dsn,
+                    path,
+                    args.rows,
+                    bad,
+                    name="ingestkit: lazy lookups, db.insert, every outcome",
+                    pipeline=DIRTY_PIPELINE,
+                )
+        ratios.append(
+            f"dirty: ingestkit / hand-written loader            {ours / hand:6.2f}x   [>= 1.0x]"
+        )
+
+    if "constraints" in only:
+        print(f"\nconstraint violations: {args.rows:,} rows into a table with a CHECK constraint")
+        seconds: dict[float, float] = {}
+        for share in (0.0, 0.01, 0.10, 0.30):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "checked.csv"
+                bad = flights.write_csv(path, args.rows, bad_every=0, negative=share)
+                with database(args.dsn) as dsn:
+                    hand = hand_written_checked(
+                        dsn, path, args.rows, f"hand-written, a savepoint per page: {share:.0%} bad"
+                    )
+                with database(args.dsn) as dsn:
+                    ours = ingestkit_flights(
+                        dsn,
+                        path,
+                        args.rows,
+                        bad,
+                        name=f"ingestkit: db.insert, {share:.0%} rejected by the table",
+                        pipeline=CHECKED_PIPELINE,
+                        table="flights_checked",
+                    )
+                seconds[share] = args.rows / ours
+            ratios.append(
+                f"{f'constraints {share:.0%}: ingestkit / hand-written':<49}{ours / hand:6.2f}x"
+                "   [>= 1.0x]"
+            )
+        good = seconds[0.0] / args.rows
+        failing = (seconds[0.10] - 0.9 * args.rows * good) / (0.1 * args.rows)
+        ratios.append(
+            f"a failing item / a succeeding one, 10% bad       {failing / good:6.2f}x   [<= 2x]"
+        )
 
     if "overhead" in only:
         print(f"\nframework overhead: {args.million:,} records, a processor that does nothing")
