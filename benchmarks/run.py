@@ -125,7 +125,8 @@ def hand_written(dsn: str, path: Path, rows: int) -> float:
 def hand_written_checked(dsn: str, path: Path, rows: int, name: str) -> float:
     """The careful script when the table rejects rows: execute_values pages of
     1000 under a savepoint; a page that fails goes again row by row, each row
-    under its own savepoint, and every rejected row gets a failed outcome row."""
+    under its own savepoint, and every rejected row gets a failed outcome row.
+    A commit per page (subtransactions of one huge transaction run out of locks)."""
     conn = psycopg2.connect(dsn)
     flights.create_dimensions(conn)
     insert = "INSERT INTO flights_checked VALUES %s"
@@ -159,6 +160,7 @@ def hand_written_checked(dsn: str, path: Path, rows: int, name: str) -> float:
             psycopg2.extras.execute_values(
                 cur, "INSERT INTO outcomes VALUES %s", outcomes, page_size=1000
             )
+            conn.commit()
             facts.clear()
             outcomes.clear()
 

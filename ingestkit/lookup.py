@@ -13,7 +13,7 @@ from typing import Any
 from psycopg2 import sql
 
 from .outcomes import LookupMissing
-from .transaction import Transaction, table_identifier
+from .transaction import Transaction, bare_name, table_identifier
 
 _MISSING = object()
 
@@ -38,8 +38,12 @@ class Lookup:
         txn.listeners.append(self)  # the cache follows the transaction's commits and rollbacks
         self._cache: dict[tuple, Any] = {}
         self._preloaded: set[tuple[str, str, str]] = set()
-        # entries added in the chunk in flight, with the item that added them
+        # entries added in the chunk in flight, with the item whose own writes
+        # they may show (None: they show only what others wrote)
         self._journal: list[tuple[tuple, Any]] = []
+        self._misses: dict[str, set[tuple]] = {}  # cached misses by bare table name
+        self._writers: dict[Any, set[str] | None] = {}  # in this chunk: owner -> tables
+        self._creating = False  # get_or_create's own INSERT is under way
 
     def __call__(self, table: str, returning: str = "id", **match: Any) -> Any:
         value = self._value(table, returning, match)
@@ -78,7 +82,7 @@ class Lookup:
             ),
         )
         params = [v for v in match.values() if v is not None]
-        cur = self._txn.execute(statement, params, reads_only=True)
+        cur = self._txn.execute(statement, params, reads_only=True, reads=table)
         rows = cur.fetchall()
         cur.close()
         value = rows[0][0] if rows else _MISSING
@@ -87,7 +91,13 @@ class Lookup:
 
     def _remember(self, key: tuple, value: Any) -> None:
         self._cache[key] = value
-        self._journal.append((key, self._txn.owner))
+        table = bare_name(key[0])
+        if value is _MISSING:
+            self._misses.setdefault(table, set()).add(key)
+        owner = self._txn.owner
+        wrote = self._writers.get(owner, ())
+        # an entry read before its item wrote that table outlives the item's failure
+        self._journal.append((key, owner if wrote is None or table in wrote else None))
 
     def get_or_create(
         self, table: str, returning: str = "id", defaults: dict | None = None, **match: Any
@@ -111,7 +121,11 @@ class Lookup:
         # unique constraint makes this wait, then do nothing, and the row is read.
         returns = sql.Identifier(returning)
         statement = insert.format(*parts, sql.SQL("ON CONFLICT DO NOTHING"), returns)
-        cur = self._txn.execute(statement, list(row.values()))
+        self._creating = True  # its own row is all it writes: other cached entries stay true
+        try:
+            cur = self._txn.execute(statement, list(row.values()))
+        finally:
+            self._creating = False
         created = cur.fetchone()
         cur.close()
         if created is None:
@@ -134,7 +148,7 @@ class Lookup:
         statement = sql.SQL("SELECT {}, {} FROM {}").format(
             sql.Identifier(key), sql.Identifier(returning), table_identifier(table)
         )
-        cur = self._txn.execute(statement, reads_only=True)
+        cur = self._txn.execute(statement, reads_only=True, reads=table)
         rows = cur.fetchall()
         cur.close()
         for k, v in rows:
@@ -154,10 +168,32 @@ class Lookup:
                 keep.append(entry)
         self._journal = keep
 
+    def on_write(self, owner: Any, tables: set[str] | None) -> None:
+        """``owner`` writes ``tables`` (None: perhaps any): cached misses of them are over."""
+        wrote = self._writers.get(owner, set())
+        if tables is None or wrote is None:
+            self._writers[owner] = None
+        else:
+            bare = {bare_name(t) for t in tables}
+            self._writers[owner] = wrote | bare
+        if self._creating or not (self._misses or self._preloaded):
+            return
+        names = list(self._misses) if tables is None else [bare_name(t) for t in tables]
+        for name in names:
+            for key in self._misses.pop(name, ()):
+                if self._cache.get(key) is _MISSING:
+                    del self._cache[key]
+        if self._preloaded:  # a written dimension is no longer known complete
+            self._preloaded = {
+                p for p in self._preloaded if tables is not None and bare_name(p[0]) not in names
+            }
+
     def on_commit(self) -> None:
         self._journal.clear()
+        self._writers.clear()
 
     def on_rollback(self) -> None:
         for key, _who in self._journal:
             self._cache.pop(key, None)
         self._journal.clear()
+        self._writers.clear()

@@ -140,17 +140,39 @@ def _record_bytes(batch: list[Entry]) -> int:
     return total // len(sample) + 64
 
 
+#: Formatted frames by where an exception went through (failures repeat: a bad
+#: row fails in the same line as the one before it).
+_FRAMES: dict[tuple, str] = {}
+
+
 def _trim_traceback(exc: BaseException) -> str:
-    """The traceback from the user's code on; ingestkit's own frames are left out."""
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if not f.filename.startswith(_PACKAGE_DIR)
-    ]
-    if not frames:
-        return "".join(traceback.format_exception_only(type(exc), exc))
-    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
-    return "".join(lines + traceback.format_exception_only(type(exc), exc))
+    """The traceback from the user's code on; ingestkit's own frames are left out.
+
+    The frames of a path taken before are formatted once (reading source lines
+    is most of the cost); the stored traceback is the same, complete, each time.
+    """
+    path = []
+    tb = exc.__traceback__
+    while tb is not None:
+        path.append((tb.tb_frame.f_code, tb.tb_lineno))
+        tb = tb.tb_next
+    key = tuple(path)
+    frames = _FRAMES.get(key)
+    if frames is None:
+        kept = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith(_PACKAGE_DIR)
+        ]
+        frames = (
+            "".join(["Traceback (most recent call last):\n", *traceback.format_list(kept)])
+            if kept
+            else ""
+        )
+        if len(_FRAMES) > 1000:
+            _FRAMES.clear()
+        _FRAMES[key] = frames
+    return frames + "".join(traceback.format_exception_only(type(exc), exc))
 
 
 def _message(exc: BaseException) -> str:

@@ -15,8 +15,10 @@ without a round trip per item:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,7 @@ from .copy import copy_rows
 from .queries import q
 
 _ITEM_SP = "ingestkit_item"
+_UNDO_FLUSH = "ROLLBACK TO SAVEPOINT ingestkit_flush; RELEASE SAVEPOINT ingestkit_flush"
 _ARM = q("arm-commit-guard").rstrip().rstrip(";").encode() + b"; "
 _NOBODY = object()
 
@@ -96,6 +99,65 @@ def _as_bytes(query: Any, cur: Any) -> bytes:
     return query
 
 
+_WRITE = re.compile(
+    rb"\b(?:insert\s+into|update|delete\s+from|merge\s+into|copy|truncate(?:\s+table)?"
+    rb"|alter\s+table|drop\s+table(?:\s+if\s+exists)?)\s+(?:only\s+)?"
+    rb'((?:"(?:[^"]|"")+"|[\w$]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[\w$]+))?)',
+    re.IGNORECASE,
+)
+_OPAQUE = re.compile(rb"\b(?:do|call|execute|create|refresh|vacuum|cluster|reindex)\b", re.I)
+
+
+def written_tables(statement: bytes) -> set[str] | None:
+    """The tables a statement writes, as far as its text says: ``{}`` for a plain
+    read; None when it may write others (a function, a procedure, DDL...).
+
+    Names are given without schema, folded as PostgreSQL folds them. Writes by
+    triggers and by functions called from a SELECT are not seen.
+    """
+    if _OPAQUE.search(statement):
+        return None
+    found = set()
+    for match in _WRITE.finditer(statement):
+        name = match.group(1).decode("utf-8", "replace").split(".")[-1].strip()
+        found.add(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
+    return found
+
+
+def bare_name(table: str) -> str:
+    """A ``db.insert``/``lookup`` table name (always quoted: exact) as
+    :func:`written_tables` gives it."""
+    return table.split(".")[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loader:
+    copy: str  # COPY into the staging table
+    run: str  # the loop: returns (n, sqlstate, message, detail) of each row that failed
+
+
+_LOADER = """
+CREATE FUNCTION pg_temp.{function}()
+RETURNS TABLE (n int, state text, message text, detail text)
+LANGUAGE plpgsql AS $loader$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT * FROM pg_temp.{stage} s ORDER BY s.n LOOP
+        BEGIN
+            {insert};
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                detail = PG_EXCEPTION_DETAIL;
+            n := r.n;
+            RETURN NEXT;
+        END;
+    END LOOP;
+    DELETE FROM pg_temp.{stage};
+END
+$loader$
+"""
+
+
 def _chunk_lost_message(token: Any, error: BaseException) -> str:
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     what = "a chunk"
@@ -132,6 +194,10 @@ class Transaction:
         self._savepoint_owner: Any = _NOBODY
         self._rows: list[tuple[Any, tuple[str, tuple[str, ...]], tuple]] = []
         self._table_oids: dict[str, int | None] = {}
+        self._sees_others: set[str] = set()  # views and the like: reading them flushes all
+        self._loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # committed ones
+        self._new_loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # this transaction's
+        self._loader_seq = 0
         self._fk_parents: dict[int, set[int]] = {}
         self.isolated = False  # replay mode: every item flushes its own rows
         self._job: threading.Thread | None = None  # a chunk committing in the background
@@ -196,11 +262,15 @@ class Transaction:
     # -- statements --------------------------------------------------------
 
     @_critical
-    def execute(self, query: Any, params: Any = None, reads_only: bool = False) -> Any:
+    def execute(
+        self, query: Any, params: Any = None, reads_only: bool = False, reads: str | None = None
+    ) -> Any:
         """Run one statement for the current owner; returns the cursor.
 
         ``reads_only`` statements (lookups) do not make the owner one whose
-        writes need a replay to undo.
+        writes need a replay to undo. ``reads``: the one table the statement
+        reads (a lookup's), so that only the buffered rows it can see are
+        written first; else every buffered row is.
         """
         self.wait()
         owner = self.owner
@@ -210,7 +280,9 @@ class Transaction:
         # Client-side problems (a parameter too few, a NUL in a string) raise
         # here, before anything reaches the server or the savepoints change.
         statement = cur.mogrify(query, params) if params is not None else _as_bytes(query, cur)
-        prefix = self._prepare(owner)
+        prefix = self._prepare(owner, reads)
+        if not reads_only and self.listeners:
+            self._wrote(owner, written_tables(statement))
         try:
             cur.execute(prefix + statement if prefix else statement)
         except psycopg2.Error as exc:
@@ -319,7 +391,7 @@ class Transaction:
             self._lost(owner)
         return idle
 
-    def _prepare(self, owner: Any) -> bytes:
+    def _prepare(self, owner: Any, reads: str | None = None) -> bytes:
         """Flush what must be visible and return the savepoint prefix for ``owner``.
 
         Other owners' rows are written first, outside ``owner``'s savepoint, so
@@ -327,8 +399,9 @@ class Transaction:
         the prefix with its statement and then records the new savepoint owner.
         """
         self.begin()
+        tables = self.visible_to(reads) if reads is not None and self._rows else None
         if any(row[0] is not owner for row in self._rows):
-            self._flush_others(owner)
+            self._flush_others(owner, tables)
         prefix = b""
         if not self._guarded:
             self._guarded = True
@@ -336,13 +409,34 @@ class Transaction:
         if self._savepoint_owner is not owner:
             release = "" if self._savepoint_owner is _NOBODY else f"RELEASE SAVEPOINT {_ITEM_SP}; "
             prefix += f"{release}SAVEPOINT {_ITEM_SP}; ".encode()
-        if self._rows:  # owner's own buffered rows go in under its savepoint
+        if any(tables is None or row[1][0] in tables for row in self._rows):
+            # owner's own buffered rows go in under its savepoint
             if prefix:
                 self._raw(prefix.decode()[:-2])
                 self._savepoint_owner = owner
                 prefix = b""
-            self._flush_own(owner)
+            self._flush_own(owner, tables)
         return prefix
+
+    def visible_to(self, table: str) -> set[str] | None:
+        """The buffered tables whose rows a read of ``table`` can see: the table
+        and its foreign-key ancestors among them (a row of it may need theirs).
+        None: every table (``table`` is a view, or unknown)."""
+        self._oid(table)
+        if table in self._sees_others:
+            return None
+        buffered = {row[1][0] for row in self._rows}
+        oids = {t: self._oid(t) for t in buffered}
+        seen = {table}
+        todo = [self._table_oids[table]]
+        while todo:
+            parents = self._fk_parents.get(todo.pop() or 0, set())
+            for other, oid in oids.items():
+                if other not in seen and oid in parents:
+                    seen.add(other)
+                    todo.append(oid)
+        same = {t for t, oid in oids.items() if oid == self._table_oids[table]}
+        return seen | same
 
     def _raw(self, statement: str) -> None:
         self.wait()
@@ -370,6 +464,8 @@ class Transaction:
                 raise ValueError("db.insert got an empty row")
             cols = tuple(row)
             self._rows.append((owner, (table, cols), tuple(row.values())))
+        if self.listeners:
+            self._wrote(owner, {table})
 
     @_critical
     def discard(self, owner: Any) -> None:
@@ -388,11 +484,20 @@ class Transaction:
         for listener in self.listeners:
             listener.on_discard(owner)
 
+    def _wrote(self, owner: Any, tables: set[str] | None) -> None:
+        """Tell the listeners that ``owner`` writes ``tables`` (None: it may write any)."""
+        for listener in self.listeners:
+            listener.on_write(owner, tables)
+
     def _committing(self) -> None:
+        if not self.dry_run:
+            self._loaders.update(self._new_loaders)
+            self._new_loaders.clear()
         for listener in self.listeners:
             listener.on_commit()
 
     def _rolled_back(self) -> None:
+        self._new_loaders.clear()  # made in the transaction that is gone
         for listener in self.listeners:
             listener.on_rollback()
 
@@ -433,9 +538,13 @@ class Transaction:
 
     # -- flushing ----------------------------------------------------------
 
-    def _flush_own(self, owner: Any) -> None:
-        """Write ``owner``'s rows: a failure is its own (raised into the item)."""
-        rows, self._rows = self._rows, []
+    def _flush_own(self, owner: Any, tables: set[str] | None = None) -> None:
+        """Write ``owner``'s rows (of ``tables``): a failure is its own (raised into the item)."""
+        if tables is None:
+            rows, self._rows = self._rows, []
+        else:
+            rows = [r for r in self._rows if r[1][0] in tables]
+            self._rows = [r for r in self._rows if r[1][0] not in tables]
         try:
             self._copy(rows)
         except (psycopg2.Error, UnicodeEncodeError) as exc:
@@ -445,11 +554,15 @@ class Transaction:
                 owner.statement_error = exc
             raise
 
-    def _flush_others(self, keep: Any) -> list[tuple[Any, BaseException]]:
-        """Write other owners' rows; pin failures on them and return those."""
-        mine = [r for r in self._rows if r[0] is keep]
-        others = [r for r in self._rows if r[0] is not keep]
-        self._rows = mine
+    def _flush_others(
+        self, keep: Any, tables: set[str] | None = None
+    ) -> list[tuple[Any, BaseException]]:
+        """Write other owners' rows (of ``tables``); pin failures on them and return those."""
+        def written(row: tuple) -> bool:
+            return row[0] is not keep and (tables is None or row[1][0] in tables)
+
+        others = [r for r in self._rows if written(r)]
+        self._rows = [r for r in self._rows if not written(r)]
         culprits = self._flush_protected(others)
         self._late_failures.extend(culprits)
         return culprits
@@ -477,16 +590,97 @@ class Transaction:
         except (psycopg2.Error, UnicodeEncodeError) as exc:
             if isinstance(exc, psycopg2.Error) and is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
-            self._raw("ROLLBACK TO SAVEPOINT ingestkit_flush; RELEASE SAVEPOINT ingestkit_flush")
+            self._raw(_UNDO_FLUSH)
             owners = list(dict.fromkeys(r[0] for r in rows))
             if len(owners) == 1:
                 return [(owners[0], exc)]
+            if isinstance(exc, psycopg2.Error) and self._loadable(rows, owners):
+                culprits = self._load_row_by_row(rows)
+                if culprits is not None:
+                    return culprits
             half = set(owners[: len(owners) // 2])
             first = [r for r in rows if r[0] in half]
             second = [r for r in rows if r[0] not in half]
             return self._flush_protected(first) + self._flush_protected(second)
         self._raw("RELEASE SAVEPOINT ingestkit_flush")
         return []
+
+    def _loadable(self, rows: list, owners: list) -> bool:
+        """Can a failed COPY of ``rows`` go again row by row on the server? One
+        table, one row per item, and no deferred constraint to check at the end."""
+        return (
+            len(owners) == len(rows)
+            and len({r[1] for r in rows}) == 1
+            and not self.deferred_check()
+            and self._oid(rows[0][1][0]) is not None
+        )
+
+    def _load_row_by_row(self, rows: list) -> list[tuple[Any, BaseException]] | None:
+        """Stage the rows as text and insert them one at a time in a server-side
+        loop, each under its own exception block: one round trip for the whole
+        group, whatever the share of bad rows (a bisection pays a few per bad row)."""
+        table, cols = rows[0][1]
+        loader = self._loaders.get((table, cols)) or self._new_loaders.get((table, cols))
+        with self.conn.cursor() as cur:
+            if loader is None:
+                loader = self._make_loader(cur, table, cols)
+                if loader is None:
+                    return None
+            data = copy_rows([(n, *values) for n, (_o, _g, values) in enumerate(rows)])
+            self._raw("SAVEPOINT ingestkit_flush")
+            try:  # a row even text cannot hold (a NUL byte): the bisection pins it
+                cur.copy_expert(loader.copy, io.BytesIO(data), size=len(data) + 1)
+            except psycopg2.Error as exc:
+                if is_connection_error(self.conn, exc):
+                    raise ConnectionLost(str(exc).strip()) from exc
+                self._raw(_UNDO_FLUSH)
+                return None
+            self._raw("RELEASE SAVEPOINT ingestkit_flush")
+            cur.execute(loader.run)
+            failed = cur.fetchall()
+        culprits = []
+        for n, state, message, detail in failed:
+            error_class = psycopg2.errors.lookup(state) if state else psycopg2.DatabaseError
+            text = f"{message}\nDETAIL:  {detail}" if detail else message
+            culprits.append((rows[n][0], error_class(text)))
+        return culprits
+
+    def _make_loader(self, cur: Any, table: str, cols: tuple[str, ...]) -> _Loader | None:
+        """A staging table and a plpgsql loop for rows of ``table (cols)``, made once
+        per batch (in the transaction: a rollback forgets them, see _rolled_back)."""
+        cur.execute(q("column-types"), {"oid": self._oid(table)})
+        types = dict(cur.fetchall())
+        if not all(c in types for c in cols):
+            return None  # the COPY failed for a column that is not there: bisect
+        self._loader_seq += 1
+        n = self._loader_seq
+        stage = sql.Identifier(f"ingestkit_stage_{n}")
+        fields = [sql.Identifier(f"c{i}") for i in range(len(cols))]
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} (n int, {}) ON COMMIT DELETE ROWS").format(
+                stage, sql.SQL(", ").join(sql.SQL("{} text").format(f) for f in fields)
+            )
+        )
+        insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            table_identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, cols)),
+            sql.SQL(", ").join(
+                sql.SQL("r.{}::{}").format(f, sql.SQL(types[c]))
+                for f, c in zip(fields, cols, strict=True)
+            ),
+        )
+        function = sql.Identifier(f"ingestkit_load_{n}")
+        cur.execute(
+            sql.SQL(_LOADER).format(
+                function=function, stage=stage, insert=sql.SQL(insert.as_string(cur))
+            )
+        )
+        loader = _Loader(
+            copy=sql.SQL("COPY pg_temp.{} FROM STDIN").format(stage).as_string(cur),
+            run=sql.SQL("SELECT * FROM pg_temp.{}()").format(function).as_string(cur),
+        )
+        self._new_loaders[(table, cols)] = loader
+        return loader
 
     def _copy(self, rows: list) -> None:
         self.wait()
@@ -530,8 +724,10 @@ class Transaction:
             self.wait()
             with self.conn.cursor() as cur:
                 cur.execute(q("table-oid"), (table_identifier(table).as_string(cur),))
-                oid = cur.fetchone()[0]
+                oid, wider = cur.fetchone()
                 self._table_oids[table] = oid
+                if wider or oid is None:
+                    self._sees_others.add(table)
                 if oid is not None:
                     cur.execute(q("fk-parents"), (oid,))
                     self._fk_parents[oid] = {r[0] for r in cur.fetchall()}

@@ -273,3 +273,71 @@ def process_b(record, lookup):
     assert project.scalar("SELECT count(*) FROM dim") == 0
     statuses = {(i["processor"], i["key"]): i["status"] for i in result.items}
     assert statuses[("ingest_x.py::process_b", "1")] == "succeeded", result.output
+
+
+LOOKUP_MISSES = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS dim (id serial PRIMARY KEY, code text UNIQUE)")
+    db.execute("CREATE TABLE IF NOT EXISTS fact (id int PRIMARY KEY, dim_id int)")
+    db.execute("INSERT INTO dim (code) VALUES ('a') ON CONFLICT DO NOTHING")
+
+@ingestkit.source(ingestkit.read_jsonl("data/x.jsonl"), key="id")
+def process_fact(record, db, lookup):
+    if record.get("add"):
+        ADD
+    db.insert("fact", {"id": record["id"], "dim_id": lookup("dim", code=record["code"])})
+"""
+
+
+@pytest.mark.parametrize(
+    "add",
+    [
+        pytest.param('db.insert("dim", {"code": record["add"]})', id="db.insert"),
+        pytest.param(
+            'db.execute("INSERT INTO dim (code) VALUES (%s)", (record["add"],))', id="db.execute"
+        ),
+        pytest.param('lookup.get_or_create("dim", code=record["add"])', id="get_or_create"),
+    ],
+)
+def test_a_cached_miss_is_forgotten_when_the_table_is_written(project, add):
+    """Misses are cached (one query per distinct missing value), until that table is written."""
+    project.write("ingest_x.py", LOOKUP_MISSES.replace("ADD", add))
+    project.write(
+        "data/x.jsonl",
+        '{"id": 1, "code": "zz"}\n{"id": 2, "code": "zz"}\n'
+        '{"id": 3, "code": "zz", "add": "zz"}\n{"id": 4, "code": "zz"}\n'
+        '{"id": 5, "code": "a"}\n',
+    )
+    result = project.run("--chunk-size", "10")
+    assert result.statuses() == {
+        "1": "failed",
+        "2": "failed",
+        "3": "succeeded",
+        "4": "succeeded",
+        "5": "succeeded",
+    }, result.output
+    assert project.scalar("SELECT count(*) FROM fact") == 3
+
+
+def test_lookup_misses_are_queried_once_per_distinct_value(project):
+    """A miss is cached although the item that met it fails (issue 16)."""
+    project.write("ingest_x.py", LOOKUP_MISSES.replace("ADD", "pass"))
+    project.write(
+        "data/x.jsonl",
+        "".join(f'{{"id": {i}, "code": "x{i % 3}"}}\n' for i in range(1, 301)),
+    )
+    project.run("--chunk-size", "50")
+
+    def scans() -> int:
+        return project.scalar(
+            "SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relname = 'dim'"
+        )
+
+    before = scans()
+    result = project.run("--reprocess", "--chunk-size", "50")
+    assert result.counts == {"failed": 300}
+    assert scans() - before < 10  # 3 distinct values, and the fixture's own INSERT

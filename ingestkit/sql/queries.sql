@@ -200,7 +200,10 @@ WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'inf
   AND NOT (c.conname = 'ingestkit_guard' AND n.oid = pg_my_temp_schema());
 
 -- name: table-oid
-SELECT to_regclass(%s)::oid;
+-- The table's oid, and whether reading it can show rows of other tables (a view,
+-- a partitioned parent's children are its own): see Transaction.visible_to.
+SELECT c.oid, c.relkind NOT IN ('r', 'p')
+FROM (SELECT to_regclass(%s) AS oid) t LEFT JOIN pg_catalog.pg_class c ON c.oid = t.oid;
 
 -- name: fk-parents
 SELECT confrelid::oid FROM pg_constraint WHERE contype = 'f' AND conrelid = %s;
@@ -415,3 +418,9 @@ TRUNCATE ingestkit_seen;
 -- name: add-seen-keys
 -- The fingerprints that were not there yet.
 INSERT INTO ingestkit_seen SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING fp;
+
+-- name: column-types
+-- The types of a table's columns, to cast a staged text row into them (Loader).
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped;
