@@ -171,21 +171,21 @@ class Lookup:
     def on_write(self, owner: Any, tables: set[str] | None) -> None:
         """``owner`` writes ``tables`` (None: perhaps any): cached misses of them are over."""
         wrote = self._writers.get(owner, set())
+        bare = set() if tables is None else {bare_name(t) for t in tables}
         if tables is None or wrote is None:
             self._writers[owner] = None
-        else:
-            bare = {bare_name(t) for t in tables}
+        elif not bare <= wrote:
             self._writers[owner] = wrote | bare
         if self._creating or not (self._misses or self._preloaded):
             return
-        names = list(self._misses) if tables is None else [bare_name(t) for t in tables]
+        names = list(self._misses) if tables is None else [n for n in bare if n in self._misses]
         for name in names:
             for key in self._misses.pop(name, ()):
                 if self._cache.get(key) is _MISSING:
                     del self._cache[key]
         if self._preloaded:  # a written dimension is no longer known complete
             self._preloaded = {
-                p for p in self._preloaded if tables is not None and bare_name(p[0]) not in names
+                p for p in self._preloaded if tables is not None and bare_name(p[0]) not in bare
             }
 
     def on_commit(self) -> None:

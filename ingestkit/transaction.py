@@ -124,6 +124,7 @@ def written_tables(statement: bytes) -> set[str] | None:
     return found
 
 
+@functools.lru_cache(maxsize=1024)
 def bare_name(table: str) -> str:
     """A ``db.insert``/``lookup`` table name (always quoted: exact) as
     :func:`written_tables` gives it."""
@@ -195,6 +196,7 @@ class Transaction:
         self._rows: list[tuple[Any, tuple[str, tuple[str, ...]], tuple]] = []
         self._table_oids: dict[str, int | None] = {}
         self._sees_others: set[str] = set()  # views and the like: reading them flushes all
+        self._row_tables: set[str] = set()  # the tables of the buffered rows (or more)
         self._loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # committed ones
         self._new_loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # this transaction's
         self._loader_seq = 0
@@ -399,8 +401,12 @@ class Transaction:
         the prefix with its statement and then records the new savepoint owner.
         """
         self.begin()
-        tables = self.visible_to(reads) if reads is not None and self._rows else None
-        if any(row[0] is not owner for row in self._rows):
+        tables = None
+        if reads is not None and self._rows:
+            tables = self.visible_to(reads)
+            if tables is not None and not tables & self._row_tables:
+                tables = set()  # nothing buffered that this read can see: no scan at all
+        if tables != set() and any(row[0] is not owner for row in self._rows):
             self._flush_others(owner, tables)
         prefix = b""
         if not self._guarded:
@@ -409,13 +415,17 @@ class Transaction:
         if self._savepoint_owner is not owner:
             release = "" if self._savepoint_owner is _NOBODY else f"RELEASE SAVEPOINT {_ITEM_SP}; "
             prefix += f"{release}SAVEPOINT {_ITEM_SP}; ".encode()
-        if any(tables is None or row[1][0] in tables for row in self._rows):
+        if tables != set() and any(tables is None or row[1][0] in tables for row in self._rows):
             # owner's own buffered rows go in under its savepoint
             if prefix:
                 self._raw(prefix.decode()[:-2])
                 self._savepoint_owner = owner
                 prefix = b""
             self._flush_own(owner, tables)
+        if tables:
+            self._row_tables -= tables  # every buffered row of them is written now
+        elif tables is None:
+            self._row_tables = {row[1][0] for row in self._rows}
         return prefix
 
     def visible_to(self, table: str) -> set[str] | None:
@@ -425,8 +435,7 @@ class Transaction:
         self._oid(table)
         if table in self._sees_others:
             return None
-        buffered = {row[1][0] for row in self._rows}
-        oids = {t: self._oid(t) for t in buffered}
+        oids = {t: self._oid(t) for t in self._row_tables}
         seen = {table}
         todo = [self._table_oids[table]]
         while todo:
@@ -464,6 +473,7 @@ class Transaction:
                 raise ValueError("db.insert got an empty row")
             cols = tuple(row)
             self._rows.append((owner, (table, cols), tuple(row.values())))
+        self._row_tables.add(table)
         if self.listeners:
             self._wrote(owner, {table})
 
@@ -891,6 +901,7 @@ class Transaction:
 
     def _reset(self) -> None:
         self._rows = []
+        self._row_tables = set()
         self._savepoint_owner = _NOBODY
         self._late_failures = []
         self._in_chunk = False

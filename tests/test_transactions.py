@@ -341,3 +341,24 @@ def test_lookup_misses_are_queried_once_per_distinct_value(project):
     result = project.run("--reprocess", "--chunk-size", "50")
     assert result.counts == {"failed": 300}
     assert scans() - before < 10  # 3 distinct values, and the fixture's own INSERT
+
+
+def test_a_preloaded_dimension_written_by_the_batch_is_asked_again(project):
+    project.write(
+        "ingest_x.py",
+        """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db, lookup):
+    db.execute("CREATE TABLE IF NOT EXISTS dim (id serial PRIMARY KEY, code text UNIQUE)")
+    lookup.preload("dim", "code")
+
+@ingestkit.source([{"id": 1, "code": "new"}], key="id")
+def process_x(record, db, lookup):
+    db.insert("dim", {"code": record["code"]})
+    assert lookup("dim", code=record["code"])  # not "missing" from the preloaded copy
+""",
+    )
+    result = project.run()
+    assert result.statuses() == {"1": "succeeded"}, result.output
