@@ -20,6 +20,7 @@ from typing import Any
 from .sources import Entry, Reader
 
 _READ_SIZE = 1 << 16
+_TOO_DEEP = "the JSON is nested too deeply to read (about a thousand levels): flatten it"
 
 
 class SourceUnreadable(OSError):
@@ -211,11 +212,12 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                     continue
                 for _ in lines:  # no record can be read: the error covers the whole file
                     pass
+                rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
                 yield Entry(
                     None,
                     where,
-                    f"{path}, {_lines_named(first, lines.read)}: the header (line {first}) cannot "
-                    f"be read, so no record can be: {error or bad}",
+                    f"{path}, {_lines_named(first, end)}: the header cannot be read "
+                    f"({error or bad}), so no record{rest} can be read",
                 )
                 return
             if error is None and not row:  # blank line
@@ -275,6 +277,9 @@ class read_jsonl(Reader):  # noqa: N801
                     continue
                 except json.JSONDecodeError as exc:
                     yield Entry(None, where, f"{path}, line {lineno}: invalid JSON: {exc}")
+                    continue
+                except RecursionError:
+                    yield Entry(None, where, f"{path}, line {lineno}: {_TOO_DEEP}")
                     continue
                 if not isinstance(record, dict):
                     kind = type(record).__name__
@@ -369,6 +374,14 @@ class read_json(Reader):  # noqa: N801
             while True:
                 try:
                     record, end = decoder.raw_decode(buf, pos)
+                except RecursionError:
+                    while (skip := _value_end(buf, pos)) is None and fill():
+                        pass
+                    yield Entry(None, where, f"{path}, record {number}: {_TOO_DEEP}")
+                    if skip is None:
+                        return
+                    end = skip
+                    break
                 except json.JSONDecodeError as exc:
                     if not eof and fill():
                         continue
