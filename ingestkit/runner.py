@@ -357,8 +357,9 @@ class Runner:
         if entry.record is not None or processor.source is not None:
             try:
                 item.content_hash = entry.content_hash or content_hash(entry.record, entry.flat)
-            except RecordError as exc:  # e.g. nested too deeply to hash
+            except RecordError as exc:  # nested too deeply to hash, store or send to a worker
                 item.entry_error = item.entry_error or f"{entry.location}: {exc}"
+                item.record = None
         return item
 
     def _source_error(self, processor: Processor, exc: BaseException) -> None:

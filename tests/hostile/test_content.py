@@ -15,6 +15,8 @@ import io
 import json
 import re
 
+import pytest
+
 CSV_PIPELINE = """
 import ingestkit
 
@@ -351,7 +353,8 @@ def test_deeply_nested_jsonl_line_is_one_error_naming_it(project):
     assert_clean(result)
 
 
-def test_deeply_nested_iterable_record_fails_only_its_item(project):
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["serial", "workers"])
+def test_deeply_nested_iterable_record_fails_only_its_item(project, args):
     project.write(
         "ingest_x.py",
         """
@@ -370,7 +373,7 @@ def process_row(record, db):
 """,
     )
     project.write("ingest_y.py", SECOND)
-    result = project.run()
+    result = project.run(*args)
     assert result.exit_code == 1, result.output
     assert result.counts == {"succeeded": 3, "error": 1}, result.output
     (bad,) = errors(result)
