@@ -411,7 +411,7 @@ import ingestkit
 
 @ingestkit.source([{"id": "k\\x1b[2J\\x07"}, {"id": "b\\x08\\x9b"}], key="id")
 def process_row(record):
-    raise ValueError("bad \\x1b]0;title\\x07 value \\r\\x08")
+    raise ValueError("bad \\x1b]0;title\\x07 value \\r\\x08 \\ud800")
 """,
     )
     for args in ((), ("-v",), ("--tb=line",)):
@@ -420,6 +420,7 @@ def process_row(record):
         shown = re.sub(r"[\n]", "", result.stdout)
         assert not re.search(r"[\x00-\x1f\x7f-\x9f]", shown), repr(result.stdout)
         assert "\\x1b[2J" in result.stdout, result.stdout
+        assert "UnicodeEncodeError" not in result.stdout, result.stdout
 
 
 def test_csv_export_escapes_formula_cells(project):
