@@ -90,6 +90,12 @@ class _Lines:
             if line.count(quotechar) % 2:
                 return last
 
+    def drain(self) -> None:
+        """Read to the end of the file, unrecorded (to count its lines)."""
+        self.again.clear()
+        for _ in self.text:
+            self.read += 1
+
     def __next__(self) -> str:
         if self.again:
             lineno, line = self.again.pop()
@@ -210,8 +216,7 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                     if row:
                         header, width = row, len(row)
                     continue
-                for _ in lines:  # no record can be read: the error covers the whole file
-                    pass
+                lines.drain()  # no record can be read: the error covers the whole file
                 rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
                 yield Entry(
                     None,
