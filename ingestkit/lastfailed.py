@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from .queries import q
-from .sources import Entry
+from .sources import Entry, Unreplayable, from_payload
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -61,7 +61,14 @@ def _failed_entries(session: Session, processor: Processor) -> list[Entry]:
             record = None
         else:
             problem = None
-            record = json.loads(payload) if isinstance(payload, str) else payload
+            try:  # the very record that was read (sources.to_payload), or why not
+                record = from_payload(json.loads(payload) if isinstance(payload, str) else payload)
+            except Unreplayable as exc:
+                problem = (
+                    f"the stored record of key {key!r} cannot be replayed exactly: {exc}; "
+                    "fix the source and run without --lf"
+                )
+                record = None
         entries.append(
             Entry(
                 record,

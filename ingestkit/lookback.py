@@ -201,8 +201,16 @@ class LookBack:
                 if item["payload"] is not None
                 else ""
             )
-            writer.writerow([str(batch["id"]), *values])
+            writer.writerow([str(batch["id"]), *map(_csv_cell, values)])
         return 0
+
+
+def _csv_cell(value: object) -> object:
+    """A cell a spreadsheet will not run as a formula (OWASP "CSV injection"):
+    text starting with ``=``, ``+``, ``-``, ``@``, tab or CR gets a leading ``'``."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
 
 
 def _statuses(text: str | None) -> list[str] | None:

@@ -20,6 +20,7 @@ from typing import Any
 from .sources import Entry, Reader
 
 _READ_SIZE = 1 << 16
+_TOO_DEEP = "the JSON is nested too deeply to read (about a thousand levels): flatten it"
 
 
 class SourceUnreadable(OSError):
@@ -51,46 +52,98 @@ def _bad_char(text: str, encoding: str) -> str | None:
 
 
 class _Lines:
-    """Text lines of a file, numbered, noting bad ones and counting quotes."""
+    """Text lines of a file, numbered, noting bad ones; lines can be read again.
 
-    def __init__(self, text: Any, encoding: str, quotechar: str | None) -> None:
+    ``record`` holds the lines handed out since :meth:`start`: the lines of the
+    record the csv reader is reading, as ``(number, problem or None)``.
+    """
+
+    def __init__(self, text: Any, encoding: str) -> None:
         self.text = text
         self.encoding = encoding
-        self.quotechar = quotechar
-        self.lineno = 0
-        self.bad: dict[int, str] = {}
-        self.quotes = 0  # quote characters since the last reset (record start)
+        self.read = 0  # the highest line number read from the file
+        self.record: list[tuple[int, str, str | None]] = []
+        self.again: list[tuple[int, str]] = []  # lines to hand out again, last first
 
     def __iter__(self) -> Iterator[str]:
         return self
 
+    def start(self) -> None:
+        self.record = []
+
+    def read_again(self, lines: list[tuple[int, str, str | None]]) -> None:
+        self.again.extend((n, line) for n, line, _ in reversed(lines))
+
+    def skip_quoted(self, quotechar: str) -> int:
+        """Read on, unrecorded, to the line that closes an open quoted field (or
+        to the end of the file); the number of the last line read."""
+        last = self.record[-1][0] if self.record else self.read
+        while True:
+            if self.again:
+                last, line = self.again.pop()
+            else:
+                line = next(self.text, None)
+                if line is None:
+                    return last
+                self.read += 1
+                last = self.read
+            if line.count(quotechar) % 2:
+                return last
+
+    def drain(self) -> None:
+        """Read to the end of the file, unrecorded (to count its lines)."""
+        self.again.clear()
+        for _ in self.text:
+            self.read += 1
+
     def __next__(self) -> str:
-        line = next(self.text)
-        self.lineno += 1
+        if self.again:
+            lineno, line = self.again.pop()
+        else:
+            line = next(self.text)
+            self.read += 1
+            lineno = self.read
         problem = _bad_char(line, self.encoding)
         if problem is not None:
             column = 1 + next(
                 (i for i, c in enumerate(line) if c == "\0" or "\udc80" <= c <= "\udcff"), 0
             )
-            self.bad[self.lineno] = f"{problem} at column {column}"
-        if self.quotechar:
-            self.quotes += line.count(self.quotechar)
+            problem = f"{problem} at column {column}"
+        self.record.append((lineno, line, problem))
         return line
+
+
+def _lines_named(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"line {first}-{last}"
+
+
+#: Default longest CSV field, in characters (the csv module's own is 128 KiB).
+FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 class read_csv(Reader):  # noqa: N801 - public API reads like a function
     """Stream a CSV file with a header row as dicts of strings.
 
     ``csv_options`` go to :func:`csv.reader` (``delimiter``, ``quotechar``, …);
-    ``encoding`` (default ``utf-8``, a BOM is dropped) opens the file. A row with
+    ``encoding`` (default ``utf-8``, a BOM is dropped) opens the file;
+    ``field_size_limit`` is the longest field read (characters). A row with
     the wrong number of fields, undecodable bytes or broken quoting becomes an
-    ``error`` item naming the file and line; an unterminated quote runs, as
-    CSV says, to the end of the file, and is one error naming where it opened.
+    ``error`` item naming the file and the lines it covers. A record whose
+    quoted field runs over several lines is kept only when it parses: when it
+    does not (a stray or unterminated quote), its first line is the error and
+    the lines after it are read again as records of their own.
     """
 
-    def __init__(self, path: str | Path, encoding: str = "utf-8", **csv_options: Any) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        encoding: str = "utf-8",
+        field_size_limit: int = FIELD_SIZE_LIMIT,
+        **csv_options: Any,
+    ) -> None:
         super().__init__(path)
         self.encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        self.field_size_limit = field_size_limit
         self.csv_options = {"strict": True, **csv_options}
 
     def entries(self, base: Path | None = None) -> Iterator[Entry]:
@@ -99,56 +152,100 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
             text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
             dialect = csv.reader(io.StringIO(""), **self.csv_options).dialect
             quotechar = dialect.quotechar if dialect.quoting != csv.QUOTE_NONE else None
-            lines = _Lines(text, self.encoding, quotechar)
-            yield from self._records(csv.reader(lines, **self.csv_options), lines, path, quotechar)
+            lines = _Lines(text, self.encoding)
+            reader = csv.reader(lines, **self.csv_options)
+            yield from self._records(reader, lines, path, quotechar)
+
+    def _next_row(self, reader: Any) -> list[str]:
+        """The reader's next row, under this reader's field size limit (the csv
+        module's limit is global: the processor's own csv use keeps its own)."""
+        previous = csv.field_size_limit(self.field_size_limit)
+        try:
+            return next(reader)
+        finally:
+            csv.field_size_limit(previous)
+
+    def _problem(self, exc: csv.Error) -> str:
+        message = str(exc)
+        if "unexpected end of data" in message:
+            return "unterminated quoted field: its quote never closes before the end of the file"
+        if "field larger than field limit" in message:
+            return (
+                f"field larger than field limit ({self.field_size_limit:,} characters): "
+                f"read_csv(..., field_size_limit=N) allows longer fields"
+            )
+        if "expected after" in message:
+            return f"broken quoting: a closing quote is followed by more text ({message})"
+        return f"broken quoting: {message}"
 
     def _records(
         self, reader: Any, lines: _Lines, path: Path, quotechar: str | None
     ) -> Iterator[Entry]:
         header: list[str] | None = None
         width = 0
-        end = 0  # last line of the previous record
         while True:
-            lines.quotes = 0
+            lines.start()
+            error: str | None = None
             try:
-                row = next(reader)
+                row = self._next_row(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                first = end + 1
-                message = str(exc)
-                if "unexpected end of data" in message:
-                    message = (
-                        f"unterminated quoted field: the quote opened on line {first} "
-                        f"runs to the end of the file (line {lines.lineno})"
-                    )
-                elif quotechar and lines.quotes % 2:
-                    # still inside a quoted field: skip to where it closes
-                    for line in lines:
-                        if line.count(quotechar) % 2:
-                            break
-                end = lines.lineno
-                yield Entry(None, f"{path}:{first}", f"{path}, line {first}: {message}")
-                if header is None:
-                    return
-                continue
-            first, end = end + 1, lines.lineno
+                row, error = None, self._problem(exc)
+                span = lines.record
+                if header is not None and span and quotechar and "field limit" in str(exc):
+                    # a field too long to read: the record is one error to where
+                    # its quoted field closes (nothing after it is read again)
+                    quotes = sum(line.count(quotechar) for _, line, _ in span)
+                    if quotes % 2:
+                        end = lines.skip_quoted(quotechar)
+                        yield Entry(
+                            None,
+                            f"{path}:{span[0][0]}",
+                            f"{path}, {_lines_named(span[0][0], end)}: {error}",
+                        )
+                        continue
+            span = lines.record
+            if not span:
+                return
+            first, end = span[0][0], span[-1][0]
             where = f"{path}:{first}"
-            bad = [f"line {n}: {lines.bad.pop(n)}" for n in range(first, end + 1) if n in lines.bad]
             if header is None:
-                if bad:
-                    yield Entry(
-                        None, where, f"{path}, header {'; '.join(bad)}: no record can be read"
-                    )
-                    return
-                if not row:
+                bad = "; ".join(f"line {n}: {p}" for n, _, p in span if p)
+                if error is None and not bad:
+                    if row:
+                        header, width = row, len(row)
                     continue
-                header, width = row, len(row)
+                lines.drain()  # no record can be read: the error covers the whole file
+                rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
+                yield Entry(
+                    None,
+                    where,
+                    f"{path}, {_lines_named(first, end)}: the header cannot be read "
+                    f"({error or bad}), so no record{rest} can be read",
+                )
+                return
+            if error is None and not row:  # blank line
                 continue
+            if len(span) > 1 and (error is not None or len(row) != width):
+                # a quoted field ran over line ends and the record does not parse:
+                # its first line is the error, the others are read again
+                lines.read_again(span[1:])
+                reason = error or f"expected {width} fields, got {len(row)}"
+                yield Entry(
+                    None,
+                    where,
+                    f"{path}, line {first}: {reason} (a quote on this line runs over "
+                    "the line end; the lines after it are read as records of their own)",
+                )
+                continue
+            bad = [f"line {n}: {p}" for n, _, p in span if p]
             if bad:
-                yield Entry(None, where, f"{path}, {'; '.join(bad)}")
+                named = "" if len(span) == 1 else f"{_lines_named(first, end)}: "
+                yield Entry(None, where, f"{path}, {named}{'; '.join(bad)}")
                 continue
-            if not row:  # blank line
+            if error is not None:
+                yield Entry(None, where, f"{path}, line {first}: {error}")
                 continue
             if len(row) != width:
                 yield Entry(
@@ -185,6 +282,9 @@ class read_jsonl(Reader):  # noqa: N801
                     continue
                 except json.JSONDecodeError as exc:
                     yield Entry(None, where, f"{path}, line {lineno}: invalid JSON: {exc}")
+                    continue
+                except RecursionError:
+                    yield Entry(None, where, f"{path}, line {lineno}: {_TOO_DEEP}")
                     continue
                 if not isinstance(record, dict):
                     kind = type(record).__name__
@@ -279,6 +379,14 @@ class read_json(Reader):  # noqa: N801
             while True:
                 try:
                     record, end = decoder.raw_decode(buf, pos)
+                except RecursionError:
+                    while (skip := _value_end(buf, pos)) is None and fill():
+                        pass
+                    yield Entry(None, where, f"{path}, record {number}: {_TOO_DEEP}")
+                    if skip is None:
+                        return
+                    end = skip
+                    break
                 except json.JSONDecodeError as exc:
                     if not eof and fill():
                         continue

@@ -176,18 +176,26 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
                     r.attempt,
                     r.content_hash,
                     r.duration_ms,
-                    r.error_type,
-                    r.error_message,
-                    r.traceback,
-                    r.log,
+                    _readable(r.error_type),
+                    _readable(r.error_message),
+                    _readable(r.traceback),
+                    _readable(r.log),
                     r.payload,
                     r.finished_epoch,
-                    r.location,
+                    _readable(r.location),
                     r.track,
                 )
             )
-    data = "".join(lines).encode("utf-8", "replace")
-    return data + copy_rows(plain, errors="replace") if plain else data
+    # keys and payloads are made storable before (sources.storable_key, to_payload)
+    data = "".join(lines).encode("utf-8", "backslashreplace")
+    return data + copy_rows(plain, errors="backslashreplace") if plain else data
+
+
+def _readable(text: str | None) -> str | None:
+    """Message text PostgreSQL can hold: NUL as ``\\0``, a lone surrogate as ``\\udXXX``."""
+    if text is None or text.isascii() and "\0" not in text:
+        return text
+    return text.replace("\0", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @hookimpl

@@ -21,12 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from . import sources
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import ItemTimeout, RecordError, Skipped
 from .readers import SourceUnreadable
 from .reports import ItemReport
-from .sources import Entry, Reader, content_hash, iter_entries, make_keyfunc, to_json
+from .sources import (
+    Entry,
+    Reader,
+    content_hash,
+    iter_entries,
+    make_keyfunc,
+    to_json,
+    to_payload,
+)
 from .transaction import ConnectionLost, ReplayChunk, TransactionEnded
 
 if TYPE_CHECKING:
@@ -388,8 +397,8 @@ class Runner:
             except Exception as exc:
                 key = f"#{position}"
                 item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
-        if "\x00" in key:
-            key = key.replace("\x00", "\\0")
+        if entry.key is None:  # a key from a source's record, not one already stored
+            key = sources.storable_key(key)
         if processor.selected_keys is not None and key not in processor.selected_keys:
             return None
         if entry.rerun:
@@ -402,7 +411,11 @@ class Runner:
         if entry.error is not None:
             item.entry_error = entry.error
         if entry.record is not None or processor.source is not None:
-            item.content_hash = entry.content_hash or content_hash(entry.record, entry.flat)
+            try:
+                item.content_hash = entry.content_hash or content_hash(entry.record, entry.flat)
+            except RecordError as exc:  # nested too deeply to hash, store or send to a worker
+                item.entry_error = item.entry_error or f"{entry.location}: {exc}"
+                item.record = None
         return item
 
     def _source_error(self, processor: Processor, exc: BaseException) -> None:
@@ -689,9 +702,7 @@ class Runner:
         if status in ("failed", "error") or self.store_all:
             payload = None
             if item.record is not None or item.processor.source is not None:
-                payload = to_json(item.record)
-            if payload is not None and "\\u0000" in payload:
-                payload = payload.replace("\\u0000", "\\ufffd")
+                payload = to_payload(item.record)  # lossless: --lf gets the record back
             report.payload = payload
         if exc is not None:
             mask = self.config.mask

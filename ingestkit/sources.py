@@ -6,9 +6,15 @@ from (for messages) and, when it could not be read, the error instead.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import decimal
 import hashlib
 import json
+import math
 import os
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +118,10 @@ def make_keyfunc(key: Any) -> Callable[[Any, int], str]:
             value = key(record)
             if value is None:
                 raise RecordError("the key function returned None")
-            return str(value)
+            value = str(value)
+            if not value:
+                raise RecordError("the key function returned an empty key ''")
+            return value
 
         return by_callable
     if isinstance(key, str):
@@ -188,5 +197,193 @@ def content_hash(record: Any, flat: bool = False) -> str:
     if flat or (type(record) is dict and _PLAIN_TYPES.issuperset(map(type, record.values()))):
         text = repr(record)
     else:
-        text = to_json(record)
+        try:
+            text = to_json(record)
+        except RecursionError:
+            raise RecordError(_TOO_DEEP) from None
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+_TOO_DEEP = (
+    "the record is nested too deeply (about a thousand levels) to be hashed or stored: "
+    "flatten it in the source"
+)
+
+
+# -- text PostgreSQL cannot hold: keys and payloads ---------------------------
+
+#: The first character of a stored key that is escaped (see :func:`storable_key`).
+KEY_ESCAPE = "\\"
+#: The member naming a tagged value in a stored payload (see :func:`to_payload`).
+TAG = "$ingestkit"
+_ESCAPES = re.compile(r"\\(\\|x00|u[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _unstorable(text: str) -> bool:
+    """Whether PostgreSQL text cannot hold ``text`` (a NUL or a lone surrogate)."""
+    if "\0" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escape_text(text: str) -> str:
+    """``text`` with ``\\`` doubled, NUL as ``\\x00`` and each lone surrogate as
+    ``\\udXXX``: text PostgreSQL can hold, undone by :func:`unescape_text`."""
+    out = text.replace("\\", "\\\\").replace("\0", "\\x00")
+    if not out.isascii():
+        out = "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in out)
+    return out
+
+
+def unescape_text(text: str) -> str:
+    def one(match: re.Match) -> str:
+        code = match.group(1)
+        return "\\" if code == "\\" else "\0" if code == "x00" else chr(int(code[1:], 16))
+
+    return _ESCAPES.sub(one, text)
+
+
+def storable_key(key: str) -> str:
+    """The text form of a key in ``ingestkit.items.key``, node ids and history.
+
+    A key PostgreSQL text can hold is itself. One holding a NUL or a lone
+    surrogate, or starting with ``\\``, is ``\\`` followed by
+    :func:`escape_text` of it, so that no two keys share a text form:
+    ``"a\\0b"`` is stored as ``\\a\\x00b``.
+    """
+    if key.startswith(KEY_ESCAPE) or _unstorable(key):
+        return KEY_ESCAPE + escape_text(key)
+    return key
+
+
+def original_key(stored: str) -> str:
+    """The key whose text form :func:`storable_key` gave ``stored``."""
+    return unescape_text(stored[1:]) if stored.startswith(KEY_ESCAPE) else stored
+
+
+class Unreplayable(Exception):
+    """A stored payload that does not give back the record that was read."""
+
+
+def _tag(kind: str, value: Any) -> dict:
+    return {TAG: kind, "value": value}
+
+
+def _tagged(value: Any) -> Any:
+    """``value`` as JSON values PostgreSQL jsonb holds exactly (tags for the rest)."""
+    kind = type(value)
+    if kind is str:
+        return _tag("str", escape_text(value)) if _unstorable(value) else value
+    if value is None or kind is bool or kind is int:
+        return value
+    if kind is float:
+        text = repr(value)
+        # jsonb keeps numbers as numeric: no NaN/Infinity, no -0, and 1e+16 comes back an int
+        if not math.isfinite(value) or ("e" in text and abs(value) >= 1) or text == "-0.0":
+            return _tag("float", text)
+        return value
+    if kind is dict:
+        if TAG not in value and all(type(k) is str and not _unstorable(k) for k in value):
+            return {k: _tagged(v) for k, v in value.items()}
+        return _tag("dict", [[_tagged(k), _tagged(v)] for k, v in value.items()])
+    if kind is list:
+        return [_tagged(v) for v in value]
+    if kind is tuple:
+        return _tag("tuple", [_tagged(v) for v in value])
+    if kind in (set, frozenset):
+        return _tag(kind.__name__, [_tagged(v) for v in sorted(value, key=repr)])
+    if kind in (bytes, bytearray):
+        return _tag(kind.__name__, base64.b64encode(value).decode("ascii"))
+    if kind in (datetime.datetime, datetime.date, datetime.time):
+        return _tag(kind.__name__, value.isoformat())
+    if kind is datetime.timedelta:
+        return _tag("timedelta", [value.days, value.seconds, value.microseconds])
+    if kind is decimal.Decimal:
+        return _tag("decimal", str(value))
+    if kind is uuid.UUID:
+        return _tag("uuid", str(value))
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    return {TAG: "unreplayable", "type": name, "value": _tagged(str(value))}
+
+
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    "str": unescape_text,
+    "float": float,
+    "tuple": lambda v: tuple(_untagged(x) for x in v),
+    "set": lambda v: {_untagged(x) for x in v},
+    "frozenset": lambda v: frozenset(_untagged(x) for x in v),
+    "bytes": base64.b64decode,
+    "bytearray": lambda v: bytearray(base64.b64decode(v)),
+    "datetime": datetime.datetime.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
+    "timedelta": lambda v: datetime.timedelta(*v),
+    "decimal": decimal.Decimal,
+    "uuid": uuid.UUID,
+}
+
+
+def _untagged(value: Any) -> Any:
+    if type(value) is list:
+        return [_untagged(v) for v in value]
+    if type(value) is not dict:
+        return value
+    kind = value.get(TAG)
+    if kind is None:
+        return {k: _untagged(v) for k, v in value.items()}
+    if kind == "dict":
+        return {_untagged(k): _untagged(v) for k, v in value["value"]}
+    if kind == "unreplayable":
+        raise Unreplayable(f"it held a {value['type']}, which ingestkit cannot store as such")
+    if kind == "unstorable":
+        raise Unreplayable(value["value"])
+    return _UNTAG[kind](value["value"])
+
+
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
+_STR_TYPE = frozenset({str})
+
+
+def to_payload(record: Any) -> str:
+    """The record as JSON text that PostgreSQL jsonb holds exactly.
+
+    JSON values are themselves, except strings with a NUL or a lone surrogate.
+    Those, non-finite and large floats, dicts whose keys are not plain strings,
+    and values JSON has no type for (tuple, set, bytes, date, datetime, time,
+    timedelta, Decimal, UUID) become ``{"$ingestkit": TYPE, "value": ...}``,
+    which :func:`from_payload` turns back into the very value. Any other
+    object is stored as its ``str()`` and cannot be replayed.
+    """
+    if (
+        type(record) is dict
+        and _FLAT_TYPES.issuperset(map(type, record.values()))
+        and TAG not in record
+        and _STR_TYPE.issuperset(map(type, record))
+    ):  # the common case, a dict of strings and ints: one C-speed dump and two checks
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        if "\\u0000" not in text and not _unstorable(text):
+            return text
+    try:
+        tagged = _tagged(record)
+        return json.dumps(tagged, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        why = _TOO_DEEP
+    except ValueError as exc:  # e.g. an int with more digits than str() allows
+        why = f"the record could not be stored: {exc}"
+    return json.dumps({TAG: "unstorable", "value": why})
+
+
+def from_payload(payload: Any) -> Any:
+    """The record a stored payload (as parsed JSON) holds; raises Unreplayable."""
+    try:
+        return _untagged(payload)
+    except Unreplayable:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Unreplayable(f"its stored form is damaged ({type(exc).__name__}: {exc})") from None

@@ -40,6 +40,20 @@ class FailureGroup:
     first: ItemReport | None = None
 
 
+#: Control characters (but newline and tab) and lone surrogates, as escapes: data
+#: in keys, messages and records never moves the cursor, rings or retitles.
+_ESCAPE_CONTROLS = {
+    c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)
+} | {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal (control characters escaped)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.translate(_ESCAPE_CONTROLS)
+
+
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
 
@@ -66,7 +80,7 @@ class TerminalReporter:
         return self._file or sys.stdout
 
     def write_line(self, line: str = "") -> None:
-        text = self.config.mask(line) + "\n"
+        text = printable(self.config.mask(line)) + "\n"
         if self._line_open:  # replace the progress line
             text = "\r\x1b[K" + text
             self._line_open = False
@@ -74,7 +88,7 @@ class TerminalReporter:
 
     def write_status(self, line: str) -> None:
         """A progress line that the next one overwrites (on a terminal)."""
-        self._write("\r" + line[:200] + "\x1b[K")
+        self._write("\r" + printable(line[:200]) + "\x1b[K")
         self._line_open = True
 
     def _write(self, text: str) -> None:
