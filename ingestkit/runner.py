@@ -139,6 +139,9 @@ def _trim_traceback(exc: BaseException) -> str:
 
 
 def _message(exc: BaseException) -> str:
+    named = getattr(exc, "ingestkit_message", None)  # a COPY error naming its column
+    if named:
+        return named
     text = str(exc).strip()
     if "CONTEXT:  COPY " in text:  # "line 1" of ingestkit's own COPY, not of the user's file
         text = "\n".join(

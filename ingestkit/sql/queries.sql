@@ -205,6 +205,15 @@ SELECT to_regclass(%s)::oid;
 -- name: fk-parents
 SELECT confrelid::oid FROM pg_constraint WHERE contype = 'f' AND conrelid = %s;
 
+-- name: table-columns
+-- A user's table's columns, and whether each is of a text type: a '' written
+-- into any other column is NULL (typed columns, SPEC §7). Looked up once per
+-- table per batch.
+SELECT a.attname, t.typcategory = 'S' AS is_text
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
+
 -- Looking back (lookback.py) ------------------------------------------------
 
 -- name: recent-batches
