@@ -61,7 +61,7 @@ class Database:
         """Insert one row or many; written with COPY at chunk end.
 
         A row is a dict, a dataclass or a pydantic model instance (its fields,
-        by column name). A key that matches no column exactly but exactly one
+        by field name). A key that matches no column exactly but exactly one
         case-insensitively goes to that column; a ``str`` for a column that is
         not of a text type is parsed by PostgreSQL, ``''`` is NULL. Before any
         ``execute``/``query`` the buffer is written, so the item reads its own
@@ -111,18 +111,18 @@ def _is_object(value: Any) -> bool:
 
 
 def as_row(value: Any) -> Any:
-    """A dataclass or pydantic instance as a dict by column name; others as they are."""
+    """A dataclass or pydantic instance as a dict by field name (a field's
+    ``metadata={"column": ...}`` or alias names the column it is *read* from);
+    other values as they are."""
     if type(value) is dict:
         return value
     kind = type(value)
     fields = _FIELDS.get(kind)
     if fields is None:
         if dataclasses.is_dataclass(kind):
-            fields = _FIELDS[kind] = tuple(
-                (f.name, str(f.metadata.get("column", f.name))) for f in dataclasses.fields(kind)
-            )
+            fields = _FIELDS[kind] = tuple((f.name, f.name) for f in dataclasses.fields(kind))
         elif hasattr(kind, "model_fields") and hasattr(value, "model_dump"):
-            return value.model_dump(by_alias=True)
+            return value.model_dump()
         else:
             return value
     return {column: getattr(value, name) for name, column in fields}

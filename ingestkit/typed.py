@@ -69,7 +69,7 @@ def _to_int(v: Any) -> Any:
     kind = type(v)
     if kind is int:
         return v
-    if kind is str and _INT.fullmatch(v):
+    if kind is str and ((v.isascii() and v.isdigit()) or _INT.fullmatch(v)):
         return int(v)
     if kind is float and v.is_integer():
         return int(v)
@@ -271,11 +271,57 @@ class DataclassModel(RecordModel):
                 )
             )
         self.fields = fields
+        self.convert = self._compile()  # type: ignore[method-assign]
 
     def required_columns(self) -> list[str]:
         return [f.column for f in self.fields if f.required]
 
-    def convert(self, raw: Any, location: str) -> Any:
+    def _compile(self) -> Callable[[Any, str], Any]:
+        """One function converting a dict record with all the model's fields inlined;
+        anything unusual (a bad value, a missing required column, not a dict) goes
+        to :meth:`_convert`, which says what is wrong."""
+        env: dict[str, Any] = {"M": _MISSING, "Bad": _Bad, "slow": self._convert}
+        env["cls"] = self.cls
+        body = ["def convert(raw, location):"]
+        body.append("    if raw.__class__ is not dict:")
+        body.append("        return slow(raw, location)")
+        body.append("    get = raw.get")
+        body.append("    kw = {}")
+        body.append("    try:")
+        for i, f in enumerate(self.fields):
+            env[f"c{i}"] = f.convert
+            empty = "v is M or v is None"
+            if f.optional or not f.text:
+                empty += ' or v == ""'
+            if f.convert is _to_str:
+                value = f"v if v.__class__ is str else c{i}(v)"
+            elif f.convert is _pass:
+                value = "v"
+            else:
+                value = f"c{i}(v)"
+            body.append(f"        v = get({f.column!r}, M)")
+            if f.has_default:
+                body.append(f"        if not ({empty}):")
+                body.append(f"            kw[{f.name!r}] = {value}")
+            elif f.optional:
+                body.append(f"        kw[{f.name!r}] = None if {empty} else {value}")
+            else:
+                body.append(f"        if {empty}:")
+                body.append("            return slow(raw, location)")
+                body.append(f"        kw[{f.name!r}] = {value}")
+        body.append("    except Exception:")
+        body.append("        return slow(raw, location)")
+        body.append("    try:")
+        body.append("        return cls(**kw)")
+        body.append("    except Exception:")
+        body.append("        return slow(raw, location)")
+        exec("\n".join(body), env)  # noqa: S102 - code made here, from field names only
+        return env["convert"]
+
+    def convert(self, raw: Any, location: str) -> Any:  # replaced by _compile()
+        return self._convert(raw, location)
+
+    def _convert(self, raw: Any, location: str) -> Any:
         if isinstance(raw, self.cls):
             return raw
         if not isinstance(raw, Mapping):

@@ -375,3 +375,37 @@ def test_pydantic_model_without_pydantic_names_the_pip_install(project):
     hint = "pip install 'ingestkit[pydantic]'"
     lines = [line for line in proc.stdout.splitlines() if hint in line]
     assert lines and lines[0].startswith("ingest_p.py:1: ModuleNotFoundError"), proc.stdout
+
+
+def test_odd_values_and_model_checks_are_record_invalid_not_crashes(project):
+    project.write(
+        "ingest_odd.py",
+        """
+        from dataclasses import dataclass
+        import ingestkit
+
+        @dataclass
+        class Odd:
+            id: str
+            n: int
+            tag: str = "none"
+
+            def __post_init__(self):
+                if self.n < 0:
+                    raise ValueError("n must not be negative")
+
+        RECORDS = [{"id": "a", "n": "\\u00b2"}, {"id": "b", "n": "-3"}, {"id": "c", "n": " 7 "},
+                   ["not", "a", "dict"]]
+
+        @ingestkit.source(RECORDS, key=lambda r: r["id"] if isinstance(r, dict) else "list")
+        def process_odd(record: Odd):
+            assert record.n == 7 and record.tag == "none"
+        """,
+    )
+    result = project.run()
+    items = result.by_key()
+    assert items["c"]["status"] == "succeeded"
+    assert items["a"]["error_message"] == "record 1: n: '²' is not an integer"
+    assert items["b"]["error_message"] == "record 2: ValueError: n must not be negative"
+    assert items["list"]["error_type"] == "RecordInvalid"
+    assert "got list" in items["list"]["error_message"]

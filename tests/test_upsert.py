@@ -193,7 +193,7 @@ def test_changed_column_sets_keep_statement_order(project):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pydantic") is None, reason="needs pydantic")
-def test_insert_takes_pydantic_instances_by_alias(project):
+def test_insert_takes_pydantic_instances_by_field_name(project):
     project.write(
         "ingest_p.py",
         """
@@ -202,7 +202,7 @@ def test_insert_takes_pydantic_instances_by_alias(project):
 
         @ingestkit.fixture(scope="batch", autouse=True)
         def schema(db):
-            db.execute("CREATE TABLE IF NOT EXISTS p (id int PRIMARY KEY, full_name text)")
+            db.execute("CREATE TABLE IF NOT EXISTS p (id int PRIMARY KEY, name text)")
 
         class P(BaseModel):
             id: int = Field(alias="ID")
@@ -214,4 +214,4 @@ def test_insert_takes_pydantic_instances_by_alias(project):
         """,
     )
     assert project.run().exit_code == 0
-    assert project.query("SELECT id, full_name FROM p") == [{"id": 1, "full_name": "Ann"}]
+    assert project.query("SELECT id, name FROM p") == [{"id": 1, "name": "Ann"}]
