@@ -639,7 +639,9 @@ class Transaction:
         not exactly), and the positions of those that are not of a text type."""
         known = self._targets.get((table, cols))
         if known is None:
-            columns = self._table_columns(table) or {}
+            columns = self._table_columns(table)
+            if columns is None:  # no such table: PostgreSQL says so
+                return cols, []
             mapped = self._map(table, cols)
             blank = [i for i, c in enumerate(mapped) if columns.get(c) is False]
             known = self._targets[(table, cols)] = (mapped, blank)
@@ -661,12 +663,12 @@ class Transaction:
     def _table_columns(self, table: str) -> dict[str, bool] | None:
         if table not in self._columns:
             oid = self._oid(table)
-            columns = None
-            if oid is not None:
-                with self.conn.cursor() as cur:
-                    cur.execute(q("table-columns"), (oid,))
-                    columns = dict(cur.fetchall())
-            self._columns[table] = columns
+            if oid is None:  # not there (yet): looked for again next time
+                del self._table_oids[table]
+                return None
+            with self.conn.cursor() as cur:
+                cur.execute(q("table-columns"), (oid,))
+                self._columns[table] = dict(cur.fetchall())
         return self._columns[table]
 
     def _in_fk_order(self, groups: dict) -> list:

@@ -215,3 +215,34 @@ def test_insert_takes_pydantic_instances_by_field_name(project):
     )
     assert project.run().exit_code == 0
     assert project.query("SELECT id, name FROM p") == [{"id": 1, "name": "Ann"}]
+
+
+def test_a_table_created_later_in_the_batch_gets_typed_columns(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.source([{"id": "1", "n": ""}], key="id")
+        def process_early(record, db):
+            db.insert("late", record)  # no such table yet: fails
+        """,
+    )
+    project.write(
+        "ingest_b.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture(scope="module", autouse=True)
+        def schema(db):
+            db.execute("CREATE TABLE late (id int PRIMARY KEY, n int)")
+
+        @ingestkit.source([{"ID": "2", "n": ""}], key="ID")
+        def process_late(record, db):
+            db.upsert("late", record)
+        """,
+    )
+    result = project.run()
+    assert result.by_key()["1"]["error_type"] == "UndefinedTable"
+    assert result.by_key()["2"]["status"] == "succeeded"
+    assert project.query("SELECT id, n FROM late") == [{"id": 2, "n": None}]
