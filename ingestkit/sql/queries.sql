@@ -194,9 +194,12 @@ SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'erro
 
 -- name: deferred-constraints
 -- Constraints checked at COMMIT unless told otherwise (quoted, for SET CONSTRAINTS).
+-- Other sessions' temporary tables (another worker's commit guard) are not ours:
+-- naming one fails once that session has ended and its temp schema is gone.
 SELECT quote_ident(n.nspname) || '.' || quote_ident(c.conname)
 FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
 WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (n.oid = pg_my_temp_schema() OR n.nspname !~ '^pg_(toast_)?temp_')
   AND NOT (c.conname = 'ingestkit_guard' AND n.oid = pg_my_temp_schema());
 
 -- name: table-oid
