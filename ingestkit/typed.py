@@ -187,6 +187,17 @@ _CONVERTERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
+#: converters whose str case is just this parse (used inline by compiled models)
+_INLINE: dict[Any, Callable[[str], Any]] = {
+    _to_int: int,
+    _to_float: float,
+    _to_decimal: decimal.Decimal,
+    _CONVERTERS[datetime.datetime]: datetime.datetime.fromisoformat,
+    _CONVERTERS[datetime.date]: datetime.date.fromisoformat,
+    _CONVERTERS[datetime.time]: datetime.time.fromisoformat,
+}
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -293,8 +304,12 @@ class DataclassModel(RecordModel):
             empty = "v is M or v is None"
             if f.optional or not f.text:
                 empty += ' or v == ""'
+            inline = _INLINE.get(f.convert)
             if f.convert is _to_str:
                 value = f"v if v.__class__ is str else c{i}(v)"
+            elif inline is not None:  # the parse itself for a str; a failure goes slow
+                env[f"p{i}"] = inline
+                value = f"p{i}(v) if v.__class__ is str else c{i}(v)"
             elif f.convert is _pass:
                 value = "v"
             else:
@@ -356,6 +371,8 @@ class DataclassModel(RecordModel):
                 kwargs[f.name] = f.convert(value)
             except _Bad as exc:
                 (bad := bad or []).append(f"{f.column}: {_shown(value)} {exc.reason}")
+            except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. too many digits
+                (bad := bad or []).append(f"{f.column}: {_shown(value)} is invalid ({exc})")
         if bad:
             raise RecordInvalid(f"{where(location)}: " + "; ".join(bad))
         try:

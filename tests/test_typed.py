@@ -395,7 +395,7 @@ def test_odd_values_and_model_checks_are_record_invalid_not_crashes(project):
                     raise ValueError("n must not be negative")
 
         RECORDS = [{"id": "a", "n": "\\u00b2"}, {"id": "b", "n": "-3"}, {"id": "c", "n": " 7 "},
-                   ["not", "a", "dict"]]
+                   ["not", "a", "dict"], {"id": "d", "n": "9" * 5000}]
 
         @ingestkit.source(RECORDS, key=lambda r: r["id"] if isinstance(r, dict) else "list")
         def process_odd(record: Odd):
@@ -409,3 +409,5 @@ def test_odd_values_and_model_checks_are_record_invalid_not_crashes(project):
     assert items["b"]["error_message"] == "record 2: ValueError: n must not be negative"
     assert items["list"]["error_type"] == "RecordInvalid"
     assert "got list" in items["list"]["error_message"]
+    assert items["d"]["error_message"].startswith("record 5: n: '99999")
+    assert "is invalid (Exceeds the limit" in items["d"]["error_message"]
