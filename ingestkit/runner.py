@@ -636,7 +636,8 @@ class Runner:
                 signal.setitimer(signal.ITIMER_REAL, self.item_timeout)
             try:
                 status, exc = self._call(item, plan)
-                item.value = None  # the typed record is the processor's: free it now
+                if plan.model is not None:  # the typed record was the processor's: free it
+                    item.value = None
             except ItemTimeout as e:  # it went off between two of ingestkit's own steps
                 status, exc = "failed", e
             finally:

@@ -411,3 +411,34 @@ def test_odd_values_and_model_checks_are_record_invalid_not_crashes(project):
     assert "got list" in items["list"]["error_message"]
     assert items["d"]["error_message"].startswith("record 5: n: '99999")
     assert "is invalid (Exceeds the limit" in items["d"]["error_message"]
+
+
+def test_typed_items_run_again_in_a_replayed_chunk(project):
+    project.write(
+        "ingest_r.py",
+        """
+        from dataclasses import dataclass
+        import ingestkit
+
+        @ingestkit.fixture(scope="batch", autouse=True)
+        def schema(db):
+            db.execute("CREATE TABLE IF NOT EXISTS r (id int PRIMARY KEY, v text NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS side (id int PRIMARY KEY)")
+
+        @dataclass
+        class R:
+            id: int
+            v: str
+
+        @ingestkit.source([{"id": str(i), "v": "" if i == 4 else "x"} for i in range(1, 11)],
+                          key="id")
+        def process_r(record: R, db):
+            db.execute("INSERT INTO side VALUES (%s)", (record.id,))
+            db.insert("r", {"id": record.id, "v": None if record.v == "" else record.v})
+        """,
+    )
+    result = project.run("--chunk-size", "10")
+    assert result.counts == {"succeeded": 9, "failed": 1}
+    assert result.by_key()["4"]["error_type"] == "NotNullViolation"
+    assert project.scalar("SELECT count(*) FROM r") == 9
+    assert project.scalar("SELECT count(*) FROM side") == 9
