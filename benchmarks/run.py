@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import decimal
 import io
 import os
 import subprocess
@@ -468,6 +469,188 @@ def workers_flights(server: str, rows: int, numprocesses: list[int]) -> dict[int
     return rates
 
 
+# -- upserts and typed records (issue 14) -------------------------------------------
+
+PEOPLE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS people (id int PRIMARY KEY, name text NOT NULL, "
+    "born int, score numeric(10, 2), joined date)"
+)
+
+PEOPLE_PIPELINE = """
+import datetime
+from dataclasses import dataclass
+from decimal import Decimal
+
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute({table!r})
+
+@dataclass
+class Person:
+    id: int
+    name: str
+    born: int | None
+    score: Decimal
+    joined: datetime.date
+
+@ingestkit.source(ingestkit.read_csv({csv!r}), key="id")
+def process_person(record{annotation}, db):
+{body}
+"""
+
+#: processor bodies: db.upsert of the typed record, and the dict/typed pairs
+UPSERT_BODY = '    db.upsert("people", record, conflict="id")'
+INSERT_BODY = '    db.insert("people", record)'
+NOOP_BODY = "    pass"
+
+
+def write_people(path: Path, rows: int, changed_every: int = 0) -> None:
+    """``rows`` people; with ``changed_every``, every n-th row has a new score."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "name", "born", "score", "joined"])
+        for i in range(1, rows + 1):
+            score = (i % 1000) + 0.25 + (1 if changed_every and i % changed_every == 0 else 0)
+            born = "" if i % 17 == 0 else 1930 + i % 80
+            joined = datetime.date(2000, 1, 1) + datetime.timedelta(days=i % 7000)
+            w.writerow([i, f"person {i}", born, f"{score:.2f}", joined.isoformat()])
+
+
+def hand_written_upsert(dsn: str, path: Path, rows: int, name: str) -> float:
+    """The careful script: parse, execute_values pages of 1000 with ON CONFLICT DO
+    UPDATE, an outcome row per record, one transaction."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(PEOPLE_TABLE)
+        cur.execute("CREATE TABLE IF NOT EXISTS outcomes (key text, status text, error text)")
+    conn.commit()
+    start = time.perf_counter()
+    with conn.cursor() as cur:
+        facts, outcomes = [], []
+
+        def flush() -> None:
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO people (id, name, born, score, joined) VALUES %s ON CONFLICT (id)"
+                " DO UPDATE SET name = EXCLUDED.name, born = EXCLUDED.born,"
+                " score = EXCLUDED.score, joined = EXCLUDED.joined",
+                facts,
+                page_size=1000,
+            )
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO outcomes VALUES %s", outcomes, page_size=1000
+            )
+            facts.clear()
+            outcomes.clear()
+
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    facts.append(
+                        (
+                            int(r["id"]),
+                            r["name"],
+                            int(r["born"]) if r["born"] else None,
+                            decimal.Decimal(r["score"]),
+                            datetime.date.fromisoformat(r["joined"]),
+                        )
+                    )
+                    outcomes.append((r["id"], "succeeded", None))
+                except (KeyError, ValueError, decimal.InvalidOperation) as exc:
+                    outcomes.append((r["id"], "failed", repr(exc)))
+                if len(outcomes) >= 1000:
+                    flush()
+        flush()
+    conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return record(name, rows, seconds)
+
+
+def people_folder(folder: Path, path: Path, body: str, typed: bool = True) -> Path:
+    (folder / "ingestkit.toml").write_text("")
+    (folder / "ingest_people.py").write_text(
+        PEOPLE_PIPELINE.format(
+            table=PEOPLE_TABLE,
+            csv=str(path),
+            annotation=": Person" if typed else "",
+            body=body,
+        )
+    )
+    return folder
+
+
+def _people_rows(dsn: str) -> int:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM people")
+        count = cur.fetchone()[0]
+    conn.close()
+    return count
+
+
+def upserts(server: str, rows: int) -> list[str]:
+    """db.upsert of typed records against execute_values ... ON CONFLICT, first load
+    and a reload of the same file with 10% of its rows changed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        first, changed = Path(tmp) / "people.csv", Path(tmp) / "people2.csv"
+        write_people(first, rows)
+        write_people(changed, rows, changed_every=10)
+        with database(server) as dsn:
+            hand_first = hand_written_upsert(dsn, first, rows, "hand-written upsert: first load")
+            hand_again = hand_written_upsert(
+                dsn, changed, rows, "hand-written upsert: reload, 10% changed"
+            )
+        with database(server) as dsn:
+            (Path(tmp) / "a").mkdir()
+            folder = people_folder(Path(tmp) / "a", first, UPSERT_BODY)
+            seconds, _ = run_ingestkit(folder, dsn, expect=0)
+            assert _people_rows(dsn) == rows
+            ours_first = record("ingestkit db.upsert(typed record): first load", rows, seconds)
+            (folder / "ingest_people.py").write_text(
+                (folder / "ingest_people.py").read_text().replace(str(first), str(changed))
+            )
+            seconds, _ = run_ingestkit(folder, dsn, expect=0)
+            ours_again = record("ingestkit: reload, 10% changed (unchanged skipped)", rows, seconds)
+            seconds, _ = run_ingestkit(folder, dsn, "--reprocess", expect=0)
+            ours_all = record("ingestkit --reprocess: reload, every row upserted", rows, seconds)
+            assert _people_rows(dsn) == rows
+    return [
+        f"ingestkit upsert / execute_values upsert, first   {ours_first / hand_first:6.2f}x"
+        "   [>= 1.0x]",
+        f"ingestkit / execute_values, reload 10% changed    {ours_again / hand_again:6.2f}x"
+        "   [>= 1.0x]",
+        f"  the same, ingestkit --reprocess (all rows)      {ours_all / hand_again:6.2f}x",
+    ]
+
+
+def typed_overhead(server: str, rows: int) -> list[str]:
+    """The same processor with a dict record and with a typed (dataclass) record."""
+    rates: dict[tuple[str, bool], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "people.csv"
+        write_people(path, rows)
+        for what, body in (("db.insert", INSERT_BODY), ("no-op", NOOP_BODY)):
+            for typed in (False, True):
+                folder = Path(tmp) / f"{what}-{typed}"
+                folder.mkdir()
+                people_folder(folder, path, body, typed)
+                with database(server) as dsn:
+                    seconds, _ = run_ingestkit(folder, dsn, expect=0)
+                    kind = "typed record (dataclass)" if typed else "dict record"
+                    rates[(what, typed)] = record(f"ingestkit {what}, {kind}", rows, seconds)
+    lines = []
+    for what in ("db.insert", "no-op"):
+        per_item = rates[(what, False)] / rates[(what, True)] - 1
+        lines.append(
+            f"{f'typed record overhead per item, {what}':<49}{per_item:6.1%}"
+            + ("   [<= 15%]" if what == "db.insert" else "")
+        )
+    return lines
+
+
 def _numprocesses_list(value: str) -> list[int]:
     try:
         ns = [int(n) for n in value.split(",")]
@@ -478,7 +661,7 @@ def _numprocesses_list(value: str) -> list[int]:
     return ns
 
 
-SECTIONS = ("flights", "dirty", "constraints", "overhead", "memory", "workers")
+SECTIONS = ("flights", "dirty", "constraints", "overhead", "memory", "workers", "upsert", "typed")
 
 
 def main() -> None:
@@ -523,6 +706,9 @@ def main() -> None:
         default=[1, 2],
         metavar="N,N,...",
         help="-n values for the flights job (default: 1,2)",
+    )
+    parser.add_argument(
+        "--upsert-rows", type=int, default=200_000, help="rows for the upsert and typed sections"
     )
     parser.add_argument(
         "--only",
@@ -658,6 +844,14 @@ def main() -> None:
             )
             if 1 in rates and most != 1:
                 ratios.append(f"{f'{what}, -n {most} / -n 1':<49}{rates[most] / rates[1]:6.2f}x")
+
+    if "upsert" in only:
+        print(f"\nupsert: {args.upsert_rows:,} rows, db.upsert against execute_values ON CONFLICT")
+        ratios += upserts(args.dsn, args.upsert_rows)
+
+    if "typed" in only:
+        print(f"\ntyped records: {args.upsert_rows:,} rows, a dataclass record against a dict")
+        ratios += typed_overhead(args.dsn, args.upsert_rows)
 
     print("\nratios (goal in brackets)")
     for line in ratios:

@@ -20,6 +20,7 @@ from .reports import ItemReport
 from .runner import Chunk, Item
 from .session import ExitCode, Session
 from .sources import Entry, Reader, SourceSpec, source
+from .typed import MissingColumns, RecordInvalid
 
 #: Marks a plugin function as an implementation of a hook in ``ingestkit.hookspec``.
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -40,8 +41,10 @@ __all__ = [
     "Item",
     "ItemReport",
     "LookupMissing",
+    "MissingColumns",
     "Processor",
     "Reader",
+    "RecordInvalid",
     "Session",
     "Skipped",
     "SourceSpec",

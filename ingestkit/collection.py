@@ -22,6 +22,7 @@ import pluggy
 from .config import split_nodeid
 from .outcomes import UsageError
 from .sources import SOURCE_ATTR, SourceSpec
+from .typed import PIP_PYDANTIC
 
 if TYPE_CHECKING:
     from .session import Session
@@ -161,6 +162,8 @@ def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectRe
         if user:
             where, lineno = Path(user[-1].filename), user[-1].lineno
     message = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "pydantic":
+        message += f" (typed records with pydantic models need it: {PIP_PYDANTIC})"
     shown = _relpath(where.resolve(), rootdir) if where.is_absolute() else str(where)
     header = f"{shown}:{lineno}: {message}" if lineno else f"{shown}: {message}"
     tb = "".join(

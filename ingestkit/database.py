@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
@@ -56,42 +57,35 @@ class Database:
         rows = self.query(query, params)
         return rows[0] if rows else None
 
-    def insert(self, table: str, row_or_rows: dict | Sequence[dict]) -> None:
-        """Insert one row (a dict) or many; written with COPY at chunk end.
+    def insert(self, table: str, row_or_rows: Any) -> None:
+        """Insert one row or many; written with COPY at chunk end.
 
-        Before any ``execute``/``query`` the buffer is written, so the item
-        reads its own rows. A constraint violation fails the item that wrote
-        the offending row.
+        A row is a dict, a dataclass or a pydantic model instance (its fields,
+        by field name). A key that matches no column exactly but exactly one
+        case-insensitively goes to that column; a ``str`` for a column that is
+        not of a text type is parsed by PostgreSQL, ``''`` is NULL. Before any
+        ``execute``/``query`` the buffer is written, so the item reads its own
+        rows. A rejected row fails the item that wrote it.
         """
+        self._check(table)
+        self._txn.insert(self._txn.owner, table, _rows(row_or_rows))
+
+    def upsert(self, table: str, row_or_rows: Any, conflict: Sequence[str] = ("id",)) -> None:
+        """``INSERT ... ON CONFLICT (conflict) DO UPDATE`` the other columns.
+
+        Rows are as for :meth:`insert`, and buffered as its rows are (a COPY into
+        a staging table and one ``INSERT ... SELECT`` per table and chunk). Two
+        rows with the same conflict key end as two statements in order would.
+        """
+        self._check(table)
+        if isinstance(conflict, str):
+            conflict = (conflict,)
+        self._txn.upsert(self._txn.owner, table, _rows(row_or_rows), tuple(conflict))
+
+    def _check(self, table: str) -> None:
         if table not in self._tables:
             table_identifier(table)  # reject a bad name now, where the caller is
             self._tables.add(table)
-        rows = [row_or_rows] if isinstance(row_or_rows, dict) else list(row_or_rows)
-        self._txn.insert(self._txn.owner, table, rows)
-
-    def upsert(self, table: str, row: dict, conflict: Sequence[str] = ("id",)) -> None:
-        """``INSERT ... ON CONFLICT (conflict) DO UPDATE`` the other columns."""
-        if isinstance(conflict, str):
-            conflict = (conflict,)
-        cols = list(row)
-        updates = [c for c in cols if c not in conflict]
-        action = (
-            sql.SQL("DO UPDATE SET {}").format(
-                sql.SQL(", ").join(
-                    sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates
-                )
-            )
-            if updates
-            else sql.SQL("DO NOTHING")
-        )
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-            table_identifier(table),
-            sql.SQL(", ").join(map(sql.Identifier, cols)),
-            sql.SQL(", ").join(sql.Placeholder() * len(cols)),
-            sql.SQL(", ").join(map(sql.Identifier, conflict)),
-            action,
-        )
-        self.execute(statement, [_adapt(v) for v in row.values()])
 
     @property
     def connection(self) -> Any:
@@ -100,10 +94,38 @@ class Database:
         return self._txn.connection_for(self._txn.owner)
 
 
-def _adapt(value: Any) -> Any:
-    if isinstance(value, dict):
-        return psycopg2.extras.Json(value)
-    return value
+#: per dataclass: (field name, column) of its fields
+_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _rows(row_or_rows: Any) -> list[dict]:
+    """One row or an iterable of rows, as dicts."""
+    if isinstance(row_or_rows, dict) or _is_object(row_or_rows):
+        return [as_row(row_or_rows)]
+    return [as_row(row) for row in row_or_rows]
+
+
+def _is_object(value: Any) -> bool:
+    kind = type(value)
+    return kind in _FIELDS or dataclasses.is_dataclass(kind) or hasattr(kind, "model_fields")
+
+
+def as_row(value: Any) -> Any:
+    """A dataclass or pydantic instance as a dict by field name (a field's
+    ``metadata={"column": ...}`` or alias names the column it is *read* from);
+    other values as they are."""
+    if type(value) is dict:
+        return value
+    kind = type(value)
+    fields = _FIELDS.get(kind)
+    if fields is None:
+        if dataclasses.is_dataclass(kind):
+            fields = _FIELDS[kind] = tuple((f.name, f.name) for f in dataclasses.fields(kind))
+        elif hasattr(kind, "model_fields") and hasattr(value, "model_dump"):
+            return value.model_dump()
+        else:
+            return value
+    return {column: getattr(value, name) for name, column in fields}
 
 
 # -- finding the database ----------------------------------------------------

@@ -178,6 +178,15 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
             return f"broken quoting: a closing quote is followed by more text ({message})"
         return f"broken quoting: {message}"
 
+    def read_header(self, base: Path | None = None) -> list[str] | None:
+        """The file's header row (its column names), or None when it has none."""
+        with _open(self.resolve(base)) as raw:
+            text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
+            for row in csv.reader(text, **self.csv_options):
+                if row:
+                    return row
+        return None
+
     def _records(
         self, reader: Any, lines: _Lines, path: Path, quotechar: str | None
     ) -> Iterator[Entry]:

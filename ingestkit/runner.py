@@ -37,6 +37,7 @@ from .sources import (
     to_payload,
 )
 from .transaction import ConnectionLost, ReplayChunk, TransactionEnded
+from .typed import ModelError, RecordInvalid, model_for
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -79,6 +80,7 @@ class Item:
         "uses_raw",
         "ended_transaction",
         "report",
+        "value",
     )
 
     def __init__(self, processor: Processor, record: Any, location: str) -> None:
@@ -98,6 +100,7 @@ class Item:
         self.uses_raw = False  # it took db.connection (see Transaction.lost_by)
         self.ended_transaction = False  # its own COMMIT or ROLLBACK ended the chunk's
         self.report: ItemReport | None = None
+        self.value: Any = record  # what the processor's ``record`` gets (a typed record)
 
     def __repr__(self) -> str:
         return f"<Item {self.nodeid}>"
@@ -115,6 +118,7 @@ class Plan:
     static: dict[str, Any] | None = None
     per_item: list[tuple[str, str]] = field(default_factory=list)  # (argument, built-in)
     keyfunc: Any = None  # record, position -> key
+    model: Any = None  # the typed record model of ``record: Model`` (see typed.py)
 
 
 @dataclass
@@ -185,12 +189,25 @@ def _trim_traceback(exc: BaseException) -> str:
 
 
 def _message(exc: BaseException) -> str:
+    named = getattr(exc, "ingestkit_message", None)  # a COPY error naming its column
+    if named:
+        return named
     text = str(exc).strip()
     if "CONTEXT:  COPY " in text:  # "line 1" of ingestkit's own COPY, not of the user's file
         text = "\n".join(
             line for line in text.splitlines() if not line.startswith("CONTEXT:  COPY ")
         )
     return text or type(exc).__name__
+
+
+def _convert(item: Item, model: Any) -> bool:
+    """Give the item its typed record; on failure ``item.value`` is the RecordInvalid."""
+    try:
+        item.value = model.convert(item.record, item.location)
+    except RecordInvalid as exc:
+        item.value = exc
+        return False
+    return True
 
 
 class Runner:
@@ -248,6 +265,8 @@ class Runner:
         self.hook.ingestkit_processor_start(processor=processor, session=session)
         plan = self.prepare(processor)
         try:
+            if plan.model is not None and plan.setup_error is None and self._bad_header(plan):
+                return
             entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
             self._run_entries(plan, iter(entries or ()))
         finally:
@@ -266,7 +285,29 @@ class Runner:
         except TypeError as exc:  # a bad key= fails this processor's items, not the batch
             plan.setup_error = plan.setup_error or exc
             plan.keyfunc = make_keyfunc(None)
+        if processor.source is not None:
+            try:
+                plan.model = model_for(processor.func)
+            except ModelError as exc:  # e.g. a pydantic model without pydantic
+                plan.setup_error = plan.setup_error or exc
         return plan
+
+    def _bad_header(self, plan: Plan) -> bool:
+        """A typed processor's CSV lacks required columns: one error item, no records."""
+        spec = plan.processor.source
+        header = getattr(spec.src, "read_header", None)
+        if header is None:
+            return False
+        try:
+            columns = header(spec.declared_in)
+            if columns is not None:
+                plan.model.check_header(columns, str(spec.src.resolve(spec.declared_in)))
+        except RecordInvalid as exc:
+            self._source_error(plan.processor, exc)
+            return True
+        except Exception:  # unreadable: the reader itself says so when it runs
+            return False
+        return False
 
     def finish_processor(self, processor: Processor) -> None:
         try:
@@ -426,7 +467,7 @@ class Runner:
         if processor.source is not None and isinstance(processor.source.src, Reader):
             where = f" ({processor.source.src.resolve(processor.source.declared_in)})"
         report = self._report(item, "error", exc, 0.0)
-        if not isinstance(exc, SourceUnreadable):
+        if not isinstance(exc, (SourceUnreadable, RecordInvalid)):
             report.error_message = f"the source{where} could not be read: {_message(exc)}"
         chunk.reports.append(report)
         self._commit(chunk)
@@ -600,7 +641,7 @@ class Runner:
                 kwargs = dict(plan.static)
                 for name, builtin in plan.per_item:
                     kwargs[name] = (
-                        item.record
+                        item.value
                         if builtin == "record"
                         else item
                         if builtin == "item"
@@ -608,7 +649,7 @@ class Runner:
                     )
             else:
                 cache = runtime.cache["item"]
-                cache[self.seeded["record"]] = (item.record, None)
+                cache[self.seeded["record"]] = (item.value, None)
                 cache[self.seeded["item"]] = (item, None)
                 cache[self.seeded["log"]] = (self.log_logger, None)
                 kwargs = runtime.kwargs(plan.closure, item.nodeid)
@@ -647,12 +688,16 @@ class Runner:
             status, exc = "error", RecordError(item.entry_error)
         elif plan.setup_error is not None:
             status, exc = "error", plan.setup_error
+        elif plan.model is not None and not _convert(item, plan.model):
+            status, exc = "error", item.value
         else:
             if self.item_timeout:
                 self.session.timing_item = True
                 signal.setitimer(signal.ITIMER_REAL, self.item_timeout)
             try:
                 status, exc = self._call(item, plan)
+                if plan.model is not None:  # the typed record was the processor's: free it
+                    item.value = None
             except ItemTimeout as e:  # it went off between two of ingestkit's own steps
                 status, exc = "failed", e
             finally:

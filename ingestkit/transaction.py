@@ -28,13 +28,15 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from .copy import copy_rows
+from .copy import copy_field, copy_rows
 from .queries import q
 
 _ITEM_SP = "ingestkit_item"
 _UNDO_FLUSH = "ROLLBACK TO SAVEPOINT ingestkit_flush; RELEASE SAVEPOINT ingestkit_flush"
 _ARM = q("arm-commit-guard").rstrip().rstrip(";").encode() + b"; "
 _NOBODY = object()
+#: the CONTEXT of a COPY error that names the column: "COPY t, line 3, column c: ..."
+_COPY_COLUMN = re.compile(r"^COPY [^\n]*?, line (\d+), column ([^\n]+?): ", re.M)
 
 
 class BatchAborted(BaseException):
@@ -134,12 +136,12 @@ def bare_name(table: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Loader:
     copy: str  # COPY into the staging table
-    run: str  # the loop: returns (n, sqlstate, message, detail) of each row that failed
+    run: str  # the loop: (n, sqlstate, message, detail, column) of each row that failed
 
 
 _LOADER = """
 CREATE FUNCTION pg_temp.{function}()
-RETURNS TABLE (n int, state text, message text, detail text)
+RETURNS TABLE (n int, state text, message text, detail text, col text)
 LANGUAGE plpgsql AS $loader$
 DECLARE r record;
 BEGIN
@@ -150,6 +152,10 @@ BEGIN
             GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
                 detail = PG_EXCEPTION_DETAIL;
             n := r.n;
+            col := NULL;
+            IF state LIKE '22%' THEN
+                {probes}
+            END IF;
             RETURN NEXT;
         END;
     END LOOP;
@@ -179,6 +185,32 @@ def table_identifier(name: str) -> sql.Composable:
     return sql.Identifier(*parts)
 
 
+def _blank_to_null(row: tuple, blank: list[int]) -> tuple:
+    for i in blank:
+        if row[i] == "" and type(row[i]) is str:
+            return tuple(
+                None if i in blank and v == "" and type(v) is str else v for i, v in enumerate(row)
+            )
+    return row
+
+
+def _name_the_column(exc: Any, table: str, cols: tuple, values: list) -> None:
+    """Give a COPY error that names a column a message naming table, column and value
+    (``exc.ingestkit_message``, used for the item's error_message)."""
+    context = getattr(getattr(exc, "diag", None), "context", None) or ""
+    match = _COPY_COLUMN.search(context)
+    if match is None:
+        return
+    line, column = int(match.group(1)), match.group(2)
+    shown = ""
+    if column in cols and 0 < line <= len(values):
+        value = values[line - 1][cols.index(column)]
+        text = repr(value)
+        shown = f" {text if len(text) <= 80 else text[:77] + '...'}"
+    primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    exc.ingestkit_message = f"table {table}, column {column}: value{shown} rejected: {primary}"
+
+
 def is_connection_error(conn: Any, exc: BaseException) -> bool:
     return isinstance(exc, (psycopg2.InterfaceError, psycopg2.OperationalError)) and bool(
         conn.closed
@@ -201,6 +233,10 @@ class Transaction:
         self._new_loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # this transaction's
         self._loader_seq = 0
         self._fk_parents: dict[int, set[int]] = {}
+        #: per table: its columns and whether each is of a text type (None: unknown)
+        self._columns: dict[str, dict[str, bool] | None] = {}
+        self._targets: dict[tuple, tuple[tuple[str, ...], list[int]]] = {}
+        self._temps: dict[tuple, str] = {}  # upsert staging tables, per table and columns
         self.isolated = False  # replay mode: every item flushes its own rows
         self._job: threading.Thread | None = None  # a chunk committing in the background
         self._job_error: BaseException | None = None
@@ -477,6 +513,18 @@ class Transaction:
         if self.listeners:
             self._wrote(owner, {table})
 
+    def upsert(self, owner: Any, table: str, rows: Sequence[dict], conflict: tuple) -> None:
+        """Buffer rows for ``INSERT ... ON CONFLICT (conflict) DO UPDATE``, written
+        per chunk: COPY into a staging table, then one INSERT ... SELECT."""
+        for row in rows:
+            if not isinstance(row, dict):
+                raise TypeError(
+                    f"db.upsert takes a dict or a list of dicts, got {type(row).__name__}"
+                )
+            if not row:
+                raise ValueError("db.upsert got an empty row")
+            self._rows.append((owner, (table, tuple(row), conflict), tuple(row.values())))
+
     @_critical
     def discard(self, owner: Any) -> None:
         """Undo everything ``owner`` wrote: its savepoint, its buffered rows."""
@@ -620,6 +668,7 @@ class Transaction:
         table, one row per item, and no deferred constraint to check at the end."""
         return (
             len(owners) == len(rows)
+            and len(rows[0][1]) == 2  # inserts (upserts have their own staging)
             and len({r[1] for r in rows}) == 1
             and not self.deferred_check()
             and self._oid(rows[0][1][0]) is not None
@@ -629,14 +678,18 @@ class Transaction:
         """Stage the rows as text and insert them one at a time in a server-side
         loop, each under its own exception block: one round trip for the whole
         group, whatever the share of bad rows (a bisection pays a few per bad row)."""
-        table, cols = rows[0][1]
+        table, keys = rows[0][1]
+        cols, blank = self._target(table, keys)
+        values = [r[2] for r in rows]
+        if blank:  # as the COPY had it: '' into a column not of a text type is NULL
+            values = [_blank_to_null(v, blank) for v in values]
         loader = self._loaders.get((table, cols)) or self._new_loaders.get((table, cols))
         with self.conn.cursor() as cur:
             if loader is None:
                 loader = self._make_loader(cur, table, cols)
                 if loader is None:
                     return None
-            data = copy_rows([(n, *values) for n, (_o, _g, values) in enumerate(rows)])
+            data = copy_rows([(n, *v) for n, v in enumerate(values)])
             self._raw("SAVEPOINT ingestkit_flush")
             try:  # a row even text cannot hold (a NUL byte): the bisection pins it
                 cur.copy_expert(loader.copy, io.BytesIO(data), size=len(data) + 1)
@@ -649,10 +702,19 @@ class Transaction:
             cur.execute(loader.run)
             failed = cur.fetchall()
         culprits = []
-        for n, state, message, detail in failed:
-            error_class = psycopg2.errors.lookup(state) if state else psycopg2.DatabaseError
-            text = f"{message}\nDETAIL:  {detail}" if detail else message
-            culprits.append((rows[n][0], error_class(text)))
+        for n, state, message, detail, column in failed:
+            try:
+                error_class = psycopg2.errors.lookup(state)
+            except KeyError:
+                error_class = psycopg2.DatabaseError
+            exc = error_class(f"{message}\nDETAIL:  {detail}" if detail else message)
+            if column is not None:  # a value the column's type rejects: name both
+                text = repr(values[n][cols.index(column)])
+                text = text if len(text) <= 80 else text[:77] + "..."
+                exc.ingestkit_message = (  # type: ignore[attr-defined]
+                    f"table {table}, column {column}: value {text} rejected: {message}"
+                )
+            culprits.append((rows[n][0], exc))
         return culprits
 
     def _make_loader(self, cur: Any, table: str, cols: tuple[str, ...]) -> _Loader | None:
@@ -679,10 +741,21 @@ class Transaction:
                 for f, c in zip(fields, cols, strict=True)
             ),
         )
+        # which column's value its type rejects (a data exception): each cast alone
+        probes = sql.SQL("\n").join(
+            sql.SQL(
+                "IF col IS NULL THEN BEGIN PERFORM r.{}::{}; "
+                "EXCEPTION WHEN OTHERS THEN col := {}; END; END IF;"
+            ).format(f, sql.SQL(types[c]), sql.Literal(c))
+            for f, c in zip(fields, cols, strict=True)
+        )
         function = sql.Identifier(f"ingestkit_load_{n}")
         cur.execute(
             sql.SQL(_LOADER).format(
-                function=function, stage=stage, insert=sql.SQL(insert.as_string(cur))
+                function=function,
+                stage=stage,
+                insert=sql.SQL(insert.as_string(cur)),
+                probes=sql.SQL(probes.as_string(cur)),
             )
         )
         loader = _Loader(
@@ -694,20 +767,145 @@ class Transaction:
 
     def _copy(self, rows: list) -> None:
         self.wait()
-        groups: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
+        groups: dict[tuple, list[tuple]] = {}
+        # Rows of a table go in one COPY per column set; where upserts are involved,
+        # a change of column set or kind starts a new segment, so that the order of
+        # writes to one table is kept (two statements in order, as SPEC §7 says).
+        last: dict[str, tuple] = {}
+        segment: dict[str, int] = {}
         for _owner, group, values in rows:
-            groups.setdefault(group, []).append(values)
+            table = group[0]
+            before = last.get(table)
+            if before is not None and before != group and (len(before) > 2 or len(group) > 2):
+                segment[table] = segment.get(table, 0) + 1
+            last[table] = group
+            key = (table, group[1], group[2] if len(group) > 2 else None, segment.get(table, 0))
+            groups.setdefault(key, []).append(values)
         with self.conn.cursor() as cur:
-            for (table, cols), values in self._in_fk_order(groups):
-                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols))
+            for (table, cols, conflict, _), values in self._in_fk_order(groups):
+                target, blank = self._target(table, cols)
+                if blank:  # '' into a column that is not of a text type is NULL
+                    values = [_blank_to_null(v, blank) for v in values]
+                if conflict is None:
+                    self._copy_into(cur, table, table_identifier(table), target, values)
+                else:
+                    self._upsert(cur, table, target, self._map(table, conflict), values)
+
+    def _copy_into(
+        self, cur: Any, table: str, into: sql.Composable, cols: tuple, values: list
+    ) -> None:
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            into, sql.SQL(", ").join(map(sql.Identifier, cols))
+        )
+        data = copy_rows(values)
+        try:
+            cur.copy_expert(statement, io.BytesIO(data), size=len(data) + 1)
+        except psycopg2.Error as exc:
+            _name_the_column(exc, table, cols, values)
+            raise
+
+    def _upsert(self, cur: Any, table: str, cols: tuple, conflict: tuple, values: list) -> None:
+        """COPY into a staging table, then ``INSERT ... SELECT ... ON CONFLICT``.
+
+        Two rows with the same conflict key cannot be in one such INSERT ("cannot
+        affect row a second time"): a row whose key came earlier in the chunk goes
+        into the next round, one INSERT per round, so every row is written (and
+        checked) in order, as statements in order would.
+        """
+        updates = [c for c in cols if c not in conflict]
+        where = [cols.index(c) for c in conflict if c in cols]
+        rounds = 1
+        if len(where) == len(conflict):
+            seen: dict[tuple, int] = {}
+            staged = []
+            for row in values:
+                key = tuple(row[i] for i in where)
+                n = 0
+                if None not in key:  # NULLs never conflict
+                    key = tuple(copy_field(k) for k in key)
+                    n = seen[key] = seen.get(key, -1) + 1
+                    if n >= rounds:
+                        rounds = n + 1
+                staged.append((*row, n))
+        else:
+            staged = [(*row, 0) for row in values]
+        temp = self._temps.get((table, cols))
+        if temp is None:
+            temp = self._temps[(table, cols)] = f"ingestkit_upsert_{len(self._temps) + 1}"
+        target, staging = table_identifier(table), sql.Identifier(temp)
+        columns = sql.SQL(", ").join(map(sql.Identifier, cols))
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {0} AS "
+                "SELECT {1}, 0 AS ingestkit_round FROM {2} WITH NO DATA; DELETE FROM {0}"
+            ).format(staging, columns, target)
+        )
+        self._copy_into(cur, table, staging, (*cols, "ingestkit_round"), staged)
+        action = (
+            sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates
                 )
-                data = copy_rows(values)
-                cur.copy_expert(statement, io.BytesIO(data), size=len(data) + 1)
+            )
+            if updates
+            else sql.SQL("DO NOTHING")
+        )
+        insert = sql.SQL("INSERT INTO {0} ({1}) SELECT {1} FROM {2}{3} ON CONFLICT ({4}) {5}")
+        statements = [
+            insert.format(
+                target,
+                columns,
+                staging,
+                sql.SQL(" WHERE ingestkit_round = {}").format(sql.Literal(n))
+                if rounds > 1
+                else sql.SQL(""),
+                sql.SQL(", ").join(map(sql.Identifier, conflict)),
+                action,
+            )
+            for n in range(rounds)
+        ]
+        cur.execute(sql.SQL("; ").join(statements))
+
+    def _target(self, table: str, cols: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:
+        """The table's columns for row keys ``cols`` (matched case-insensitively when
+        not exactly), and the positions of those that are not of a text type."""
+        known = self._targets.get((table, cols))
+        if known is None:
+            columns = self._table_columns(table)
+            if columns is None:  # no such table: PostgreSQL says so
+                return cols, []
+            mapped = self._map(table, cols)
+            blank = [i for i, c in enumerate(mapped) if columns.get(c) is False]
+            known = self._targets[(table, cols)] = (mapped, blank)
+        return known
+
+    def _map(self, table: str, cols: tuple[str, ...]) -> tuple[str, ...]:
+        columns = self._table_columns(table)
+        if not columns:
+            return cols
+        mapped = []
+        for c in cols:
+            if c not in columns:
+                folded = [name for name in columns if name.lower() == c.lower()]
+                if len(folded) == 1:
+                    c = folded[0]
+            mapped.append(c)
+        return tuple(mapped)
+
+    def _table_columns(self, table: str) -> dict[str, bool] | None:
+        if table not in self._columns:
+            oid = self._oid(table)
+            if oid is None:  # not there (yet): looked for again next time
+                del self._table_oids[table]
+                return None
+            with self.conn.cursor() as cur:
+                cur.execute(q("table-columns"), (oid,))
+                self._columns[table] = dict(cur.fetchall())
+        return self._columns[table]
 
     def _in_fk_order(self, groups: dict) -> list:
         """Groups ordered so that tables referenced by foreign keys come first."""
-        tables = list(dict.fromkeys(t for t, _ in groups))
+        tables = list(dict.fromkeys(t for t, *_ in groups))
         if len(tables) < 2:
             return list(groups.items())
         oids = {t: self._oid(t) for t in tables}

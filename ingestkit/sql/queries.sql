@@ -194,9 +194,12 @@ SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'erro
 
 -- name: deferred-constraints
 -- Constraints checked at COMMIT unless told otherwise (quoted, for SET CONSTRAINTS).
+-- Other sessions' temporary tables (another worker's commit guard) are not ours:
+-- naming one fails once that session has ended and its temp schema is gone.
 SELECT quote_ident(n.nspname) || '.' || quote_ident(c.conname)
 FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
 WHERE c.condeferrable AND c.condeferred AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (n.oid = pg_my_temp_schema() OR n.nspname !~ '^pg_(toast_)?temp_')
   AND NOT (c.conname = 'ingestkit_guard' AND n.oid = pg_my_temp_schema());
 
 -- name: table-oid
@@ -207,6 +210,15 @@ FROM (SELECT to_regclass(%s) AS oid) t LEFT JOIN pg_catalog.pg_class c ON c.oid 
 
 -- name: fk-parents
 SELECT confrelid::oid FROM pg_constraint WHERE contype = 'f' AND conrelid = %s;
+
+-- name: table-columns
+-- A user's table's columns, and whether each is of a text type: a '' written
+-- into any other column is NULL (typed columns, SPEC §7). Looked up once per
+-- table per batch.
+SELECT a.attname, t.typcategory = 'S' AS is_text
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
 
 -- Looking back (lookback.py) ------------------------------------------------
 

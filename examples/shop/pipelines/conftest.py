@@ -1,6 +1,3 @@
-import re
-from decimal import Decimal
-
 import ingestkit
 
 TABLES = [
@@ -35,15 +32,3 @@ def schema(db):
     """Create the shop tables if they do not exist yet."""
     for statement in TABLES:
         db.execute(statement)
-
-
-@ingestkit.fixture(scope="batch")
-def parse_amount():
-    """Parse a money amount such as '49.90' into a Decimal."""
-
-    def parse(text):
-        if not re.fullmatch(r"-?\d+(\.\d{1,2})?", text.strip()):
-            raise ValueError(f"amount {text!r} is not a number like 49.90")
-        return Decimal(text)
-
-    return parse

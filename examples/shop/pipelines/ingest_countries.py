@@ -3,4 +3,4 @@ import ingestkit
 
 @ingestkit.source(ingestkit.read_csv("../data/countries.csv"), key="code")
 def process_country(record, db):
-    db.upsert("countries", {"code": record["code"], "name": record["name"]}, conflict=("code",))
+    db.upsert("countries", record, conflict="code")

@@ -1,14 +1,18 @@
 import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import ingestkit
 
 
+@dataclass
+class Order:
+    id: int = field(metadata={"column": "order_id"})
+    customer_id: int
+    amount: Decimal
+    ordered_at: datetime.date
+
+
 @ingestkit.source(ingestkit.read_csv("../data/orders.csv"), key="order_id")
-def process_order(record, db, parse_amount):
-    order = {
-        "id": int(record["order_id"]),
-        "customer_id": int(record["customer_id"]),
-        "amount": parse_amount(record["amount"]),
-        "ordered_at": datetime.date.fromisoformat(record["ordered_at"]),
-    }
-    db.insert("orders", order)
+def process_order(record: Order, db):
+    db.upsert("orders", record)
