@@ -70,6 +70,22 @@ def _as_bytes(query: Any, cur: Any) -> bytes:
     return query
 
 
+def _with_params(query: Any, cur: Any) -> Any:
+    """``query`` as text for ``mogrify`` with parameters.
+
+    A composed statement's identifiers and literals are data: their ``%`` is
+    doubled, so that ``"a%b"`` or ``"x%sy"`` is not read as a placeholder.
+    Only its ``sql.SQL`` parts (and placeholders) are the caller's template.
+    """
+    if isinstance(query, sql.Composed):
+        return "".join(_with_params(part, cur) for part in query.seq)
+    if isinstance(query, (sql.SQL, sql.Placeholder)):
+        return query.as_string(cur)
+    if isinstance(query, sql.Composable):
+        return query.as_string(cur).replace("%", "%%")
+    return query
+
+
 def table_identifier(name: str) -> sql.Composable:
     """``"schema.table"`` or ``"table"`` as a quoted identifier."""
     parts = name.split(".")
@@ -145,7 +161,11 @@ class Transaction:
         cur = self.conn.cursor()
         # Client-side problems (a parameter too few, a NUL in a string) raise
         # here, before anything reaches the server or the savepoints change.
-        statement = cur.mogrify(query, params) if params is not None else _as_bytes(query, cur)
+        statement = (
+            cur.mogrify(_with_params(query, cur), params)
+            if params is not None
+            else _as_bytes(query, cur)
+        )
         prefix = self._prepare(owner)
         try:
             cur.execute(prefix + statement if prefix else statement)
