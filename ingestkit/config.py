@@ -134,8 +134,11 @@ class Config:
         return self.inicfg.get(name, default)
 
     def mask(self, text: str) -> str:
-        """``text`` with every known secret (DSN passwords) replaced by ``***``."""
-        for secret in self.secrets:
+        """``text`` with every known secret (DSN passwords) replaced by ``***``.
+
+        Longest first, so that a secret containing another is masked whole.
+        """
+        for secret in sorted(self.secrets, key=len, reverse=True):
             if secret:
                 text = text.replace(secret, "***")
         return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,9 +111,11 @@ def _adapt(value: Any) -> Any:
 
 _PASSWORD_IN_URI = re.compile(r"(?P<pre>://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 _PASSWORD_KV = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&#\s]*)")
 
 
 def dsn_password(dsn: str) -> str | None:
+    """The password of ``dsn``, decoded as libpq reads it, or None."""
     try:
         return psycopg2.extensions.parse_dsn(dsn).get("password") or None
     except psycopg2.ProgrammingError:
@@ -120,11 +123,31 @@ def dsn_password(dsn: str) -> str | None:
         return match.group("pw") if match else None
 
 
+def dsn_secrets(dsn: str) -> list[str]:
+    """Every form of ``dsn``'s password that output could show, longest first.
+
+    The decoded password, and each form as written in the DSN: percent-encoded
+    in a URI (``p%40ss``), quoted or with backslash escapes in ``key=value``.
+    Masking only one of them leaks the other.
+    """
+    found = {dsn_password(dsn) or ""}
+    for pattern in (_PASSWORD_IN_URI, _PASSWORD_KV, _PASSWORD_IN_QUERY):
+        for match in pattern.finditer(dsn):
+            raw = match.group("pw")
+            found.add(raw)
+            if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+                found.add(raw[1:-1])  # the quoted form, without its quotes
+                found.add(re.sub(r"\\(.)", r"\1", raw[1:-1]))
+            found.add(urllib.parse.unquote(raw))
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
 def mask_dsn(dsn: str) -> str:
     """The DSN with its password replaced by ``***``."""
     dsn = _PASSWORD_IN_URI.sub(
         lambda m: m.group("pre") + ("***" if m.group("pw") else "") + "@", dsn
     )
+    dsn = _PASSWORD_IN_QUERY.sub(lambda m: m.group("pre") + "***", dsn)
     return _PASSWORD_KV.sub(lambda m: m.group("pre") + "***", dsn)
 
 
@@ -150,8 +173,7 @@ def connect(dsn: str, application_name: str = "ingestkit", options: str | None =
         conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10, **extra)
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        password = dsn_password(dsn)
-        if password:
-            first = first.replace(password, "***")
+        for secret in dsn_secrets(dsn):
+            first = first.replace(secret, "***")
         raise UsageError(f"cannot connect to {mask_dsn(dsn)}: {first}") from None
     return conn

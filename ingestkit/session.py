@@ -22,7 +22,7 @@ from . import __version__
 from .capture import LogCapture
 from .collection import Collector, CollectReport, Processor, collect
 from .config import Config
-from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
+from .database import Database, connect, dsn_secrets, mask_dsn, resolve_dsn
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
 from .outcomes import ItemTimeout
@@ -172,9 +172,7 @@ class Session:
 
     def open_database(self) -> None:
         dsn, origin = resolve_dsn(self.config)
-        password = dsn_password(dsn)
-        if password:
-            self.config.secrets.append(password)
+        self.config.secrets.extend(dsn_secrets(dsn))
         self.database = (mask_dsn(dsn), origin)
         self.dsn = dsn  # for worker processes; never shown
         timeout = self.config.getoption("item_timeout")

@@ -1,0 +1,152 @@
+"""Faults and usage problems from the outside audit (issue 11): no secret in any
+output, ``%`` in identifiers, faults reported in one line instead of as internal
+errors, and a processor's ``SystemExit``.
+
+SPEC §4: a usage problem (bad option, bad config, missing privilege) is one line
+naming the problem, exit 4, never a traceback. §6: DSN passwords never reach
+output or logs; nothing is string-formatted into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2.extensions
+import pytest
+
+FAILING = """
+import ingestkit
+
+@ingestkit.source([{"id": i} for i in range(5)], key="id")
+def process_t(record):
+    if record["id"] == 3:
+        raise ValueError("three is bad")
+"""
+
+
+def _with_password(dsn: str, raw: str) -> str:
+    """``dsn`` (a URI) with the password part ``raw``, as written (percent-encoded)."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    host = params.get("host", "127.0.0.1")
+    port = params.get("port", "5432")
+    return f"postgresql://{params.get('user', 'postgres')}:{raw}@{host}:{port}/{params['dbname']}"
+
+
+# -- #6: a DSN password never reaches output ----------------------------------
+
+RAW_PASSWORD = "Zq%40ss%2Fw0rd%25"  # percent-encoded as written in the URI
+PASSWORD = "Zq@ss/w0rd%"  # what it decodes to
+
+
+def _assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text, f"{secret!r} leaked in:\n{text}"
+
+
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_a_percent_encoded_password_is_masked_everywhere(project, tmp_path, form):
+    """The server trusts the connection, so any password works; none may show."""
+    dsn = _with_password(project.dsn, RAW_PASSWORD)
+    dsn_args = ["--dsn", dsn] if form == "separate" else [f"--dsn={dsn}"]
+    project.write("ingest_t.py", FAILING)
+    run = project.cli(*dsn_args, "--tb=long", dsn=False)
+    assert run.returncode == 1, run.stdout
+    assert "ingestkit --lf --dsn" in run.stdout  # the rerun line names the (masked) DSN
+    assert "***" in run.stdout
+    _assert_no_secret(run.stdout, RAW_PASSWORD, PASSWORD, "Zq")
+    (argv,) = [r["argv"] for r in project.query("SELECT argv FROM ingestkit.batches")]
+    _assert_no_secret(json.dumps(argv), "Zq")
+    assert any("***" in a for a in argv)
+    html = tmp_path / "report.html"
+    for args in (["--batches", "--json"], ["--show", "--json"], ["--show", "--html", str(html)]):
+        look = project.cli(*dsn_args, *args, dsn=False)
+        assert look.returncode == 0, look.stdout
+        _assert_no_secret(look.stdout, "Zq")
+    _assert_no_secret(html.read_text(), "Zq")
+
+
+@pytest.mark.parametrize(
+    "password_part, secrets",
+    [
+        ("password=Zq@ss/w0rd", ("Zq@ss/w0rd",)),
+        ("password='Zq s\\'w0rd'", ("Zq s'w0rd", "Zq s\\'w0rd")),
+        ("password = 'Zq%40w0rd'", ("Zq%40w0rd", "Zq@w0rd")),
+    ],
+)
+def test_a_key_value_password_is_masked_everywhere(project, password_part, secrets):
+    params = psycopg2.extensions.parse_dsn(project.dsn)
+    params.pop("password", None)
+    dsn = f"{psycopg2.extensions.make_dsn(**params)} {password_part}"
+    project.write("ingest_t.py", FAILING)
+    run = project.cli(f"--dsn={dsn}", dsn=False)
+    assert run.returncode == 1, run.stdout
+    assert "ingestkit --lf --dsn" in run.stdout
+    _assert_no_secret(run.stdout, "Zq", *secrets)
+    (argv,) = [r["argv"] for r in project.query("SELECT argv FROM ingestkit.batches")]
+    _assert_no_secret(json.dumps(argv), "Zq")
+    look = project.cli("--dsn", dsn, "--show", "--json", dsn=False)
+    assert look.returncode == 0, look.stdout
+    _assert_no_secret(look.stdout, "Zq")
+
+
+def test_an_unreachable_database_masks_both_forms(project):
+    dsn = _with_password(project.dsn, RAW_PASSWORD).replace(":5432/", ":1/")
+    run = project.cli("--dsn", dsn, dsn=False)
+    assert run.returncode == 4, run.stdout
+    assert "cannot connect" in run.stdout
+    _assert_no_secret(run.stdout, "Zq")
+
+
+# -- #7: % in identifiers --------------------------------------------------------
+
+PERCENT_NAMES = ["a%b", "a%%b", "x%sy", "%(k)s"]
+
+PERCENT_PIPELINE = """
+import ingestkit
+
+NAMES = {names!r}
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def tables(db):
+    for i, name in enumerate(NAMES):
+        db.execute(
+            'CREATE TABLE "%s" ("id%%" serial PRIMARY KEY, "c%s" text UNIQUE, "v%%(x)s" int)'
+            % (name.replace('"', '""'), str(i))
+        )
+
+@ingestkit.source([{{"n": n}} for n in range(len(NAMES))], key="n")
+def process_insert(record, db, lookup):
+    i = record["n"]
+    name = NAMES[i]
+    col = "c%d" % i
+    db.insert(name, {{col: "ins", "v%(x)s": 1}})
+    db.upsert(name, {{col: "ups", "v%(x)s": 2}}, conflict=(col,))
+    db.upsert(name, {{col: "ups", "v%(x)s": 3}}, conflict=(col,))
+    assert lookup(name, returning="v%(x)s", **{{col: "ups"}}) == 3
+    assert lookup.get(name, returning="v%(x)s", **{{col: "none"}}) is None
+    created = lookup.get_or_create(
+        name, returning="id%", defaults={{"v%(x)s": 4}}, **{{col: "goc"}}
+    )
+    assert lookup.get_or_create(name, returning="id%", **{{col: "goc"}}) == created
+    assert lookup.preload(name, col, returning="v%(x)s") == 3
+    assert lookup(name, returning="v%(x)s", **{{col: "goc"}}) == 4
+"""
+
+
+def test_percent_signs_in_table_and_column_names(project):
+    project.write("ingest_p.py", PERCENT_PIPELINE.format(names=PERCENT_NAMES))
+    result = project.run()
+    assert result.exit_code == 0, result.output
+    assert [i["status"] for i in result.items] == ["succeeded"] * len(PERCENT_NAMES)
+    for i, name in enumerate(PERCENT_NAMES):
+        rows = project.query(
+            f'SELECT "c{i}" AS c, "v%(x)s" AS v FROM "{name}" ORDER BY 1'
+        )
+        assert rows == [
+            {"c": "goc", "v": 4},
+            {"c": "ins", "v": 1},
+            {"c": "ups", "v": 3},
+        ], name
+    # nothing went to the table a %% collapses to
+    assert project.scalar('SELECT count(*) FROM "a%%b"') == 3
+    assert project.scalar('SELECT count(*) FROM "a%b"') == 3
