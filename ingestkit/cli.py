@@ -7,9 +7,9 @@ import sys
 import traceback
 from typing import Any
 
-from .config import make_config
+from .config import Config, make_config
 from .outcomes import UsageError
-from .session import ExitCode
+from .session import ExitCode, record_exit_code
 
 
 def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
@@ -21,6 +21,12 @@ def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int
     except UsageError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    code = _run(config)
+    record_exit_code(config, code)
+    return code
+
+
+def _run(config: Config) -> int:
     try:
         config.hook.ingestkit_configure.call_historic(kwargs=dict(config=config))
         try:

@@ -25,7 +25,8 @@ from .config import Config
 from .database import Database, connect, dsn_secrets, mask_dsn, resolve_dsn
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
-from .outcomes import ItemTimeout
+from .outcomes import ItemTimeout, UsageError
+from .queries import q
 from .schema import ensure_schema
 from .transaction import ConnectionLost, Transaction
 
@@ -154,6 +155,7 @@ class Session:
         self.warnings: list[str] = []  # shown in the summary
         self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
+        self.finished_with: int | None = None  # the exit code the batch row was finished with
         self.timing_item = False  # --item-timeout's alarm is armed
         self.started = time.time()
         for name in ("builtin",):
@@ -295,9 +297,32 @@ def run_batch(session: Session) -> int:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
         # also after an internal error (status 3): the batch row is finished, not left running
+        session.finished_with = status
         try:
             config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
         except Exception:
             if status != ExitCode.INTERNAL_ERROR:
                 raise
     return status
+
+
+def record_exit_code(config: Config, code: int) -> None:
+    """Make ``ingestkit.batches.exit_code`` the process's exit code ``code``.
+
+    The batch row is finished with the batch's status; an error after that
+    (a plugin's ``batch_finish``, closing) changes what the process exits with.
+    """
+    session = getattr(config, "session", None)
+    finished_with = getattr(session, "finished_with", None)
+    if finished_with is None or finished_with == code or session.role == "worker":
+        return
+    if session.dsn is None or session.batch.lock_key is None:
+        return  # no batch row was made
+    with contextlib.suppress(psycopg2.Error, UsageError):  # the server is gone
+        conn = connect(session.dsn, "ingestkit-control")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(q("set-batch-exit-code"), {"id": session.batch.id, "exit_code": code})
+            conn.commit()
+        finally:
+            conn.close()

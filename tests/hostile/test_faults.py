@@ -139,9 +139,7 @@ def test_percent_signs_in_table_and_column_names(project):
     assert result.exit_code == 0, result.output
     assert [i["status"] for i in result.items] == ["succeeded"] * len(PERCENT_NAMES)
     for i, name in enumerate(PERCENT_NAMES):
-        rows = project.query(
-            f'SELECT "c{i}" AS c, "v%(x)s" AS v FROM "{name}" ORDER BY 1'
-        )
+        rows = project.query(f'SELECT "c{i}" AS c, "v%(x)s" AS v FROM "{name}" ORDER BY 1')
         assert rows == [
             {"c": "goc", "v": 4},
             {"c": "ins", "v": 1},
@@ -150,3 +148,61 @@ def test_percent_signs_in_table_and_column_names(project):
     # nothing went to the table a %% collapses to
     assert project.scalar('SELECT count(*) FROM "a%%b"') == 3
     assert project.scalar('SELECT count(*) FROM "a%b"') == 3
+
+
+# -- #11: SystemExit in a processor; batches.exit_code is the process's ------------
+
+EXITING = """
+import sys
+import ingestkit
+
+@ingestkit.source([{{"id": i}} for i in range(5)], key="id")
+def process_a(record, db):
+    db.execute("CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY)")
+    db.execute("INSERT INTO a VALUES (%s)", (record["id"],))
+    if record["id"] == 2:
+        sys.exit({code})
+
+@ingestkit.source([{{"id": i}} for i in range(3)], key="id")
+def process_b(record, db):
+    db.insert("a", {{"id": 100 + record["id"]}})
+"""
+
+
+@pytest.mark.parametrize("code", ["0", "3", "'bye'"])
+def test_sys_exit_in_a_processor_fails_its_item_and_the_batch_goes_on(project, code):
+    project.write("ingest_a.py", EXITING.format(code=code))
+    run = project.cli()
+    assert run.returncode == 1, run.stdout
+    items = project.query("SELECT processor, key, status, error_type FROM ingestkit.items")
+    statuses = {(i["processor"].split("::")[1], i["key"]): i["status"] for i in items}
+    assert statuses == {
+        **{("process_a", str(i)): "succeeded" for i in (0, 1, 3, 4)},
+        ("process_a", "2"): "failed",
+        **{("process_b", str(i)): "succeeded" for i in range(3)},
+    }
+    (failed,) = [i for i in items if i["status"] == "failed"]
+    assert failed["error_type"] == "SystemExit"
+    # rows in the target = succeeded items: the exiting item's row is rolled back
+    assert project.scalar("SELECT array_agg(id ORDER BY id) FROM a") == [0, 1, 3, 4, 100, 101, 102]
+    assert project.scalar("SELECT exit_code FROM ingestkit.batches") == 1
+    assert "SystemExit" in run.stdout
+
+
+FAILING_FINISH = """
+import ingestkit
+
+@ingestkit.hookimpl(trylast=True)
+def ingestkit_batch_finish(session, exitstatus):
+    raise RuntimeError("a plugin broke after the batch row was finished")
+"""
+
+
+def test_an_internal_error_after_the_batch_finished_is_recorded_as_3(project):
+    project.write("ingest_t.py", FAILING)
+    project.write("conftest.py", FAILING_FINISH)
+    run = project.cli()
+    assert run.returncode == 3, run.stdout
+    assert "INTERNAL ERROR" in run.stdout
+    (batch,) = project.query("SELECT status, exit_code FROM ingestkit.batches")
+    assert batch == {"status": "finished", "exit_code": 3}
