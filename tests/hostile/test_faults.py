@@ -206,3 +206,38 @@ def test_an_internal_error_after_the_batch_finished_is_recorded_as_3(project):
     assert "INTERNAL ERROR" in run.stdout
     (batch,) = project.query("SELECT status, exit_code FROM ingestkit.batches")
     assert batch == {"status": "finished", "exit_code": 3}
+
+
+# -- #10: faults and usage problems are one line, exit 4, nothing lost ---------------
+
+
+@pytest.mark.parametrize(
+    "toml, named",
+    [
+        ("paths = 3", ["paths = 3", 'paths = ["pipelines"]']),
+        ("files = 5", ["files = 5", 'files = ["ingest_*.py"]']),
+        ("functions = [1, 2]", ["functions = [1, 2]", "list of strings"]),
+        ("dsn = 7", ["dsn = 7", "a string"]),
+        ("addopts = 1", ["addopts = 1", "a string"]),
+        ('store_payloads = "sometimes"', ['store_payloads = "sometimes"', '"failed"', '"all"']),
+        ("store_payloads = true", ["store_payloads = true", '"failed"']),
+    ],
+)
+def test_a_bad_config_value_is_one_line_naming_it_and_the_fix(project, toml, named):
+    project.write("ingest_t.py", FAILING)
+    project.write("ingestkit.toml", toml + "\n")
+    run = project.cli()
+    assert run.returncode == 4, run.stdout
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), run.stdout
+    assert "ingestkit.toml" in lines[0]
+    for text in named:
+        assert text in lines[0], lines[0]
+
+
+def test_a_single_string_for_a_list_value_is_one_pattern(project):
+    project.write("pipelines/ingest_t.py", FAILING)
+    project.write("ingestkit.toml", 'paths = "pipelines"\nfiles = "ingest_*.py"\n')
+    run = project.cli()
+    assert run.returncode == 1, run.stdout
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 5
