@@ -7,6 +7,8 @@ import sys
 import traceback
 from typing import Any
 
+import psycopg2.errors
+
 from .config import Config, make_config
 from .outcomes import UsageError
 from .session import ExitCode, record_exit_code
@@ -35,6 +37,15 @@ def _run(config: Config) -> int:
             config.hook.ingestkit_unconfigure(config=config)
     except UsageError as exc:
         print(f"ERROR: {config.mask(str(exc))}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except psycopg2.errors.InsufficientPrivilege as exc:  # ingestkit's own tables
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        print(
+            f"ERROR: {config.mask(first)}: the role lacks a privilege on ingestkit's own tables;"
+            " run as the owner of schema ingestkit, or as it: GRANT SELECT, INSERT, UPDATE,"
+            " DELETE ON ALL TABLES IN SCHEMA ingestkit TO <role>",
+            file=sys.stderr,
+        )
         return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

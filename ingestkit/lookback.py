@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pluggy
+import psycopg2.errors
 import psycopg2.extras
 
 from .database import connect, dsn_secrets, mask_dsn, resolve_dsn
@@ -90,7 +91,10 @@ class LookBack:
         self.conn = connect(dsn, "ingestkit-lookback")
         self.conn.autocommit = True
         ensure_schema(self.conn)
-        self.interrupted = mark_interrupted(self.conn)
+        try:
+            self.interrupted = mark_interrupted(self.conn)
+        except psycopg2.errors.InsufficientPrivilege:  # a read-only role: look, don't mark
+            self.interrupted = []
 
     def close(self) -> None:
         self.conn.close()
@@ -237,6 +241,19 @@ def ingestkit_cmdline_main(config: Config) -> int | None:
     option = config.option
     if not (option.batches or option.show or option.trace or option.export):
         return None
+    try:
+        return _look_back(config)
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        raise UsageError(
+            f"{first}: looking back needs to read schema ingestkit; as its owner, run "
+            "GRANT USAGE ON SCHEMA ingestkit TO <role>; "
+            "GRANT SELECT ON ALL TABLES IN SCHEMA ingestkit TO <role>"
+        ) from None
+
+
+def _look_back(config: Config) -> int:
+    option = config.option
     if getattr(option, "html", None) and option.show:
         from .html import write_html
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 import psycopg2
+import psycopg2.extensions
 
 from . import __version__
 from .capture import LogCapture
@@ -184,6 +185,7 @@ class Session:
         control = connect(dsn, "ingestkit-control")
         control.autocommit = True
         ensure_schema(conn)
+        _check_temp(conn)
         self.control = control
         self.txn = Transaction(conn, dry_run=self.batch.dry_run)
         self.db = Database(self.txn)
@@ -304,6 +306,21 @@ def run_batch(session: Session) -> int:
             if status != ExitCode.INTERNAL_ERROR:
                 raise
     return status
+
+
+def _check_temp(conn: Any) -> None:
+    """A role that may not create temporary tables cannot record outcomes: say so now."""
+    with conn.cursor() as cur:
+        cur.execute(q("can-create-temp"))
+        allowed, role, database = cur.fetchone()
+    conn.commit()
+    if not allowed:
+        ident = psycopg2.extensions.quote_ident
+        raise UsageError(
+            f"role {role} may not create temporary tables in database {database}, which "
+            f"ingestkit needs to record outcomes: GRANT TEMP ON DATABASE {ident(database, conn)} "
+            f"TO {ident(role, conn)}"
+        )
 
 
 def record_exit_code(config: Config, code: int) -> None:

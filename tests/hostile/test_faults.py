@@ -10,7 +10,9 @@ output or logs; nothing is string-formatted into SQL.
 from __future__ import annotations
 
 import json
+import uuid
 
+import psycopg2
 import psycopg2.extensions
 import pytest
 
@@ -241,3 +243,116 @@ def test_a_single_string_for_a_list_value_is_one_pattern(project):
     run = project.cli()
     assert run.returncode == 1, run.stdout
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 5
+
+
+class Admin:
+    """A superuser connection to the test's database that makes login roles."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+        self.roles: list[str] = []
+        self.database = self.scalar("SELECT current_database()")
+
+    def scalar(self, statement: str):
+        with self.conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchone()[0] if cur.description else None
+
+    def role(self, *grants: str) -> str:
+        """A login role with ``grants`` (``{role}`` and ``{db}`` filled in); its DSN."""
+        name = f"ik_{uuid.uuid4().hex[:8]}"
+        self.roles.append(name)
+        self.scalar(f'CREATE ROLE "{name}" LOGIN')
+        for grant in grants:
+            self.scalar(grant.format(role=f'"{name}"', db=f'"{self.database}"'))
+        params = psycopg2.extensions.parse_dsn(self.dsn)
+        params["user"] = name
+        return psycopg2.extensions.make_dsn(**params)
+
+    def close(self) -> None:
+        self.scalar("DROP SCHEMA IF EXISTS ingestkit CASCADE")
+        for name in self.roles:
+            self.scalar(f'DROP OWNED BY "{name}"')
+            self.scalar(f'DROP ROLE "{name}"')
+        self.conn.close()
+
+
+@pytest.fixture
+def admin(project):
+    admin = Admin(project.dsn)
+    yield admin
+    admin.close()
+
+
+def test_a_role_without_temp_gets_one_line_naming_the_grant(project, admin):
+    admin.scalar(f'REVOKE TEMP ON DATABASE "{admin.database}" FROM PUBLIC')
+    dsn = admin.role("CREATE SCHEMA ingestkit AUTHORIZATION {role}")
+    project.write("ingest_t.py", FAILING)
+    run = project.cli("--dsn", dsn, dsn=False)
+    assert run.returncode == 4, run.stdout
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), run.stdout
+    assert "GRANT TEMP ON DATABASE" in lines[0]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--batches"],
+        ["--batches", "--json"],
+        ["--show"],
+        ["--show", "--json"],
+        ["--show", "--html", "REPORT"],
+        ["--trace", "ingest_t.py::process_t[3]"],
+        ["--export"],
+        ["--export", "--format", "jsonl"],
+    ],
+)
+def test_a_read_only_role_can_look_back(project, admin, tmp_path, args):
+    project.write("ingest_t.py", FAILING)
+    assert project.cli().returncode == 1
+    # a batch left 'running' by a dead process: a read-only role cannot mark it
+    project.query(
+        "INSERT INTO ingestkit.batches (id, started_at, status, argv, hostname, counts, meta,"
+        " lock_key) VALUES (gen_random_uuid(), now() - interval '1 day', 'running', '[]', 'h',"
+        " '{}', '{}', 424242)"
+    )
+    dsn = admin.role(
+        "GRANT USAGE ON SCHEMA ingestkit TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA ingestkit TO {role}",
+    )
+    args = [str(tmp_path / "r.html") if a == "REPORT" else a for a in args]
+    look = project.cli("--dsn", dsn, *args, dsn=False)
+    assert look.returncode == 0, look.stdout
+    assert "INTERNAL ERROR" not in look.stdout and "ERROR:" not in look.stdout
+
+
+def test_a_role_that_cannot_read_the_audit_trail_gets_one_line(project, admin):
+    project.write("ingest_t.py", FAILING)
+    assert project.cli().returncode == 1
+    dsn = admin.role("GRANT USAGE ON SCHEMA ingestkit TO {role}")
+    look = project.cli("--dsn", dsn, "--batches", dsn=False)
+    assert look.returncode == 4, look.stdout
+    lines = look.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), look.stdout
+    assert "GRANT SELECT ON ALL TABLES IN SCHEMA ingestkit" in lines[0]
+
+
+def test_a_role_missing_a_privilege_on_ingestkits_tables_gets_one_line(project, admin):
+    project.write("ingest_t.py", FAILING)
+    assert project.cli().returncode == 1  # the schema exists, owned by someone else
+    dsn = admin.role(
+        "GRANT USAGE ON SCHEMA ingestkit TO {role}",
+        "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA ingestkit TO {role}",
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA ingestkit TO {role}",
+    )
+    run = project.cli("--dsn", dsn, dsn=False)
+    assert run.returncode == 4, run.stdout
+    assert "Traceback" not in run.stdout
+    (error,) = [line for line in run.stdout.splitlines() if "ERROR" in line]
+    assert error.startswith("ERROR: permission denied for table"), error
+    assert "GRANT" in error
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 5  # the first run's
