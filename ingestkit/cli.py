@@ -10,8 +10,11 @@ from typing import Any
 import psycopg2.errors
 
 from .config import Config, make_config
+from .database import resource_problem
 from .outcomes import UsageError
 from .session import ExitCode, record_exit_code
+
+INTERNAL = "INTERNAL ERROR: ingestkit itself failed (above); please report it."
 
 
 def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
@@ -47,6 +50,13 @@ def _run(config: Config) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE_ERROR
+    except psycopg2.OperationalError as exc:
+        if resource_problem(exc) is None:  # e.g. disk full before the batch started
+            print(config.mask(traceback.format_exc()), file=sys.stderr)
+            print(INTERNAL, file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+        print(f"ERROR: {config.mask(resource_problem(exc))}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -55,7 +65,7 @@ def _run(config: Config) -> int:
         return ExitCode.OK
     except Exception:
         print(config.mask(traceback.format_exc()), file=sys.stderr)
-        print("INTERNAL ERROR: ingestkit itself failed (above); please report it.", file=sys.stderr)
+        print(INTERNAL, file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
 
 

@@ -177,3 +177,29 @@ def connect(dsn: str, application_name: str = "ingestkit", options: str | None =
             first = first.replace(secret, "***")
         raise UsageError(f"cannot connect to {mask_dsn(dsn)}: {first}") from None
     return conn
+
+
+#: What to do about each "insufficient resources" error (SQLSTATE class 53).
+_RESOURCE_FIXES = {
+    "53100": "the database server's disk is full",
+    "53200": "the database server ran out of memory",
+    "53300": "the database server has too many connections",
+}
+
+
+def resource_problem(exc: BaseException) -> str | None:
+    """One line for a server out of disk, memory or connections (class 53); else None.
+
+    Such an error is no item's fault: the batch stops, and a rerun once the
+    server has room again resumes where it stopped.
+    """
+    code = getattr(exc, "pgcode", None) or ""
+    if not code.startswith("53"):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    what = _RESOURCE_FIXES.get(code, "the database server ran out of a resource")
+    fix = {
+        "53100": "free space on its disk (or move tables to another tablespace)",
+        "53300": "close other sessions or raise max_connections",
+    }.get(code, "give it more")
+    return f"{what} ({first}): {fix}, then run ingestkit again"

@@ -23,7 +23,14 @@ from . import __version__
 from .capture import LogCapture
 from .collection import Collector, CollectReport, Processor, collect
 from .config import Config
-from .database import Database, connect, dsn_secrets, mask_dsn, resolve_dsn
+from .database import (
+    Database,
+    connect,
+    dsn_secrets,
+    mask_dsn,
+    resolve_dsn,
+    resource_problem,
+)
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
 from .outcomes import ItemTimeout, UsageError
@@ -286,10 +293,16 @@ def run_batch(session: Session) -> int:
             except ConnectionLost as exc:
                 session.fatal = f"lost the database connection: {exc}"
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not session.txn.conn.closed and not session.control.closed:
+                problem = resource_problem(exc)
+                if problem is not None:  # e.g. disk full: the chunk in flight is undone
+                    session.fatal = problem
+                    with contextlib.suppress(Exception):
+                        session.txn.rollback()
+                elif not session.txn.conn.closed and not session.control.closed:
                     raise
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                session.fatal = f"lost the database connection: {first}"
+                else:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    session.fatal = f"lost the database connection: {first}"
         status = session.exitstatus
     finally:
         sys.setswitchinterval(switch_interval)
@@ -302,8 +315,9 @@ def run_batch(session: Session) -> int:
         session.finished_with = status
         try:
             config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
-        except Exception:
-            if status != ExitCode.INTERNAL_ERROR:
+        except Exception as exc:
+            # out of disk, the batch row stays 'running': the next run marks it interrupted
+            if status != ExitCode.INTERNAL_ERROR and not (session.fatal and resource_problem(exc)):
                 raise
     return status
 

@@ -10,9 +10,14 @@ output or logs; nothing is string-formatted into SQL.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
+import time
 import uuid
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
@@ -356,3 +361,142 @@ def test_a_role_missing_a_privilege_on_ingestkits_tables_gets_one_line(project, 
     assert error.startswith("ERROR: permission denied for table"), error
     assert "GRANT" in error
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 5  # the first run's
+
+
+# -- #10: a disk full on the server -------------------------------------------------
+
+BIG_RECORDS = """
+import random
+import ingestkit
+
+def text(i):  # incompressible, and the same in every run
+    return random.Random(i).randbytes(1000 if i < {n} // 2 else 5000).hex()
+
+@ingestkit.source(
+    [{{"id": i, "v": text(i)}} for i in range({n})],
+    key="id",
+)
+def process_t(record, db):
+    db.insert("t", record)
+"""
+
+
+@pytest.fixture
+def full_tablespace(admin):
+    """A tablespace on a 4 MiB tmpfs that this test mounts (root and a local server only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs for a full disk needs root")
+    data_dir = admin.scalar("SHOW data_directory")
+    if not os.path.isdir(data_dir):
+        pytest.skip(f"the server's data directory {data_dir} is not on this machine")
+    mnt = tempfile.mkdtemp(prefix="ingestkit-full-", dir="/tmp")
+    os.chmod(mnt, 0o755)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", mnt],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        os.rmdir(mnt)
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    name = f"ik_full_{uuid.uuid4().hex[:8]}"
+    try:
+        location = os.path.join(mnt, "ts")
+        os.mkdir(location)
+        os.chown(location, os.stat(data_dir).st_uid, os.stat(data_dir).st_gid)
+        admin.scalar(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+        try:
+            yield name
+        finally:
+            admin.scalar("DROP TABLE IF EXISTS t")
+            admin.scalar(f'ALTER DATABASE "{admin.database}" RESET temp_tablespaces')
+            admin.scalar(f'ALTER DATABASE "{admin.database}" RESET default_tablespace')
+            admin.scalar("DROP TABLE IF EXISTS filler")
+            for _ in range(50):  # the runs' temp tables go with their sessions
+                try:
+                    admin.scalar(f"DROP TABLESPACE {name}")
+                    break
+                except psycopg2.Error:
+                    time.sleep(0.1)
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
+        os.rmdir(mnt)
+
+
+def _outcomes(project) -> dict[str, int]:
+    rows = project.query("SELECT status, count(*) AS n FROM ingestkit.items GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_target_table_fails_the_items_it_stops(project, full_tablespace):
+    n = 1200  # 7 MB of text for a 4 MiB disk
+    project.query(f"CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE {full_tablespace}")
+    project.write("ingest_t.py", BIG_RECORDS.format(n=n))
+    run = project.cli()
+    assert run.returncode == 1, run.stdout
+    assert "Traceback (most recent call last)" not in run.stdout.split("FAILURES")[0]
+    assert "INTERNAL ERROR" not in run.stdout
+    assert "No space left on device" in run.stdout
+    outcomes = _outcomes(project)
+    assert outcomes["succeeded"] + outcomes["failed"] == n
+    assert project.scalar("SELECT count(*) FROM t") == outcomes["succeeded"]
+    # space freed: --lf ingests the rest, nothing doubled
+    project.query("ALTER TABLE t SET TABLESPACE pg_default")
+    again = project.cli("--lf")
+    assert again.returncode == 0, again.stdout
+    assert project.scalar("SELECT count(*) FROM t") == n
+    assert (
+        project.scalar("SELECT count(DISTINCT key) FROM ingestkit.items WHERE status = 'succeeded'")
+        == project.scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'")
+        == n
+    )
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_outcomes_stops_the_batch_in_one_line(
+    project, admin, full_tablespace
+):
+    # the stored payloads of a chunk of 10 KB records fill the temp tablespace
+    # the outcome rows go through; the first chunks, of 2 KB records, fit
+    n = 1200
+    project.query("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    project.query(f'ALTER DATABASE "{admin.database}" SET temp_tablespaces = {full_tablespace}')
+    project.write("ingest_t.py", BIG_RECORDS.format(n=n))
+    run = project.cli("--store-payloads", "all", "--chunk-size", "400")
+    assert run.returncode == 2, run.stdout
+    assert "Traceback" not in run.stdout and "INTERNAL ERROR" not in run.stdout
+    (error,) = [line for line in run.stdout.splitlines() if line.startswith("ERROR")]
+    assert "No space left on device" in error and "free" in error, error
+    (batch,) = project.query("SELECT status, exit_code FROM ingestkit.batches")
+    assert batch == {"status": "interrupted", "exit_code": 2}
+    outcomes = _outcomes(project)
+    assert set(outcomes) <= {"succeeded"}
+    assert project.scalar("SELECT count(*) FROM t") == outcomes.get("succeeded", 0) < n
+    # space freed: a plain rerun resumes where the batch stopped, nothing doubled
+    project.query(f'ALTER DATABASE "{admin.database}" RESET temp_tablespaces')
+    again = project.cli()
+    assert again.returncode == 0, again.stdout
+    assert project.scalar("SELECT count(*) FROM t") == n
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'") == n
+
+
+@pytest.mark.slow
+def test_a_full_disk_before_the_batch_is_one_line(project, admin, full_tablespace):
+    """ingestkit's own tables go to the full disk: creating them fails."""
+    admin.scalar(f"CREATE TABLE filler (v text) TABLESPACE {full_tablespace}")
+    with pytest.raises(psycopg2.errors.DiskFull):
+        for _ in range(100):
+            admin.scalar(
+                "INSERT INTO filler SELECT (SELECT string_agg(md5(random()::text || g || x), '')"
+                " FROM generate_series(1, 64) x) FROM generate_series(1, 500) g"
+            )
+    admin.scalar(f'ALTER DATABASE "{admin.database}" SET default_tablespace = {full_tablespace}')
+    project.write("ingest_t.py", FAILING)
+    run = project.cli()
+    assert run.returncode == 4, run.stdout
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), run.stdout
+    assert "disk is full" in lines[0] and "No space left on device" in lines[0]
+    admin.scalar("DROP TABLE filler")
+    admin.scalar(f'ALTER DATABASE "{admin.database}" RESET default_tablespace')
