@@ -50,14 +50,17 @@ def _assert_no_secret(text: str, *secrets: str) -> None:
         assert secret not in text, f"{secret!r} leaked in:\n{text}"
 
 
-@pytest.mark.parametrize("form", ["separate", "equals"])
+@pytest.mark.parametrize("form", ["separate", "equals", "workers"])
 def test_a_percent_encoded_password_is_masked_everywhere(project, tmp_path, form):
     """The server trusts the connection, so any password works; none may show."""
     dsn = _with_password(project.dsn, RAW_PASSWORD)
-    dsn_args = ["--dsn", dsn] if form == "separate" else [f"--dsn={dsn}"]
+    dsn_args = [f"--dsn={dsn}"] if form == "equals" else ["--dsn", dsn]
+    workers = ["-n", "2"] if form == "workers" else []
     project.write("ingest_t.py", FAILING)
-    run = project.cli(*dsn_args, "--tb=long", dsn=False)
+    run_html = tmp_path / "run.html"
+    run = project.cli(*dsn_args, *workers, "--tb=long", "--html", str(run_html), dsn=False)
     assert run.returncode == 1, run.stdout
+    _assert_no_secret(run_html.read_text(), "Zq")
     assert "ingestkit --lf --dsn" in run.stdout  # the rerun line names the (masked) DSN
     assert "***" in run.stdout
     _assert_no_secret(run.stdout, RAW_PASSWORD, PASSWORD, "Zq")
@@ -94,6 +97,23 @@ def test_a_key_value_password_is_masked_everywhere(project, password_part, secre
     look = project.cli("--dsn", dsn, "--show", "--json", dsn=False)
     assert look.returncode == 0, look.stdout
     _assert_no_secret(look.stdout, "Zq")
+
+
+def test_looking_back_masks_a_secret_in_rows_written_before(project, tmp_path):
+    """A batch recorded by an older version with the raw password in its argv."""
+    dsn = _with_password(project.dsn, RAW_PASSWORD)
+    project.write("ingest_t.py", FAILING)
+    assert project.cli("--dsn", dsn, dsn=False).returncode == 1
+    project.query(
+        "UPDATE ingestkit.batches SET argv = %s::jsonb",
+        (json.dumps(["ingestkit", "--dsn", dsn, f"--dsn={dsn}", PASSWORD]),),
+    )
+    html = tmp_path / "old.html"
+    for args in (["--batches", "--json"], ["--show", "--json"], ["--show", "--html", str(html)]):
+        look = project.cli("--dsn", dsn, *args, dsn=False)
+        assert look.returncode == 0, look.stdout
+        _assert_no_secret(look.stdout, "Zq")
+    _assert_no_secret(html.read_text(), "Zq")
 
 
 def test_an_unreachable_database_masks_both_forms(project):
@@ -194,6 +214,38 @@ def test_sys_exit_in_a_processor_fails_its_item_and_the_batch_goes_on(project, c
     assert project.scalar("SELECT array_agg(id ORDER BY id) FROM a") == [0, 1, 3, 4, 100, 101, 102]
     assert project.scalar("SELECT exit_code FROM ingestkit.batches") == 1
     assert "SystemExit" in run.stdout
+
+
+EXITING_FIXTURE = """
+import sys
+import ingestkit
+
+@ingestkit.fixture
+def checked(record):
+    if record["id"] == 1:
+        sys.exit("no")
+    yield record
+    if record["id"] == 2:
+        sys.exit(0)
+
+@ingestkit.source([{"id": i} for i in range(4)], key="id")
+def process_a(checked):
+    pass
+"""
+
+
+def test_sys_exit_in_a_fixture_is_an_error_item(project):
+    project.write("ingest_a.py", EXITING_FIXTURE)
+    run = project.run()
+    assert run.exit_code == 1, run.output
+    got = {i["key"]: (i["status"], i["error_type"]) for i in run.items}
+    assert got == {
+        "0": ("succeeded", None),
+        "1": ("error", "SystemExit"),
+        "2": ("error", "SystemExit"),
+        "3": ("succeeded", None),
+    }
+    assert run.batch["exit_code"] == 1
 
 
 FAILING_FINISH = """
