@@ -81,6 +81,11 @@ def validate_inicfg(
     name has choices, its choice; return the values with a single string for a
     list made a list of one. A bad value raises UsageError naming it and the fix.
     """
+    if not isinstance(inicfg, dict):
+        raise UsageError(
+            f"{where or 'config'}: [tool.ingestkit] = {_toml(inicfg)} is not a table; "
+            'write e.g. [tool.ingestkit] with paths = ["pipelines"] under it'
+        )
     values = dict(inicfg)
     choices = {
         action.dest: action.choices

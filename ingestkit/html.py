@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import psycopg2.extras
 
+from .outcomes import UsageError
 from .queries import q
 from .reports import COUNTED
 
@@ -164,8 +165,14 @@ def write_html(
     conn: Any, batch_id: Any, path: str | Path, mask: Callable[[str], str] = str
 ) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_batch(conn, batch_id, mask), encoding="utf-8")
+    page = render_batch(conn, batch_id, mask)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"--html {path}: cannot write it ({exc.strerror or exc}); give a path you can write"
+        ) from None
     return path
 
 

@@ -294,6 +294,29 @@ def test_a_bad_config_value_is_one_line_naming_it_and_the_fix(project, toml, nam
         assert text in lines[0], lines[0]
 
 
+def test_a_tool_ingestkit_that_is_not_a_table_is_one_line(project):
+    (project.root / "ingestkit.toml").unlink()
+    project.write("pyproject.toml", "[tool]\ningestkit = 5\n")
+    project.write("ingest_t.py", FAILING)
+    run = project.cli()
+    assert run.returncode == 4, run.stdout
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and "is not a table" in lines[0], run.stdout
+
+
+def test_an_html_report_that_cannot_be_written_is_one_line(project, tmp_path):
+    project.write("ingest_t.py", FAILING)
+    (tmp_path / "file").write_text("")
+    run = project.cli("--html", str(tmp_path / "file" / "report.html"))
+    assert run.returncode == 4, run.stdout
+    assert "Traceback" not in run.stdout
+    (error,) = [line for line in run.stdout.splitlines() if line.startswith("ERROR")]
+    assert "cannot write it" in error, error
+    # the batch itself is recorded, with the code the process exited with
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 5
+    assert project.scalar("SELECT exit_code FROM ingestkit.batches") == 4
+
+
 def test_a_single_string_for_a_list_value_is_one_pattern(project):
     project.write("pipelines/ingest_t.py", FAILING)
     project.write("ingestkit.toml", 'paths = "pipelines"\nfiles = "ingest_*.py"\n')
