@@ -50,10 +50,13 @@ def _assert_no_secret(text: str, *secrets: str) -> None:
         assert secret not in text, f"{secret!r} leaked in:\n{text}"
 
 
-@pytest.mark.parametrize("form", ["separate", "equals", "workers"])
+@pytest.mark.parametrize("form", ["separate", "equals", "workers", "query"])
 def test_a_percent_encoded_password_is_masked_everywhere(project, tmp_path, form):
     """The server trusts the connection, so any password works; none may show."""
     dsn = _with_password(project.dsn, RAW_PASSWORD)
+    if form == "query":  # postgresql://user@host/db?password=...
+        user_part, _, rest = dsn.partition("@")
+        dsn = f"{user_part.rsplit(':', 1)[0]}@{rest}?sslmode=disable&password={RAW_PASSWORD}"
     dsn_args = [f"--dsn={dsn}"] if form == "equals" else ["--dsn", dsn]
     workers = ["-n", "2"] if form == "workers" else []
     project.write("ingest_t.py", FAILING)
