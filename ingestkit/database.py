@@ -14,6 +14,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from .outcomes import UsageError
+from .queries import q
 from .transaction import Transaction, table_identifier
 
 psycopg2.extras.register_uuid()
@@ -203,3 +204,18 @@ def resource_problem(exc: BaseException) -> str | None:
         "53300": "close other sessions or raise max_connections",
     }.get(code, "give it more")
     return f"{what} ({first}): {fix}, then run ingestkit again"
+
+
+def check_temp(conn: Any) -> None:
+    """A role that may not create temporary tables cannot record outcomes: say so now."""
+    with conn.cursor() as cur:
+        cur.execute(q("can-create-temp"))
+        allowed, role, database = cur.fetchone()
+    conn.commit()
+    if not allowed:
+        ident = psycopg2.extensions.quote_ident
+        raise UsageError(
+            f"role {role} may not create temporary tables in database {database}, which "
+            f"ingestkit needs to record outcomes: GRANT TEMP ON DATABASE {ident(database, conn)} "
+            f"TO {ident(role, conn)}"
+        )

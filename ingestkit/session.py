@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 import psycopg2
-import psycopg2.extensions
 
 from . import __version__
 from .capture import LogCapture
@@ -25,6 +24,7 @@ from .collection import Collector, CollectReport, Processor, collect
 from .config import Config
 from .database import (
     Database,
+    check_temp,
     connect,
     dsn_secrets,
     mask_dsn,
@@ -33,7 +33,7 @@ from .database import (
 )
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
-from .outcomes import ItemTimeout, UsageError
+from .outcomes import ItemTimeout
 from .queries import q
 from .schema import ensure_schema
 from .transaction import ConnectionLost, Transaction
@@ -192,7 +192,7 @@ class Session:
         control = connect(dsn, "ingestkit-control")
         control.autocommit = True
         ensure_schema(conn)
-        _check_temp(conn)
+        check_temp(conn)
         self.control = control
         self.txn = Transaction(conn, dry_run=self.batch.dry_run)
         self.db = Database(self.txn)
@@ -322,21 +322,6 @@ def run_batch(session: Session) -> int:
     return status
 
 
-def _check_temp(conn: Any) -> None:
-    """A role that may not create temporary tables cannot record outcomes: say so now."""
-    with conn.cursor() as cur:
-        cur.execute(q("can-create-temp"))
-        allowed, role, database = cur.fetchone()
-    conn.commit()
-    if not allowed:
-        ident = psycopg2.extensions.quote_ident
-        raise UsageError(
-            f"role {role} may not create temporary tables in database {database}, which "
-            f"ingestkit needs to record outcomes: GRANT TEMP ON DATABASE {ident(database, conn)} "
-            f"TO {ident(role, conn)}"
-        )
-
-
 def record_exit_code(config: Config, code: int) -> None:
     """Make ``ingestkit.batches.exit_code`` the process's exit code ``code``.
 
@@ -349,7 +334,7 @@ def record_exit_code(config: Config, code: int) -> None:
         return
     if session.dsn is None or session.batch.lock_key is None:
         return  # no batch row was made
-    with contextlib.suppress(psycopg2.Error, UsageError):  # the server is gone
+    with contextlib.suppress(Exception):  # best effort: the server may be gone
         conn = connect(session.dsn, "ingestkit-control")
         try:
             with conn.cursor() as cur:

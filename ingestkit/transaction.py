@@ -70,6 +70,14 @@ def _as_bytes(query: Any, cur: Any) -> bytes:
     return query
 
 
+def table_identifier(name: str) -> sql.Composable:
+    """``"schema.table"`` or ``"table"`` as a quoted identifier."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"not a table name: {name!r}")
+    return sql.Identifier(*parts)
+
+
 def _with_params(query: Any, cur: Any) -> Any:
     """``query`` as text for ``mogrify`` with parameters.
 
@@ -84,14 +92,6 @@ def _with_params(query: Any, cur: Any) -> Any:
     if isinstance(query, sql.Composable):
         return query.as_string(cur).replace("%", "%%")
     return query
-
-
-def table_identifier(name: str) -> sql.Composable:
-    """``"schema.table"`` or ``"table"`` as a quoted identifier."""
-    parts = name.split(".")
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ValueError(f"not a table name: {name!r}")
-    return sql.Identifier(*parts)
 
 
 def is_connection_error(conn: Any, exc: BaseException) -> bool:
