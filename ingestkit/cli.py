@@ -7,9 +7,14 @@ import sys
 import traceback
 from typing import Any
 
-from .config import make_config
+import psycopg2.errors
+
+from .config import Config, make_config
+from .database import resource_problem
 from .outcomes import UsageError
-from .session import ExitCode
+from .session import ExitCode, record_exit_code
+
+INTERNAL = "INTERNAL ERROR: ingestkit itself failed (above); please report it."
 
 
 def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int:
@@ -21,6 +26,12 @@ def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int
     except UsageError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    code = _run(config)
+    record_exit_code(config, code)
+    return code
+
+
+def _run(config: Config) -> int:
     try:
         config.hook.ingestkit_configure.call_historic(kwargs=dict(config=config))
         try:
@@ -30,6 +41,22 @@ def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int
     except UsageError as exc:
         print(f"ERROR: {config.mask(str(exc))}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    except psycopg2.errors.InsufficientPrivilege as exc:  # ingestkit's own tables
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        print(
+            f"ERROR: {config.mask(first)}: the role lacks a privilege on ingestkit's own tables;"
+            " run as the owner of schema ingestkit, or as it: GRANT SELECT, INSERT, UPDATE,"
+            " DELETE ON ALL TABLES IN SCHEMA ingestkit TO <role>",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE_ERROR
+    except psycopg2.OperationalError as exc:
+        if resource_problem(exc) is None:  # e.g. disk full before the batch started
+            print(config.mask(traceback.format_exc()), file=sys.stderr)
+            print(INTERNAL, file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+        print(f"ERROR: {config.mask(resource_problem(exc))}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -38,7 +65,7 @@ def main(args: list[str] | None = None, plugins: list[Any] | None = None) -> int
         return ExitCode.OK
     except Exception:
         print(config.mask(traceback.format_exc()), file=sys.stderr)
-        print("INTERNAL ERROR: ingestkit itself failed (above); please report it.", file=sys.stderr)
+        print(INTERNAL, file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
 
 

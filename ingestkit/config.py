@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shlex
 import tomllib
@@ -49,6 +50,72 @@ DEFAULTS: dict[str, Any] = {
     "store_payloads": "failed",
     "dsn": None,
 }
+
+#: The type of each built-in config value: "str", or "list" (of strings; a
+#: single string is a list of one), with an example for the error message.
+CONFIG_TYPES: dict[str, tuple[str, str]] = {
+    "dsn": ("str", '"postgresql://etl@localhost/shop"'),
+    "paths": ("list", '["pipelines"]'),
+    "files": ("list", '["ingest_*.py"]'),
+    "functions": ("list", '["process_*"]'),
+    "addopts": ("str or list", '"--tb=short"'),
+    "store_payloads": ("str", '"failed"'),
+}
+
+
+def _toml(value: Any) -> str:
+    """``value`` written as in TOML, for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def validate_inicfg(
+    inicfg: dict, where: Path | None, parser: argparse.ArgumentParser | None = None
+) -> dict:
+    """Check every built-in config value's type and, where the option of the same
+    name has choices, its choice; return the values with a single string for a
+    list made a list of one. A bad value raises UsageError naming it and the fix.
+    """
+    if not isinstance(inicfg, dict):
+        raise UsageError(
+            f"{where or 'config'}: [tool.ingestkit] = {_toml(inicfg)} is not a table; "
+            'write e.g. [tool.ingestkit] with paths = ["pipelines"] under it'
+        )
+    values = dict(inicfg)
+    choices = {
+        action.dest: action.choices
+        for action in (parser._actions if parser is not None else ())
+        if action.choices is not None
+    }
+    for name, value in inicfg.items():
+        kind, example = CONFIG_TYPES.get(name, ("", ""))
+        problem = None
+        is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if kind == "str" and not isinstance(value, str):
+            problem = "is not a string"
+        elif kind == "list":
+            if isinstance(value, str):
+                values[name] = [value]
+            elif not is_list:
+                problem = "is not a list of strings"
+        elif kind == "str or list" and not (isinstance(value, str) or is_list):
+            problem = "is not a string or a list of strings"
+        if problem is None and name in choices and value not in choices[name]:
+            allowed = ", ".join(_toml(c) for c in choices[name])
+            default = DEFAULTS.get(name)
+            usual = default if default in choices[name] else next(iter(choices[name]))
+            problem, example = f"is not one of {allowed}", _toml(usual)
+        if problem is not None:
+            raise UsageError(
+                f"{where or 'config'}: {name} = {_toml(value)} {problem}; "
+                f"write e.g. {name} = {example}"
+            )
+    return values
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -134,8 +201,11 @@ class Config:
         return self.inicfg.get(name, default)
 
     def mask(self, text: str) -> str:
-        """``text`` with every known secret (DSN passwords) replaced by ``***``."""
-        for secret in self.secrets:
+        """``text`` with every known secret (DSN passwords) replaced by ``***``.
+
+        Longest first, so that a secret containing another is masked whole.
+        """
+        for secret in sorted(self.secrets, key=len, reverse=True):
             if secret:
                 text = text.replace(secret, "***")
         return text
@@ -182,6 +252,7 @@ class Config:
         self.rootdir, self.inipath, self.inicfg = find_rootdir(
             list(known.file_or_dir), self.invocation_dir
         )
+        self.inicfg = validate_inicfg(self.inicfg, self.inipath, parser)
         addopts = self.inicfg.get("addopts", [])
         if isinstance(addopts, str):
             addopts = shlex.split(addopts)

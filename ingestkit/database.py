@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from .outcomes import UsageError
+from .queries import q
 from .transaction import Transaction, table_identifier
 
 psycopg2.extras.register_uuid()
@@ -132,9 +134,11 @@ def as_row(value: Any) -> Any:
 
 _PASSWORD_IN_URI = re.compile(r"(?P<pre>://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 _PASSWORD_KV = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&#\s]*)")
 
 
 def dsn_password(dsn: str) -> str | None:
+    """The password of ``dsn``, decoded as libpq reads it, or None."""
     try:
         return psycopg2.extensions.parse_dsn(dsn).get("password") or None
     except psycopg2.ProgrammingError:
@@ -142,11 +146,31 @@ def dsn_password(dsn: str) -> str | None:
         return match.group("pw") if match else None
 
 
+def dsn_secrets(dsn: str) -> list[str]:
+    """Every form of ``dsn``'s password that output could show, longest first.
+
+    The decoded password, and each form as written in the DSN: percent-encoded
+    in a URI (``p%40ss``), quoted or with backslash escapes in ``key=value``.
+    Masking only one of them leaks the other.
+    """
+    found = {dsn_password(dsn) or ""}
+    for pattern in (_PASSWORD_IN_URI, _PASSWORD_KV, _PASSWORD_IN_QUERY):
+        for match in pattern.finditer(dsn):
+            raw = match.group("pw")
+            found.add(raw)
+            if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+                found.add(raw[1:-1])  # the quoted form, without its quotes
+                found.add(re.sub(r"\\(.)", r"\1", raw[1:-1]))
+            found.add(urllib.parse.unquote(raw))
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
 def mask_dsn(dsn: str) -> str:
     """The DSN with its password replaced by ``***``."""
     dsn = _PASSWORD_IN_URI.sub(
         lambda m: m.group("pre") + ("***" if m.group("pw") else "") + "@", dsn
     )
+    dsn = _PASSWORD_IN_QUERY.sub(lambda m: m.group("pre") + "***", dsn)
     return _PASSWORD_KV.sub(lambda m: m.group("pre") + "***", dsn)
 
 
@@ -172,8 +196,48 @@ def connect(dsn: str, application_name: str = "ingestkit", options: str | None =
         conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10, **extra)
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        password = dsn_password(dsn)
-        if password:
-            first = first.replace(password, "***")
+        for secret in dsn_secrets(dsn):
+            first = first.replace(secret, "***")
         raise UsageError(f"cannot connect to {mask_dsn(dsn)}: {first}") from None
     return conn
+
+
+#: What to do about each "insufficient resources" error (SQLSTATE class 53).
+_RESOURCE_FIXES = {
+    "53100": "the database server's disk is full",
+    "53200": "the database server ran out of memory",
+    "53300": "the database server has too many connections",
+}
+
+
+def resource_problem(exc: BaseException) -> str | None:
+    """One line for a server out of disk, memory or connections (class 53); else None.
+
+    Such an error is no item's fault: the batch stops, and a rerun once the
+    server has room again resumes where it stopped.
+    """
+    code = getattr(exc, "pgcode", None) or ""
+    if not code.startswith("53"):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    what = _RESOURCE_FIXES.get(code, "the database server ran out of a resource")
+    fix = {
+        "53100": "free space on its disk (or move tables to another tablespace)",
+        "53300": "close other sessions or raise max_connections",
+    }.get(code, "give it more")
+    return f"{what} ({first}): {fix}, then run ingestkit again"
+
+
+def check_temp(conn: Any) -> None:
+    """A role that may not create temporary tables cannot record outcomes: say so now."""
+    with conn.cursor() as cur:
+        cur.execute(q("can-create-temp"))
+        allowed, role, database = cur.fetchone()
+    conn.commit()
+    if not allowed:
+        ident = psycopg2.extensions.quote_ident
+        raise UsageError(
+            f"role {role} may not create temporary tables in database {database}, which "
+            f"ingestkit needs to record outcomes: GRANT TEMP ON DATABASE {ident(database, conn)} "
+            f"TO {ident(role, conn)}"
+        )

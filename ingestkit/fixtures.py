@@ -360,7 +360,7 @@ class FixtureRuntime:
             fin = finalizers.pop()
             try:
                 fin()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in teardown code
                 errors.append(exc)
         self.cache[scope].clear()
         return errors

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 import psycopg2.extras
 
+from .outcomes import UsageError
 from .queries import q
 from .reports import COUNTED
 
@@ -87,8 +89,11 @@ def _bar_chart(per_processor: dict[str, dict[str, int]]) -> str:
     )
 
 
-def render_batch(conn: Any, batch_id: Any) -> str:
-    """The HTML page of one batch, from its rows in the database."""
+def render_batch(conn: Any, batch_id: Any, mask: Callable[[str], str] = str) -> str:
+    """The HTML page of one batch, from its rows in the database.
+
+    ``mask`` hides secrets (``config.mask``) in every text shown.
+    """
     (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
     summary = _fetch(conn, "processor-summary", batch_id=batch_id)
     groups = _fetch(conn, "failure-samples", batch_id=batch_id)
@@ -101,7 +106,10 @@ def render_batch(conn: Any, batch_id: Any) -> str:
         d["total"] += row["total_ms"] or 0.0
         d["p95"] = max(d["p95"], row["p95_ms"] or 0.0)
     counts = batch["counts"] or {}
-    e = html.escape
+
+    def e(text: str) -> str:
+        return html.escape(mask(text))
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -153,10 +161,18 @@ def render_batch(conn: Any, batch_id: Any) -> str:
     return "\n".join(parts)
 
 
-def write_html(conn: Any, batch_id: Any, path: str | Path) -> Path:
+def write_html(
+    conn: Any, batch_id: Any, path: str | Path, mask: Callable[[str], str] = str
+) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_batch(conn, batch_id), encoding="utf-8")
+    page = render_batch(conn, batch_id, mask)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"--html {path}: cannot write it ({exc.strerror or exc}); give a path you can write"
+        ) from None
     return path
 
 
@@ -173,4 +189,4 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     path = config.option.html
     if not path or session.control is None or session.control.closed:
         return
-    write_html(session.control, session.batch.id, path)
+    write_html(session.control, session.batch.id, path, config.mask)

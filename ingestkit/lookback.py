@@ -17,12 +17,14 @@ import json
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pluggy
+import psycopg2.errors
 import psycopg2.extras
 
-from .database import connect, dsn_password, mask_dsn, resolve_dsn
+from .database import connect, dsn_secrets, mask_dsn, resolve_dsn
 from .outcomes import UsageError
 from .queries import q
 from .recorder import mark_interrupted
@@ -59,8 +61,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _dump(rows: Any, out: TextIO) -> None:
-    out.write(json.dumps(rows, default=_jsonable, indent=2, ensure_ascii=False) + "\n")
+def _dump(rows: Any, out: TextIO, mask: Callable[[str], str] = str) -> None:
+    out.write(
+        json.dumps(_masked(rows, mask), default=_jsonable, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` with ``mask`` applied to every string in it (rows written before
+    a secret was known to be one, e.g. an old batch's argv)."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _masked(v, mask) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v, mask) for v in value]
+    return value
 
 
 class LookBack:
@@ -70,14 +86,15 @@ class LookBack:
         self.config = config
         self.out = out or sys.stdout
         dsn, _origin = resolve_dsn(config)
-        password = dsn_password(dsn)
-        if password:
-            config.secrets.append(password)
+        config.secrets.extend(dsn_secrets(dsn))
         self.dsn = mask_dsn(dsn)
         self.conn = connect(dsn, "ingestkit-lookback")
         self.conn.autocommit = True
         ensure_schema(self.conn)
-        self.interrupted = mark_interrupted(self.conn)
+        try:
+            self.interrupted = mark_interrupted(self.conn)
+        except psycopg2.errors.InsufficientPrivilege:  # a read-only role: look, don't mark
+            self.interrupted = []
 
     def close(self) -> None:
         self.conn.close()
@@ -106,7 +123,7 @@ class LookBack:
     def batches(self, limit: int, as_json: bool) -> int:
         rows = self.fetch("recent-batches", limit=limit)
         if as_json:
-            _dump(rows, self.out)
+            _dump(rows, self.out, self.config.mask)
             return 0
         if not rows:
             self.write("no batches yet")
@@ -126,7 +143,7 @@ class LookBack:
         batch = self.find_batch(ref)
         items = self.fetch("batch-items", batch_id=batch["id"], statuses=statuses, limit=limit)
         if as_json:
-            _dump({"batch": batch, "items": items}, self.out)
+            _dump({"batch": batch, "items": items}, self.out, self.config.mask)
             return 0
         counts = batch["counts"] or {}
         shown = ", ".join(f"{counts[s]} {s}" for s in COUNTED if counts.get(s)) or "no items"
@@ -151,7 +168,7 @@ class LookBack:
         processor, _, key = target[:-1].partition("[")
         rows = self.fetch("trace-key", processor=processor, key=key)
         if as_json:
-            _dump(rows, self.out)
+            _dump(rows, self.out, self.config.mask)
             return 0
         if not rows:
             self.write(f"{target}: no batch has touched this record")
@@ -232,13 +249,26 @@ def ingestkit_cmdline_main(config: Config) -> int | None:
     option = config.option
     if not (option.batches or option.show or option.trace or option.export):
         return None
+    try:
+        return _look_back(config)
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        raise UsageError(
+            f"{first}: looking back needs to read schema ingestkit; as its owner, run "
+            "GRANT USAGE ON SCHEMA ingestkit TO <role>; "
+            "GRANT SELECT ON ALL TABLES IN SCHEMA ingestkit TO <role>"
+        ) from None
+
+
+def _look_back(config: Config) -> int:
+    option = config.option
     if getattr(option, "html", None) and option.show:
         from .html import write_html
 
         look = LookBack(config)
         try:
             batch = look.find_batch(option.show)
-            write_html(look.conn, batch["id"], option.html)
+            write_html(look.conn, batch["id"], option.html, config.mask)
             look.write(f"wrote {option.html} for batch {batch['id']}")
             return 0
         finally:

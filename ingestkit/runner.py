@@ -653,7 +653,7 @@ class Runner:
                 cache[self.seeded["item"]] = (item, None)
                 cache[self.seeded["log"]] = (self.log_logger, None)
                 kwargs = runtime.kwargs(plan.closure, item.nodeid)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in user code ends its item only
             status, exc = "error", e
         else:
             try:
@@ -665,12 +665,12 @@ class Runner:
                 status, exc = "skipped", e
             except ConnectionLost:
                 raise
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 status, exc = "failed", e
         if active["ingestkit_runtest_teardown"]:
             try:
                 self.hook.ingestkit_runtest_teardown(item=item)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 if status in ("succeeded", "skipped"):
                     status, exc = "error", e
         errors = runtime.teardown("item")

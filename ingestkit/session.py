@@ -22,7 +22,15 @@ from . import __version__
 from .capture import LogCapture
 from .collection import Collector, CollectReport, Processor, collect
 from .config import Config
-from .database import Database, connect, dsn_password, mask_dsn, resolve_dsn
+from .database import (
+    Database,
+    check_temp,
+    connect,
+    dsn_secrets,
+    mask_dsn,
+    resolve_dsn,
+    resource_problem,
+)
 from .fixtures import FixtureManager, FixtureRuntime
 from .lookup import Lookup
 from .outcomes import ItemTimeout
@@ -155,6 +163,7 @@ class Session:
         self.warnings: list[str] = []  # shown in the summary
         self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
+        self.finished_with: int | None = None  # the exit code the batch row was finished with
         self.timing_item = False  # --item-timeout's alarm is armed
         self.started = time.time()
         for name in ("builtin",):
@@ -173,9 +182,7 @@ class Session:
 
     def open_database(self) -> None:
         dsn, origin = resolve_dsn(self.config)
-        password = dsn_password(dsn)
-        if password:
-            self.config.secrets.append(password)
+        self.config.secrets.extend(dsn_secrets(dsn))
         self.database = (mask_dsn(dsn), origin)
         self.dsn = dsn  # for worker processes; never shown
         conn = connect(dsn)
@@ -184,6 +191,7 @@ class Session:
         stay_connected(conn)
         stay_connected(control)
         ensure_schema(conn)
+        check_temp(conn)
         self.control = control
         self.txn = Transaction(conn, dry_run=self.batch.dry_run)
         timeout = self.config.getoption("item_timeout")
@@ -307,10 +315,16 @@ def run_batch(session: Session) -> int:
             except BatchAborted as exc:
                 session.fatal = str(exc)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not session.txn.conn.closed and not session.control.closed:
+                problem = resource_problem(exc)
+                if problem is not None:  # e.g. disk full: the chunk in flight is undone
+                    session.fatal = problem
+                    with contextlib.suppress(Exception):
+                        session.txn.rollback()
+                elif not session.txn.conn.closed and not session.control.closed:
                     raise
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                session.fatal = f"lost the database connection: {first}"
+                else:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    session.fatal = f"lost the database connection: {first}"
         status = session.exitstatus
     finally:
         sys.setswitchinterval(switch_interval)
@@ -320,9 +334,33 @@ def run_batch(session: Session) -> int:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
         # also after an internal error (status 3): the batch row is finished, not left running
+        session.finished_with = status
         try:
             config.hook.ingestkit_batch_finish(session=session, exitstatus=status)
-        except Exception:
-            if status != ExitCode.INTERNAL_ERROR:
+        except Exception as exc:
+            # out of disk, the batch row stays 'running': the next run marks it interrupted
+            if status != ExitCode.INTERNAL_ERROR and not (session.fatal and resource_problem(exc)):
                 raise
     return status
+
+
+def record_exit_code(config: Config, code: int) -> None:
+    """Make ``ingestkit.batches.exit_code`` the process's exit code ``code``.
+
+    The batch row is finished with the batch's status; an error after that
+    (a plugin's ``batch_finish``, closing) changes what the process exits with.
+    """
+    session = getattr(config, "session", None)
+    finished_with = getattr(session, "finished_with", None)
+    if finished_with is None or finished_with == code or session.role == "worker":
+        return
+    if session.dsn is None or session.batch.lock_key is None:
+        return  # no batch row was made
+    with contextlib.suppress(Exception):  # best effort: the server may be gone
+        conn = connect(session.dsn, "ingestkit-control")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(q("set-batch-exit-code"), {"id": session.batch.id, "exit_code": code})
+            conn.commit()
+        finally:
+            conn.close()

@@ -171,9 +171,13 @@ def _chunk_lost_message(token: Any, error: BaseException) -> str:
     reports = getattr(token, "reports", None)
     if reports is not None:
         what = f"a chunk of {len(reports)} items of {token.processor.nodeid}"
+    from .database import resource_problem  # (database imports this module)
+
+    problem = resource_problem(error)
     return (
         f"could not record the outcomes of {what}: {first}; the chunk was rolled back "
         "whole (none of its writes are in the database): rerun to process it"
+        + (f". {problem}" if problem else "")
     )
 
 
@@ -209,6 +213,22 @@ def _name_the_column(exc: Any, table: str, cols: tuple, values: list) -> None:
         shown = f" {text if len(text) <= 80 else text[:77] + '...'}"
     primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
     exc.ingestkit_message = f"table {table}, column {column}: value{shown} rejected: {primary}"
+
+
+def _with_params(query: Any, cur: Any) -> Any:
+    """``query`` as text for ``mogrify`` with parameters.
+
+    A composed statement's identifiers and literals are data: their ``%`` is
+    doubled, so that ``"a%b"`` or ``"x%sy"`` is not read as a placeholder.
+    Only its ``sql.SQL`` parts (and placeholders) are the caller's template.
+    """
+    if isinstance(query, sql.Composed):
+        return "".join(_with_params(part, cur) for part in query.seq)
+    if isinstance(query, (sql.SQL, sql.Placeholder)):
+        return query.as_string(cur)
+    if isinstance(query, sql.Composable):
+        return query.as_string(cur).replace("%", "%%")
+    return query
 
 
 def is_connection_error(conn: Any, exc: BaseException) -> bool:
@@ -317,7 +337,11 @@ class Transaction:
         cur = self.conn.cursor()
         # Client-side problems (a parameter too few, a NUL in a string) raise
         # here, before anything reaches the server or the savepoints change.
-        statement = cur.mogrify(query, params) if params is not None else _as_bytes(query, cur)
+        statement = (
+            cur.mogrify(_with_params(query, cur), params)
+            if params is not None
+            else _as_bytes(query, cur)
+        )
         prefix = self._prepare(owner, reads)
         if not reads_only and self.listeners:
             self._wrote(owner, written_tables(statement))

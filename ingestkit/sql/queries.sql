@@ -42,6 +42,16 @@ SET finished_at = now(), status = %(status)s, exit_code = %(exit_code)s,
     counts = %(counts)s, meta = %(meta)s
 WHERE id = %(id)s;
 
+-- name: can-create-temp
+-- Each chunk's outcome rows go through a temporary table (create-outcomes-table).
+SELECT has_database_privilege(current_database(), 'TEMP'), current_user, current_database();
+
+-- name: set-batch-exit-code
+-- The process ended with another code than the one the batch was finished
+-- with (an internal error after the batch row was written).
+UPDATE ingestkit.batches SET exit_code = %(exit_code)s
+WHERE id = %(id)s AND status <> 'running';
+
 -- name: analyze
 -- After a large first load the planner's row estimates for ingestkit.latest are
 -- stale until autovacuum gets to it, and the next run's history reads would scan.
