@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "terminal",
     "junitxml",
     "lookback",
+    "prune",
     "html",
     "workers",
 )
