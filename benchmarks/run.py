@@ -400,6 +400,45 @@ def workers_flights(server: str, rows: int, numprocesses: list[int]) -> dict[int
     return rates
 
 
+# -- history: bookkeeping bytes per outcome --------------------------------------
+
+#: Bytes of ingestkit's history tables, indexes and TOAST included (a partitioned
+#: table's size is the sum of its partitions').
+HISTORY_BYTES = """
+SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint,
+       coalesce(sum(pg_indexes_size(relid)), 0)::bigint
+FROM (SELECT relid FROM pg_partition_tree(%(t)s::regclass) UNION SELECT %(t)s::regclass) r
+"""
+
+
+def history_bytes(server: str, rows: int) -> tuple[float, float]:
+    """The flights job over ``rows`` rows, then the bytes per outcome row of
+    ``ingestkit.items`` and per key of ``ingestkit.latest``."""
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        path = Path(tmp) / "flights.csv"
+        bad = flights.write_csv(path, rows)
+        ingestkit_flights(dsn, path, rows, bad)
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE ingestkit.items, ingestkit.latest")
+            cur.execute("SELECT count(*) FROM ingestkit.items")
+            outcomes = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM ingestkit.latest")
+            keys = cur.fetchone()[0]
+            per = {}
+            for table, count in (("ingestkit.items", outcomes), ("ingestkit.latest", keys)):
+                cur.execute(HISTORY_BYTES, {"t": table})
+                total, indexes = cur.fetchone()
+                per[table] = total / count
+                print(
+                    f"  {table:<17} {count:>9,} rows {total / 2**20:8.1f} MB"
+                    f" {total / count:7.1f} bytes per row ({indexes / count:5.1f} of them indexes)"
+                )
+        conn.close()
+    return per["ingestkit.items"], per["ingestkit.latest"]
+
+
 def _numprocesses_list(value: str) -> list[int]:
     try:
         ns = [int(n) for n in value.split(",")]
@@ -410,7 +449,7 @@ def _numprocesses_list(value: str) -> list[int]:
     return ns
 
 
-SECTIONS = ("flights", "overhead", "memory", "workers")
+SECTIONS = ("flights", "overhead", "memory", "workers", "history")
 
 
 def main() -> None:
@@ -455,6 +494,12 @@ def main() -> None:
         default=[1, 2],
         metavar="N,N,...",
         help="-n values for the flights job (default: 1,2)",
+    )
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=100_000,
+        help="flights rows in the history section (default: 100,000)",
     )
     parser.add_argument(
         "--only",
@@ -535,6 +580,14 @@ def main() -> None:
             )
             if 1 in rates and most != 1:
                 ratios.append(f"{f'{what}, -n {most} / -n 1':<49}{rates[most] / rates[1]:6.2f}x")
+
+    if "history" in only:
+        print(f"\nhistory: bookkeeping bytes after the flights job over {args.history_rows:,} rows")
+        items, latest = history_bytes(args.dsn, args.history_rows)
+        ratios += [
+            f"ingestkit.items bytes per outcome row            {items:6.1f}   [<= 150]",
+            f"ingestkit.latest bytes per key                   {latest:6.1f}",
+        ]
 
     print("\nratios (goal in brackets)")
     for line in ratios:
