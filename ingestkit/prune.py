@@ -36,6 +36,8 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 
 #: Key of the advisory lock that lets one prune at a time run.
 PRUNE_LOCK = 0x696B_0004
+#: More days than this are no cutoff (and overflow a timedelta).
+MAX_DAYS = 1_000_000
 
 
 @hookimpl
@@ -60,7 +62,7 @@ def ingestkit_cmdline_main(config: Config) -> int | None:
         return None
     if option.keep is None:
         raise UsageError("--prune needs --keep DAYS: how many days of history to keep")
-    if option.keep < 0:
+    if not 0 <= option.keep <= MAX_DAYS:  # also NaN
         raise UsageError(f"--keep takes a number of days, 0 or more, not {option.keep:g}")
     dsn, _origin = resolve_dsn(config)
     password = dsn_password(dsn)

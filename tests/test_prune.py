@@ -209,6 +209,8 @@ def test_prune_usage_errors_are_one_line(project):
         (("--keep", "3"), "--keep DAYS goes with --prune"),
         (("--prune", "--keep", "-1"), "--keep takes a number of days, 0 or more"),
         (("--prune", "--keep", "x"), "argument --keep: invalid float value"),
+        (("--prune", "--keep", "nan"), "--keep takes a number of days, 0 or more, not nan"),
+        (("--prune", "--keep", "1e12"), "--keep takes a number of days, 0 or more, not 1e+12"),
     ):
         result = project.run(*args)
         assert result.exit_code == 4, (args, result.output)
@@ -223,7 +225,6 @@ import ingestkit
 @ingestkit.source(({"id": i} for i in range(1, 1501)), key="id")
 def process_slow(record, db):
     time.sleep(0.004)
-    db.execute("CREATE TABLE IF NOT EXISTS s (id int PRIMARY KEY)")
     db.execute("INSERT INTO s VALUES (%s)", (record["id"],))
 """
 
@@ -236,6 +237,7 @@ def test_runs_go_on_while_prune_drops_and_rebuilds_partitions(project, workers):
     project.write("ingest_slow.py", SLOW)
     assert project.run("--batches").exit_code == 0  # the schema
     project.query("SELECT ingestkit.add_items_partitions(now() - interval '120 days', 4)")
+    project.query("CREATE TABLE s (id int PRIMARY KEY)")  # not by two workers at once
     write_data(project, {i: "a" for i in range(1, 11)})
     first = project.run("-k", "row")
     write_data(project, {i: "b" if i <= 6 else "a" for i in range(1, 11)})
