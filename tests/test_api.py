@@ -119,6 +119,7 @@ def test_run_registers_the_plugins_it_is_given(project):
 
 def test_run_on_workers_reports_the_whole_batch(project):
     project.write("ingest_rows.py", ROWS)
+    project.query("CREATE TABLE t (id int PRIMARY KEY)")  # not by two workers at once
     result = ingestkit.run(["--dsn", project.dsn, "-n", "2", "-q", str(project.root)])
     assert result.exit_code == 1
     assert (result.counts["succeeded"], result.counts["failed"]) == (19, 2)
