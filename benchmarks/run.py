@@ -650,6 +650,44 @@ def typed_overhead(server: str, rows: int) -> list[str]:
         )
     return lines
 
+# -- history: bookkeeping bytes per outcome --------------------------------------
+
+#: Bytes of ingestkit's history tables, indexes and TOAST included (a partitioned
+#: table's size is the sum of its partitions').
+HISTORY_BYTES = """
+SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint,
+       coalesce(sum(pg_indexes_size(relid)), 0)::bigint
+FROM (SELECT relid FROM pg_partition_tree(%(t)s::regclass) UNION SELECT %(t)s::regclass) r
+"""
+
+
+def history_bytes(server: str, rows: int) -> tuple[float, float]:
+    """The flights job over ``rows`` rows, then the bytes per outcome row of
+    ``ingestkit.items`` and per key of ``ingestkit.latest``."""
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        path = Path(tmp) / "flights.csv"
+        bad = flights.write_csv(path, rows)
+        ingestkit_flights(dsn, path, rows, bad)
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE ingestkit.items, ingestkit.latest")
+            cur.execute("SELECT count(*) FROM ingestkit.items")
+            outcomes = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM ingestkit.latest")
+            keys = cur.fetchone()[0]
+            per = {}
+            for table, count in (("ingestkit.items", outcomes), ("ingestkit.latest", keys)):
+                cur.execute(HISTORY_BYTES, {"t": table})
+                total, indexes = cur.fetchone()
+                per[table] = total / count
+                print(
+                    f"  {table:<17} {count:>9,} rows {total / 2**20:8.1f} MB"
+                    f" {total / count:7.1f} bytes per row ({indexes / count:5.1f} of them indexes)"
+                )
+        conn.close()
+    return per["ingestkit.items"], per["ingestkit.latest"]
+
 
 def _numprocesses_list(value: str) -> list[int]:
     try:
@@ -661,7 +699,17 @@ def _numprocesses_list(value: str) -> list[int]:
     return ns
 
 
-SECTIONS = ("flights", "dirty", "constraints", "overhead", "memory", "workers", "upsert", "typed")
+SECTIONS = (
+    "flights",
+    "dirty",
+    "constraints",
+    "overhead",
+    "memory",
+    "workers",
+    "upsert",
+    "typed",
+    "history",
+)
 
 
 def main() -> None:
@@ -709,6 +757,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--upsert-rows", type=int, default=200_000, help="rows for the upsert and typed sections"
+    )
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=100_000,
+        help="flights rows in the history section (default: 100,000)",
     )
     parser.add_argument(
         "--only",
@@ -852,6 +906,14 @@ def main() -> None:
     if "typed" in only:
         print(f"\ntyped records: {args.upsert_rows:,} rows, a dataclass record against a dict")
         ratios += typed_overhead(args.dsn, args.upsert_rows)
+
+    if "history" in only:
+        print(f"\nhistory: bookkeeping bytes after the flights job over {args.history_rows:,} rows")
+        items, latest = history_bytes(args.dsn, args.history_rows)
+        ratios += [
+            f"ingestkit.items bytes per outcome row            {items:6.1f}   [<= 150]",
+            f"ingestkit.latest bytes per key                   {latest:6.1f}",
+        ]
 
     print("\nratios (goal in brackets)")
     for line in ratios:

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 import pluggy
 
+from .api import BatchResult, Failure, run
 from .collection import Processor
 from .config import Config
 from .fixtures import fixture
@@ -34,10 +35,12 @@ def main(args: list[str] | None = None, plugins: list | None = None) -> int:
 
 
 __all__ = [
+    "BatchResult",
     "Chunk",
     "Config",
     "Entry",
     "ExitCode",
+    "Failure",
     "Item",
     "ItemReport",
     "LookupMissing",
@@ -56,6 +59,7 @@ __all__ = [
     "read_csv",
     "read_json",
     "read_jsonl",
+    "run",
     "skip",
     "source",
 ]

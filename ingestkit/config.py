@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "terminal",
     "junitxml",
     "lookback",
+    "prune",
     "html",
     "workers",
 )

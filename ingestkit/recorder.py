@@ -77,6 +77,8 @@ def ingestkit_batch_start(session: Session) -> None:
         batch.started_at, batch.lock_key = cur.fetchone()
         cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
     conn.commit()  # before any chunk: a dry run's writes start after it
+    with session.control.cursor() as cur:  # this month's and next month's, when missing
+        cur.execute(q("add-items-partitions"))
     session.interrupted_batches = mark_interrupted(session.control, batch.id)
     _create_temp_tables(session)
 

@@ -750,6 +750,8 @@ def test_schema_is_created_once_and_later_migrations_apply_once(project, monkeyp
 def test_a_version_1_schema_is_migrated_to_the_current_one(project):
     """A database set up by the first release gets the work queue of -n, and
     loses the foreign key of items.batch_id."""
+    import ingestkit.schema
+
     project.write("ingest_ok.py", ONE)
     assert project.run().exit_code == 0
     project.query(
@@ -761,7 +763,7 @@ def test_a_version_1_schema_is_migrated_to_the_current_one(project):
     result = project.run("-n", "2", "--reprocess")
     assert result.exit_code == 0, out_of(result)
     versions = project.query("SELECT version FROM ingestkit.schema_version ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 2, 3]
+    assert [r["version"] for r in versions] == sorted({1, *ingestkit.schema.migrations()})
     assert not project.query(
         "SELECT 1 FROM pg_constraint WHERE conrelid = 'ingestkit.items'::regclass AND contype = 'f'"
     )

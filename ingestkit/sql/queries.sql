@@ -446,3 +446,60 @@ INSERT INTO ingestkit_seen SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING RE
 SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- History: partitions and pruning (recorder.py, prune.py) ----------------------
+
+-- name: add-items-partitions
+-- At each batch start: the current and the next month's partitions of
+-- ingestkit.items, when missing (a catalog read when they exist).
+SELECT ingestkit.add_items_partitions(now(), 2);
+
+-- name: prune-lock
+-- One --prune at a time (session level, on the prune's connection).
+SELECT pg_advisory_lock(%(ns)s);
+
+-- name: prune-unlock
+SELECT pg_advisory_unlock(%(ns)s);
+
+-- name: prune-cutoff
+SELECT now() - make_interval(secs => %(seconds)s);
+
+-- name: prune-old-batches
+-- The batches --prune takes the outcome rows of: started before the cutoff,
+-- and over (a batch whose process died is marked interrupted first).
+SELECT id FROM ingestkit.batches
+WHERE started_at < %(cutoff)s AND status <> 'running'
+ORDER BY started_at;
+
+-- name: items-partitions
+-- The partitions of ingestkit.items with their upper bounds (NULL: the default one).
+SELECT c.relname AS name,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), $re$TO \('([^']+)'\)$re$))[1]::timestamptz
+           AS upper
+FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
+WHERE h.inhparent = 'ingestkit.items'::regclass
+ORDER BY upper NULLS LAST, name;
+
+-- name: prune-partition
+-- A partition all of whose rows finished before the cutoff: dropped, rebuilt
+-- with the rows it keeps, or pruned row by row (schema.sql).
+SELECT removed, how FROM ingestkit.prune_items_partition(%(partition)s, %(cutoff)s);
+
+-- name: prune-batch-items
+-- One old batch's outcome rows, but for the latest outcome of each key.
+DELETE FROM ingestkit.items i
+WHERE i.batch_id = %(batch_id)s
+  AND NOT EXISTS (SELECT 1 FROM ingestkit.latest l
+                  WHERE l.processor = i.processor AND l.key = i.key
+                    AND l.batch_id = i.batch_id);
+
+-- name: prune-kept
+-- Outcome rows of the old batches that stay: latest outcomes.
+SELECT count(*) FROM ingestkit.items WHERE batch_id = ANY(%(batch_ids)s::uuid[]);
+
+-- name: prune-batches
+-- Old batch rows with no outcome rows left, that no latest outcome refers to.
+DELETE FROM ingestkit.batches b
+WHERE b.id = ANY(%(batch_ids)s::uuid[])
+  AND NOT EXISTS (SELECT 1 FROM ingestkit.items i WHERE i.batch_id = b.id)
+  AND NOT EXISTS (SELECT 1 FROM ingestkit.latest l WHERE l.batch_id = b.id);
