@@ -70,9 +70,12 @@ def def_lineno(func: Callable) -> int | None:
     code = getattr(func, "__code__", None)
     if code is None:
         return None
-    first = code.co_firstlineno
+    return _scan_to_def(code.co_filename, code.co_firstlineno)
+
+
+def _scan_to_def(filename: str, first: int) -> int:
     for lineno in range(first, first + 50):
-        line = linecache.getline(code.co_filename, lineno)
+        line = linecache.getline(filename, lineno)
         if not line:
             break
         if _DEF_LINE.match(line):
@@ -167,11 +170,17 @@ def _members(holder: Any) -> list[tuple[str, Any]]:
 def _location(func: Callable, rootdir: Path) -> str:
     """``file:line`` of a fixture: relative to rootdir, or ``ingestkit/...`` for built-ins."""
     code = getattr(func, "__code__", None)
-    if code is None:
+    if code is not None:
+        path, lineno = Path(code.co_filename), def_lineno(func)
+    elif inspect.isclass(func):  # a class as a fixture factory
+        try:
+            path = Path(inspect.getsourcefile(func) or "")
+            lineno = _scan_to_def(str(path), inspect.getsourcelines(func)[1])
+        except (OSError, TypeError):
+            return ""
+    else:
         return ""
-    path = Path(code.co_filename)
     package = Path(__file__).parent
-    lineno = def_lineno(func)
     for base, prefix in ((package, "ingestkit/"), (rootdir, "")):
         try:
             return f"{prefix}{path.relative_to(base).as_posix()}:{lineno}"

@@ -903,6 +903,8 @@ def test_factory_setup_as_class(project):
         """,
     )
     passes(project.run(), 1)
+    listed = project.run("--fixtures")
+    assert "Client [batch scope] -- ingest_a.py:4\n" in listed.output, listed.output
 
 
 def test_fixture_finalizer_runs_after_use(project, events):
