@@ -256,9 +256,14 @@ class FixtureManager:
         argnames = list(argnames)
         auto = []
         if autouse:
-            defs = [d for ds in self.visible(nodeid).values() for d in ds[-1:] if d.autouse]
-            defs.sort(key=lambda d: (-SCOPE_RANK[d.scope], len(d.baseid)))
-            auto = [d.name for d in defs]
+            # a name made autouse at some level stays autouse below it, in whatever
+            # definition is nearest (pytest #1601): outer levels first, wider scopes first
+            keys = {}
+            for name, ds in self.visible(nodeid).items():
+                first = next((d for d in ds if d.autouse), None)
+                if first is not None:
+                    keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
+            auto = sorted(keys, key=keys.__getitem__)
         closure = Closure(resolving=list(stack))
         closure.root = root if root is not None else f"{nodeid}({', '.join(argnames)})"
         for name in [*auto, *argnames]:

@@ -1973,3 +1973,239 @@ def test_show_fixtures_different_files(project):
     result = project.run("--fixtures")
     assert "fix_a -- ingest_a.py:4\n    Fixture A" in result.output
     assert "fix_b -- ingest_b.py:4\n    Fixture B" in result.output
+
+
+# -- more of TestFillFixtures, TestAutouseManagement, TestFixtureMarker, TestScopeOrdering --
+
+
+def test_override_autouse_fixture_with_plain_fixture_conftest_conftest(project, events):
+    """#1601: an autouse name overridden without autouse is still used, in its new definition."""
+    project.write_noted(
+        "conftest.py",
+        "@ingestkit.fixture(autouse=True)\ndef spam():\n    note('outer spam')\n",
+    )
+    project.write_noted(
+        "sub/conftest.py", "@ingestkit.fixture\ndef spam():\n    note('inner spam')\n"
+    )
+    project.write("sub/ingest_a.py", "def process_a():\n    pass\n")
+    project.write("ingest_b.py", "def process_b():\n    pass\n")
+    passes(project.run(), 2)
+    assert events() == ["outer spam", "inner spam"]
+
+
+def test_fixture_scope_sibling_conftests(project):
+    """A batch fixture of one directory's conftest.py is not visible in a sibling directory."""
+    project.write(
+        "foo/conftest.py",
+        "import ingestkit\n\n@ingestkit.fixture(scope='batch')\ndef fix():\n    return [1]\n",
+    )
+    project.write("foo/ingest_foo.py", "def process_foo(fix):\n    assert fix == [1]\n")
+    project.write("food/ingest_food.py", "def process_food(fix):\n    pass\n")
+    result = project.run()
+    assert statuses(result) == {"process_foo": "succeeded", "process_food": "error"}
+    assert messages(result)["process_food"].startswith("fixture 'fix' not found")
+
+
+def test_getfixturevalue_dynamic(project):
+    """pytest's fixtures/test_getfixturevalue_dynamic.py: a fixture chosen at setup time."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture
+        def dynamic():
+            pass
+
+        @ingestkit.fixture
+        def a(request):
+            request.getfixturevalue("dynamic")
+
+        @ingestkit.fixture
+        def b(a):
+            pass
+
+        def process_b(b, request):
+            assert request.getfixturevalue("dynamic") is None
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_fixture_arg_ordering(project):
+    """Fixtures of the same scope set up in the order the processor names them."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        order = []
+
+        @ingestkit.fixture
+        def fix1():
+            order.append("fix1")
+
+        @ingestkit.fixture
+        def fix2():
+            order.append("fix2")
+
+        @ingestkit.fixture
+        def fix3():
+            order.append("fix3")
+
+        def process_order(fix2, fix3, fix1):
+            assert order == ["fix2", "fix3", "fix1"], order
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_processor_scope_finalizer_runs_after_its_last_item(project, events):
+    project.write_noted(
+        "ingest_a.py",
+        """
+        @ingestkit.fixture(scope="processor")
+        def per_proc(request):
+            note("setup", request.nodeid)
+            request.addfinalizer(lambda: note("fin", request.nodeid))
+
+        @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
+        def process_x(record, per_proc):
+            note("call", record["id"])
+
+        def process_y(per_proc):
+            note("call y")
+        """,
+    )
+    passes(project.run(), 3)
+    assert events() == [
+        "setup ingest_a.py::process_x",
+        "call 1",
+        "call 2",
+        "fin ingest_a.py::process_x",
+        "setup ingest_a.py::process_y",
+        "call y",
+        "fin ingest_a.py::process_y",
+    ]
+
+
+def test_scope_batch_exc_two_fix(project):
+    """A failing batch fixture does not stop another from being set up."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        values = []
+        m = []
+
+        @ingestkit.fixture(scope="batch")
+        def a():
+            values.append(1)
+            raise RuntimeError("a broke")
+
+        @ingestkit.fixture
+        def b(a):
+            m.append(1)
+
+        def process_1(b):
+            pass
+
+        def process_2(b):
+            pass
+
+        def process_last():
+            assert values == [1]
+            assert m == []
+        """,
+    )
+    result = project.run()
+    assert statuses(result) == {
+        "process_1": "error",
+        "process_2": "error",
+        "process_last": "succeeded",
+    }
+
+
+def test_batch_fixture_teardown_error_keeps_items(project, events):
+    project.write_noted(
+        "ingest_a.py",
+        """
+        @ingestkit.fixture(scope="batch")
+        def res(db):
+            db.execute("CREATE TABLE t (id int)")
+            yield
+            raise RuntimeError("cleanup failed")
+
+        @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
+        def process_x(record, res, db):
+            db.execute("INSERT INTO t VALUES (%s)", (record["id"],))
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1
+    assert result.statuses() == {"1": "succeeded", "2": "succeeded"}
+    assert [r["id"] for r in result.query("SELECT id FROM t ORDER BY id")] == [1, 2]
+    assert "batch-scoped fixture teardown: RuntimeError: cleanup failed" in result.output
+
+
+def test_autouse_fixture_of_module_not_used_by_other_module(project, events):
+    """TestAutouseDiscovery::test_autouse_in_module_and_two_classes, by modules."""
+    project.write_noted(
+        "ingest_a.py",
+        "@ingestkit.fixture(autouse=True)\ndef append1():\n    note('a autouse')\n\n"
+        "def process_a():\n    pass\n",
+    )
+    project.write("ingest_b.py", "def process_b():\n    pass\n")
+    passes(project.run(), 2)
+    assert events() == ["a autouse"]
+
+
+def test_request_in_processor(project):
+    """A processor may request ``request``; its getfixturevalue sees the processor's fixtures."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture
+        def local():
+            return "local"
+
+        def process_a(request):
+            assert request.nodeid == "ingest_a.py::process_a[]"
+            assert request.fixturename is None
+            assert request.getfixturevalue("local") == "local"
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_item_fixture_writes_roll_back_with_a_skip(project):
+    """A skip in an item fixture after it wrote: the item's writes are gone, end to end."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture(scope="batch", autouse=True)
+        def table(db):
+            db.execute("CREATE TABLE IF NOT EXISTS t (id int)")
+
+        @ingestkit.fixture
+        def guard(record, db):
+            db.execute("INSERT INTO t VALUES (%s)", (-record["id"],))
+            if record["id"] % 2 == 0:
+                ingestkit.skip("even")
+
+        @ingestkit.source([{"id": i} for i in range(1, 7)], key="id")
+        def process_x(record, guard, db):
+            db.insert("t", {"id": record["id"]})
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 0, ok(result)
+    assert result.counts == {"succeeded": 3, "skipped": 3}
+    rows = sorted(r["id"] for r in result.query("SELECT id FROM t"))
+    assert rows == [-5, -3, -1, 1, 3, 5]
+    assert len(result.items) == 6  # every record of the source has its outcome
