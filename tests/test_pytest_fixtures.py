@@ -2209,3 +2209,239 @@ def test_item_fixture_writes_roll_back_with_a_skip(project):
     rows = sorted(r["id"] for r in result.query("SELECT id FROM t"))
     assert rows == [-5, -3, -1, 1, 3, 5]
     assert len(result.items) == 6  # every record of the source has its outcome
+
+
+def test_scope_ordering(project):
+    """TestAutouseManagement::test_scope_ordering: module, then processor, then item autouse."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        values = []
+
+        @ingestkit.fixture(autouse=True)
+        def fappend2():
+            values.append(2)
+
+        @ingestkit.fixture(scope="processor", autouse=True)
+        def classappend3():
+            values.append(3)
+
+        @ingestkit.fixture(scope="module", autouse=True)
+        def mappend():
+            values.append(1)
+
+        def process_method():
+            assert values == [1, 3, 2], values
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_ordering_autouse_before_explicit(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        values = []
+
+        @ingestkit.fixture(autouse=True)
+        def fix1():
+            values.append(1)
+
+        @ingestkit.fixture()
+        def arg1():
+            values.append(2)
+
+        def process_hello(arg1):
+            assert values == [1, 2]
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_ordering_dependencies_torndown_first(project):
+    """#226: a fixture is torn down before the fixtures it depends on."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        values = []
+
+        @ingestkit.fixture
+        def arg1(request):
+            request.addfinalizer(lambda: values.append("fin1"))
+            values.append("new1")
+
+        @ingestkit.fixture
+        def arg2(request, arg1):
+            request.addfinalizer(lambda: values.append("fin2"))
+            values.append("new2")
+
+        def process_arg(arg2):
+            pass
+
+        def process_check():
+            assert values == ["new1", "new2", "fin2", "fin1"]
+        """,
+    )
+    passes(project.run(), 2)
+
+
+@pytest.mark.parametrize("scope", ["batch", "item", "module"])
+def test_finalizer_order_on_dependencies(project, scope):
+    """#246 (without its parametrisation): base is not finalized before fix2, which uses it."""
+    project.write(
+        "ingest_a.py",
+        f"""
+        import ingestkit
+
+        values = []
+
+        @ingestkit.fixture(scope="{scope}")
+        def fix1(request):
+            return "1"
+
+        @ingestkit.fixture(scope="{scope}")
+        def fix2(request, base):
+            def cleanup_fix2():
+                assert not values, "base should not have been finalized"
+            request.addfinalizer(cleanup_fix2)
+
+        @ingestkit.fixture(scope="{scope}")
+        def base(request, fix1):
+            def cleanup_base():
+                values.append("fin_base")
+            request.addfinalizer(cleanup_base)
+
+        def process_begin():
+            pass
+
+        def process_baz(base, fix2):
+            pass
+
+        def process_other():
+            pass
+        """,
+    )
+    passes(project.run(), 3)
+
+
+def test_processor_scope_with_normal_processors(project):
+    """test_class_scope_with_normal_tests: each processor gets its own processor-scoped value."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        class Box:
+            value = 0
+
+        @ingestkit.fixture(scope="processor")
+        def a(request):
+            Box.value += 1
+            return Box.value
+
+        def process_a(a):
+            assert a == 1
+
+        @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
+        def process_b(record, a):
+            assert a == 2
+
+        def process_c(a):
+            assert a == 3
+        """,
+    )
+    passes(project.run(), 4)
+
+
+def test_cached_exception_doesnt_get_longer(project):
+    """#12204: a failed batch fixture's traceback is the same for every item that needs it."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture(scope="batch")
+        def bad():
+            1 / 0
+
+        def process_1(bad): pass
+        def process_2(bad): pass
+        def process_3(bad): pass
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1
+    tracebacks = [i["traceback"] for i in result.items]
+    assert len(tracebacks) == 3 and all(tracebacks), tracebacks
+    assert tracebacks[1] == tracebacks[2] == tracebacks[0]
+
+
+def test_scope_exc_skip_in_conftest_batch_fixture(project):
+    """test_scope_exc: a batch fixture that skips, used from two files: set up once, both skip."""
+    project.write(
+        "conftest.py",
+        """
+        import ingestkit
+
+        reqs = []
+
+        @ingestkit.fixture(scope="batch")
+        def fix(request):
+            reqs.append(1)
+            ingestkit.skip("no service")
+
+        @ingestkit.fixture
+        def req_list():
+            return reqs
+        """,
+    )
+    project.write("ingest_foo.py", "def process_foo(fix):\n    pass\n")
+    project.write("ingest_bar.py", "def process_bar(fix):\n    pass\n")
+    project.write("ingest_real.py", "def process_last(req_list):\n    assert req_list == [1]\n")
+    result = project.run()
+    assert result.exit_code == 0, ok(result)
+    assert statuses(result) == {
+        "process_bar": "skipped",
+        "process_foo": "skipped",
+        "process_last": "succeeded",
+    }
+
+
+def test_scope_batch_exc_two_fix_skip(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        values = []
+        m = []
+
+        @ingestkit.fixture(scope="batch")
+        def a():
+            values.append(1)
+            ingestkit.skip("skipping")
+
+        @ingestkit.fixture(scope="batch")
+        def b(a):
+            m.append(1)
+
+        def process_1(b):
+            pass
+
+        def process_2(b):
+            pass
+
+        def process_last():
+            assert values == [1]
+            assert m == []
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 0, ok(result)
+    assert result.counts == {"skipped": 2, "succeeded": 1}
