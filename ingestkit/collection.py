@@ -144,12 +144,17 @@ class Collector:
         """
         pm = self.config.pluginmanager
         before = {id(p) for p in pm.get_plugins()}
-        pm.register(module, name=str(path))
-        manager = self.session.fixturemanager
-        manager.parse(module, baseid)
-        for plugin in pm.get_plugins():
-            if id(plugin) not in before and plugin is not module:
-                manager.parse(plugin, "")
+        try:
+            pm.register(module, name=str(path))
+            manager = self.session.fixturemanager
+            manager.parse(module, baseid)
+            for plugin in pm.get_plugins():
+                if id(plugin) not in before and plugin is not module:
+                    manager.parse(plugin, "")
+        except Exception:
+            if pm.is_registered(module):  # its hooks must not run without it
+                pm.unregister(module)
+            raise
 
     def hook_for(self, path: Path) -> Any:
         """The hooks for ``path``: without conftest.py files not above it (pytest's ihook)."""

@@ -359,3 +359,23 @@ def test_conftest_unmarked_hook_other_than_configure(project):
         "process_b",
         "process_a",
     ]
+
+
+def test_conftest_configure_raising_is_a_collection_error(project):
+    project.write(
+        "sub/conftest.py",
+        """
+        def ingestkit_configure(config):
+            raise RuntimeError("configure broke")
+
+        def ingestkit_collection_modifyitems(session, config, processors):
+            processors.clear()
+        """,
+    )
+    project.write("sub/ingest_a.py", "def process_a():\n    pass\n")
+    project.write("ingest_b.py", "def process_b():\n    pass\n")
+    result = project.run()
+    assert result.exit_code == 1, result.output
+    assert "ERROR collecting sub/ingest_a.py" in result.output
+    assert "configure broke" in result.output
+    assert statuses(result) == {"process_b": "succeeded"}  # its other hooks did not run
