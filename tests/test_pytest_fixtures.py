@@ -2445,3 +2445,208 @@ def test_scope_batch_exc_two_fix_skip(project):
     result = project.run()
     assert result.exit_code == 0, ok(result)
     assert result.counts == {"skipped": 2, "succeeded": 1}
+
+
+def test_class_fixture_self_instance(project):
+    """#2270: a fixture method of a plugin object registered in a conftest receives the instance."""
+    project.write(
+        "conftest.py",
+        """
+        import ingestkit
+
+        def ingestkit_configure(config):
+            config.pluginmanager.register(MyPlugin())
+
+        class MyPlugin:
+            def __init__(self):
+                self.arg = 1
+
+            @ingestkit.fixture
+            def myfix(self):
+                assert isinstance(self, MyPlugin)
+                return self.arg
+        """,
+    )
+    project.write("ingest_a.py", "def process_1(myfix):\n    assert myfix == 1\n")
+    passes(project.run(), 1)
+
+
+def test_fixture_arg_ordering_through_combined(project):
+    """#6540, #6492: arguments of one fixture are set up in their order."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        suffixes = []
+
+        @ingestkit.fixture
+        def fix_1(): suffixes.append("fix_1")
+        @ingestkit.fixture
+        def fix_2(): suffixes.append("fix_2")
+        @ingestkit.fixture
+        def fix_3(): suffixes.append("fix_3")
+        @ingestkit.fixture
+        def fix_4(): suffixes.append("fix_4")
+        @ingestkit.fixture
+        def fix_5(): suffixes.append("fix_5")
+
+        @ingestkit.fixture
+        def fix_combined(fix_1, fix_2, fix_3, fix_4, fix_5): pass
+
+        def process_suffix(fix_combined):
+            assert suffixes == ["fix_1", "fix_2", "fix_3", "fix_4", "fix_5"]
+        """,
+    )
+    passes(project.run(), 1)
+
+
+def test_yield_fixture_with_no_value(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        @ingestkit.fixture(name="custom")
+        def empty_yield():
+            if False:
+                yield
+
+        def process_fixt(custom):
+            pass
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1
+    assert statuses(result) == {"process_fixt": "error"}
+    assert (
+        messages(result)["process_fixt"] == "fixture 'custom' did not yield a value (ingest_a.py:4)"
+    )
+
+
+def test_scoped_fixture_caching(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        executed = []
+
+        @ingestkit.fixture(scope="processor")
+        def fixture_1():
+            executed.append("fix setup")
+            yield
+            executed.append("fix teardown")
+
+        @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
+        def process_caching(record, fixture_1):
+            assert executed == ["fix setup"]
+
+        def process_expected_setup_and_teardown():
+            assert executed == ["fix setup", "fix teardown"]
+        """,
+    )
+    passes(project.run(), 3)
+
+
+def test_scoped_fixture_caching_exception(project):
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        executed_crash = []
+
+        @ingestkit.fixture(scope="processor")
+        def fixture_crash(request):
+            executed_crash.append("fix_crash setup")
+            request.addfinalizer(lambda: executed_crash.append("fix_crash teardown"))
+            raise Exception("foo")
+
+        @ingestkit.source([{"id": 1}, {"id": 2}], key="id")
+        def process_crash(record, fixture_crash):
+            pass
+
+        def process_crash_expected_setup_and_teardown():
+            assert executed_crash == ["fix_crash setup", "fix_crash teardown"]
+        """,
+    )
+    result = project.run()
+    assert statuses(result) == {
+        "process_crash": "error",
+        "process_crash_expected_setup_and_teardown": "succeeded",
+    }, ok(result)
+    assert result.counts == {"error": 2, "succeeded": 1}
+
+
+def test_scoped_fixture_teardown_order(project):
+    """#1489: a later processor using a subset of module fixtures keeps the teardown order."""
+    project.write(
+        "ingest_a.py",
+        """
+        import ingestkit
+
+        last_executed = ""
+
+        @ingestkit.fixture(scope="module")
+        def fixture_1():
+            global last_executed
+            assert last_executed == ""
+            last_executed = "fixture_1_setup"
+            yield
+            assert last_executed == "fixture_2_teardown"
+            last_executed = "fixture_1_teardown"
+
+        @ingestkit.fixture(scope="module")
+        def fixture_2():
+            global last_executed
+            assert last_executed == "fixture_1_setup"
+            last_executed = "fixture_2_setup"
+            yield
+            assert last_executed == "run_test"
+            last_executed = "fixture_2_teardown"
+
+        def process_fixture_teardown_order(fixture_1, fixture_2):
+            global last_executed
+            assert last_executed == "fixture_2_setup"
+            last_executed = "run_test"
+
+        def process_2(fixture_1):
+            pass
+        """,
+    )
+    result = project.run()
+    passes(result, 2)
+    assert "TEARDOWN" not in result.output
+
+
+def test_subfixture_teardown_order(project, events):
+    """#12135: fixtures sharing a dependency are torn down in reverse setup order, once."""
+    project.write_noted(
+        "ingest_a.py",
+        """
+        @ingestkit.fixture(scope="module")
+        def fixture_1():
+            pass
+
+        @ingestkit.fixture(scope="module")
+        def fixture_2(fixture_1):
+            note("setup 2")
+            yield
+            note("teardown 2")
+
+        @ingestkit.fixture(scope="module")
+        def fixture_3(fixture_1):
+            note("setup 3")
+            yield
+            note("teardown 3")
+
+        def process_initialize_fixtures(fixture_2, fixture_3):
+            pass
+
+        def process_reschedule_fixture_2(fixture_2):
+            pass
+        """,
+    )
+    passes(project.run(), 2)
+    assert events() == ["setup 2", "setup 3", "teardown 3", "teardown 2"]
