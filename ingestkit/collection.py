@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .config import split_nodeid
+from .fixtures import fixture_marker
 from .outcomes import UsageError
 from .sources import SOURCE_ATTR, SourceSpec
 from .typed import PIP_PYDANTIC
@@ -126,16 +127,50 @@ class Collector:
                 raise self._conftest_errors[path]
             if path in self._conftests or not path.is_file():
                 continue
+            baseid = _relpath(folder, self.rootdir)
+            baseid = "" if baseid == "." else baseid + "/"
             try:
                 module = self.import_file(path)
+                self._register_conftest(module, path, baseid)
             except Exception as exc:
                 self._conftest_errors[path] = exc
                 raise
             self._conftests[path] = module
-            baseid = _relpath(folder, self.rootdir)
-            baseid = "" if baseid == "." else baseid + "/"
-            self.config.pluginmanager.register(module, name=str(path))
-            self.session.fixturemanager.parse(module, baseid)
+
+    def _register_conftest(self, module: ModuleType, path: Path, baseid: str) -> None:
+        """Register a conftest as a plugin and parse its fixtures.
+
+        Registering it calls its ``ingestkit_configure`` (a historic hook);
+        plugins that registers are parsed too, visible everywhere, as in pytest.
+        """
+        pm = self.config.pluginmanager
+        before = {id(p) for p in pm.get_plugins()}
+        try:
+            pm.register(module, name=str(path))
+            manager = self.session.fixturemanager
+            manager.parse(module, baseid)
+            for plugin in pm.get_plugins():
+                if id(plugin) not in before and plugin is not module:
+                    manager.parse(plugin, "")
+        except Exception:
+            if pm.is_registered(module):  # its hooks must not run without it
+                pm.unregister(module)
+            raise
+
+    def hook_for(self, path: Path) -> Any:
+        """The hooks for ``path``: without conftest.py files not above it (pytest's ihook)."""
+        hook = self.config.hook
+        folder = path.parent
+        foreign = [
+            module
+            for conftest, module in self._conftests.items()
+            if module is not None
+            and conftest.parent != folder
+            and conftest.parent not in folder.parents
+        ]
+        if not foreign:
+            return hook
+        return _HookProxy(self.config.pluginmanager, foreign)
 
     def cleanup(self) -> None:
         for name in self.added_modules:
@@ -146,6 +181,17 @@ class Collector:
         for module in self._conftests.values():
             if module is not None and self.config.pluginmanager.is_registered(module):
                 self.config.pluginmanager.unregister(module)
+
+
+class _HookProxy:
+    """``config.hook`` with some plugins left out (pluggy's ``subset_hook_caller``)."""
+
+    def __init__(self, pm: pluggy.PluginManager, remove: list[Any]) -> None:
+        self._pm = pm
+        self._remove = remove
+
+    def __getattr__(self, name: str) -> Any:
+        return self._pm.subset_hook_caller(name, remove_plugins=self._remove)
 
 
 def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectReport:
@@ -182,6 +228,8 @@ def processors_in(module: ModuleType, path: Path, session: Session) -> list[Proc
     seen: set[int] = set()
     for name, obj in list(vars(module).items()):
         if not _matches(name, patterns) or not inspect.isfunction(obj) or id(obj) in seen:
+            continue
+        if fixture_marker(obj) is not None:  # a fixture named process_* is not a processor
             continue
         seen.add(id(obj))
         keywords = {name, path.name, *Path(relpath).parent.parts}
@@ -222,11 +270,15 @@ def ingestkit_ignore_collect(collection_path: Path, config: Any) -> bool | None:
 
 
 def _walk(path: Path, session: Session) -> list[Path]:
-    hook = session.config.hook
     if path.is_file():
         return [path]
+    try:  # a directory's conftest.py may ignore what is in it, as in pytest
+        session.collector.load_conftests(path)
+    except Exception:
+        pass  # reported with the files below it
     files = []
     for child in sorted(path.iterdir()):
+        hook = session.collector.hook_for(child)
         if hook.ingestkit_ignore_collect(collection_path=child, config=session.config):
             continue
         if child.is_dir():
@@ -275,7 +327,9 @@ def collect(session: Session) -> tuple[list[Processor], list[CollectReport]]:
             else:
                 try:
                     session.collector.load_conftests(file_path.parent)
-                    results = hook.ingestkit_collect_file(file_path=file_path, session=session)
+                    results = session.collector.hook_for(file_path).ingestkit_collect_file(
+                        file_path=file_path, session=session
+                    )
                 except Exception as exc:
                     report = collection_error(file_path, config.rootdir, exc)
                     errors.append(report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import shlex
@@ -302,8 +303,35 @@ def _preparse_plugins(args: list[str]) -> list[str]:
     return specs
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's, where a function named ``ingestkit_*`` is a hook without the marker.
+
+    As in pytest: a ``conftest.py`` (or plugin) writes ``def ingestkit_configure(config)``
+    and it is called; ``@ingestkit.hookimpl`` is needed only for options (``tryfirst``...).
+    """
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is not None or not name.startswith("ingestkit_"):
+            return opts
+        try:
+            method = getattr(plugin, name)
+        except Exception:
+            return None
+        if not inspect.isroutine(method):
+            return None
+        return pluggy.HookimplOpts(
+            wrapper=False,
+            hookwrapper=False,
+            optionalhook=False,
+            tryfirst=False,
+            trylast=False,
+            specname=None,
+        )
+
+
 def make_pluginmanager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("ingestkit")
+    pm = PluginManager("ingestkit")
     pm.add_hookspecs(hookspec)
     return pm
 

@@ -10,9 +10,12 @@ when that scope ends.
 from __future__ import annotations
 
 import inspect
+import linecache
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .outcomes import FixtureLookupError, ScopeMismatch
@@ -35,8 +38,57 @@ class FixtureMarker:
     name: str | None = None
 
     def __call__(self, func: Callable) -> Callable:
+        name = self.name or getattr(func, "__name__", repr(func))
+        where = _def_location(func)
+        if self.scope not in SCOPE_RANK:
+            raise ValueError(
+                f"fixture {name!r} ({where}): unknown fixture scope {self.scope!r}; "
+                f"expected one of {', '.join(SCOPES)}"
+            )
+        if name == "request":
+            raise ValueError(f"'request' is a reserved fixture name, use another name: {where}")
+        if isinstance(fixture_marker(func), FixtureMarker):
+            raise ValueError(f"@ingestkit.fixture is applied more than once to fixture {name!r}")
         setattr(func, FIXTURE_ATTR, self)
         return func
+
+
+def fixture_marker(obj: Any) -> FixtureMarker | None:
+    """The fixture marker of ``obj``, or None; never raises (lazy objects raise on getattr)."""
+    try:
+        marker = getattr(obj, FIXTURE_ATTR, None)
+    except Exception:
+        return None
+    return marker if isinstance(marker, FixtureMarker) else None
+
+
+_DEF_LINE = re.compile(r"\s*(async\s+)?(def|class)\s")
+
+
+def def_lineno(func: Callable) -> int | None:
+    """The line of ``def`` (not of the first decorator, as ``co_firstlineno``)."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    return _scan_to_def(code.co_filename, code.co_firstlineno)
+
+
+def _scan_to_def(filename: str, first: int) -> int:
+    for lineno in range(first, first + 50):
+        line = linecache.getline(filename, lineno)
+        if not line:
+            break
+        if _DEF_LINE.match(line):
+            return lineno
+    return first
+
+
+def _def_location(func: Callable) -> str:
+    """``file.py:line`` of a function's ``def``, by file name (rootdir is not known yet)."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return getattr(func, "__qualname__", repr(func))
+    return f"{Path(code.co_filename).name}:{def_lineno(func)}"
 
 
 def fixture(
@@ -47,8 +99,6 @@ def fixture(
     name: str | None = None,
 ) -> Any:
     """Mark a function as a fixture: ``@fixture`` or ``@fixture(scope=..., ...)``."""
-    if scope not in SCOPE_RANK:
-        raise ValueError(f"unknown fixture scope {scope!r}; expected one of {', '.join(SCOPES)}")
     marker = FixtureMarker(scope, autouse, name)
     if func is not None:
         return marker(func)
@@ -88,20 +138,55 @@ class FixtureDef:
     def visible_to(self, nodeid: str) -> bool:
         return not self.baseid or nodeid.startswith(self.baseid)
 
+    def describe(self) -> str:
+        """``file:line: def name(args)``, as a line of a requesting chain."""
+        func = getattr(self.func, "__name__", self.name)
+        return f"{self.location}: def {func}({', '.join(self.argnames)})"
+
+
+def _members(holder: Any) -> list[tuple[str, Any]]:
+    """``(name, object)`` pairs of a module, dict or plugin object, bound methods included."""
+    if isinstance(holder, dict):
+        return list(holder.items())
+    if isinstance(holder, ModuleType):
+        return list(vars(holder).items())
+    found = []
+    for attr in dir(holder):  # a plugin object: fixtures may be methods of its class
+        try:
+            unbound = inspect.getattr_static(holder, attr)
+        except AttributeError:
+            continue
+        if isinstance(unbound, (staticmethod, classmethod)):
+            unbound = unbound.__func__
+        if fixture_marker(unbound) is None:
+            continue
+        try:
+            found.append((attr, getattr(holder, attr)))
+        except Exception:
+            continue
+    return found
+
 
 def _location(func: Callable, rootdir: Path) -> str:
     """``file:line`` of a fixture: relative to rootdir, or ``ingestkit/...`` for built-ins."""
     code = getattr(func, "__code__", None)
-    if code is None:
+    if code is not None:
+        path, lineno = Path(code.co_filename), def_lineno(func)
+    elif inspect.isclass(func):  # a class as a fixture factory
+        try:
+            path = Path(inspect.getsourcefile(func) or "")
+            lineno = _scan_to_def(str(path), inspect.getsourcelines(func)[1])
+        except (OSError, TypeError):
+            return ""
+    else:
         return ""
-    path = Path(code.co_filename)
     package = Path(__file__).parent
     for base, prefix in ((package, "ingestkit/"), (rootdir, "")):
         try:
-            return f"{prefix}{path.relative_to(base).as_posix()}:{code.co_firstlineno}"
+            return f"{prefix}{path.relative_to(base).as_posix()}:{lineno}"
         except ValueError:
             continue
-    return f"{path}:{code.co_firstlineno}"
+    return f"{path}:{lineno}"
 
 
 class FixtureManager:
@@ -113,10 +198,9 @@ class FixtureManager:
 
     def parse(self, holder: Any, baseid: str) -> None:
         """Register the fixtures defined on a module or plugin object."""
-        for attr in list(vars(holder) if not isinstance(holder, dict) else holder):
-            obj = getattr(holder, attr, None) if not isinstance(holder, dict) else holder[attr]
-            marker = getattr(obj, FIXTURE_ATTR, None)
-            if not isinstance(marker, FixtureMarker) or not callable(obj):
+        for attr, obj in _members(holder):
+            marker = fixture_marker(obj)  # a lazy object raising on getattr is no fixture
+            if marker is None or not callable(obj):
                 continue
             self.add(
                 FixtureDef(
@@ -140,6 +224,10 @@ class FixtureManager:
         """The definitions of ``name`` visible at ``nodeid``, outermost first."""
         return [d for d in self._defs.get(name, ()) if d.visible_to(nodeid)]
 
+    def visible_anywhere(self) -> dict[str, list[FixtureDef]]:
+        """Every definition known (of the files collected and their conftests), by name."""
+        return {name: list(self._defs[name]) for name in sorted(self._defs)}
+
     def visible(self, nodeid: str) -> dict[str, list[FixtureDef]]:
         out = {}
         for name in sorted(self._defs):
@@ -155,22 +243,32 @@ class FixtureManager:
         scope: str = "item",
         requester: str = "processor",
         autouse: bool = True,
+        stack: Iterable[FixtureDef] = (),
+        root: str | None = None,
     ) -> Closure:
         """Resolve ``argnames`` (plus autouse fixtures) for a requester of ``scope``.
 
         Autouse fixtures come first: wider scopes first, then outer
-        definitions (plugins, outer conftests) before inner ones.
+        definitions (plugins, outer conftests) before inner ones. ``stack``
+        holds the fixtures being set up already (outermost request first),
+        for ``request.getfixturevalue``; ``root`` names the requester in errors.
         """
         argnames = list(argnames)
         auto = []
         if autouse:
-            defs = [d for ds in self.visible(nodeid).values() for d in ds[-1:] if d.autouse]
-            defs.sort(key=lambda d: (-SCOPE_RANK[d.scope], len(d.baseid)))
-            auto = [d.name for d in defs]
-        closure = Closure()
+            # a name made autouse at some level stays autouse below it, in whatever
+            # definition is nearest (pytest #1601): outer levels first, wider scopes first
+            keys = {}
+            for name, ds in self.visible(nodeid).items():
+                first = next((d for d in ds if d.autouse), None)
+                if first is not None:
+                    keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
+            auto = sorted(keys, key=keys.__getitem__)
+        closure = Closure(resolving=list(stack))
+        closure.root = root if root is not None else f"{nodeid}({', '.join(argnames)})"
         for name in [*auto, *argnames]:
             try:
-                fdef = self._resolve(name, nodeid, None, scope, closure, requester)
+                fdef = self._resolve(name, nodeid, scope, closure, requester)
             except (FixtureLookupError, ScopeMismatch) as exc:
                 closure.error = exc
                 return closure
@@ -184,48 +282,58 @@ class FixtureManager:
         self,
         name: str,
         nodeid: str,
-        below: FixtureDef | None,
         scope: str,
         closure: Closure,
         requester: str,
     ) -> FixtureDef | None:
+        """The definition of ``name`` for the fixture being resolved, and its dependencies.
+
+        As in pytest, each definition of ``name`` already being set up (on
+        the stack) uses up one level: the next request of ``name``, directly
+        or through other fixtures, gets the next definition further out.
+        """
         if name == "request":
             return None
-        defs = self.defs_for(name, nodeid)
-        if below is not None and below.name == name:
-            defs = defs[: defs.index(below)] if below in defs else []
+        visible = self.defs_for(name, nodeid)
+        active = [d for d in closure.resolving if d.name == name]
+        if not active:
+            defs = visible
+        else:
+            defs = visible[: visible.index(active[-1])] if active[-1] in visible else []
         if not defs:
-            available = ", ".join(sorted({*self.visible(nodeid), "request"}))
-            raise FixtureLookupError(
-                f"fixture '{name}' not found\n"
-                f"available fixtures: {available}\n"
-                "use 'ingestkit --fixtures [paths]' for help on them."
-            )
+            raise FixtureLookupError(self._lookup_message(name, nodeid, closure, bool(visible)))
         fdef = defs[-1]
         if SCOPE_RANK[fdef.scope] < SCOPE_RANK[scope]:
             raise ScopeMismatch(
                 f"ScopeMismatch: {requester} with scope '{scope}' requested fixture "
                 f"'{name}' with scope '{fdef.scope}'"
             )
-        if fdef in closure.resolving:
-            cycle = closure.resolving[closure.resolving.index(fdef) :]
-            chain = " -> ".join(d.name for d in [*cycle, fdef])
-            raise FixtureLookupError(
-                f"recursive dependency involving fixture '{fdef.name}' detected: {chain}"
-            )
         if fdef in closure.deps:
             return fdef
         closure.resolving.append(fdef)
         deps = []
         for argname in fdef.argnames:
-            dep = self._resolve(
-                argname, nodeid, fdef, fdef.scope, closure, f"fixture '{fdef.name}'"
-            )
+            dep = self._resolve(argname, nodeid, fdef.scope, closure, f"fixture '{fdef.name}'")
             deps.append((argname, dep))
         closure.resolving.pop()
         closure.deps[fdef] = deps
         closure.order.append(fdef)
         return fdef
+
+    def _lookup_message(self, name: str, nodeid: str, closure: Closure, recursive: bool) -> str:
+        chain = ["requested by:", f"  {closure.root}"]
+        chain += [f"  {d.describe()}" for d in closure.resolving]
+        if recursive:  # every definition of the name is already being set up
+            names = " -> ".join([*(d.name for d in closure.resolving), name])
+            return f"recursive dependency involving fixture '{name}' detected: {names}\n" + (
+                "\n".join(chain)
+            )
+        available = ", ".join(sorted({*self.visible(nodeid), "request"}))
+        return (
+            f"fixture '{name}' not found\n"
+            f"available fixtures: {available}\n"
+            "use 'ingestkit --fixtures [paths]' for help on them.\n" + "\n".join(chain)
+        )
 
 
 @dataclass(eq=False)
@@ -238,6 +346,7 @@ class Closure:
     order: list[FixtureDef] = field(default_factory=list)  # dependencies first
     error: Exception | None = None
     resolving: list[FixtureDef] = field(default_factory=list)
+    root: str = ""  # the requester, first line of a "requested by" chain
 
     def wider_than_item(self) -> list[FixtureDef]:
         """Fixtures to set up when the processor starts: widest scope first.
@@ -262,12 +371,19 @@ class FixtureRequest:
         scope: str,
         fixturename: str | None,
         processor: Processor | None,
+        parent: FixtureRequest | None = None,
+        fixturedef: FixtureDef | None = None,
     ) -> None:
         self._runtime = runtime
         self.nodeid = nodeid
         self.scope = scope
         self.fixturename = fixturename
         self.processor = processor
+        self._parent = parent
+        self._fixturedef = fixturedef
+        # fixtures are looked up where the request started (the item or processor),
+        # also from a wider fixture defined further out, as in pytest
+        self._lookup_nodeid: str = parent._lookup_nodeid if parent is not None else nodeid
 
     @property
     def config(self) -> Config:
@@ -277,11 +393,30 @@ class FixtureRequest:
         """Call ``finalizer`` when this request's scope ends."""
         self._runtime.finalizers[self.scope].append(finalizer)
 
+    def _stack(self) -> list[FixtureDef]:
+        """The fixtures being set up for this request, outermost request first."""
+        stack = []
+        request: FixtureRequest | None = self
+        while request is not None:
+            if request._fixturedef is not None:
+                stack.append(request._fixturedef)
+            request = request._parent
+        return stack[::-1]
+
     def getfixturevalue(self, name: str) -> Any:
-        """Set up (or reuse) fixture ``name`` from code."""
+        """Set up (or reuse) fixture ``name`` from code.
+
+        Inside fixture ``name`` itself it gives the definition ``name`` overrides.
+        """
         requester = f"fixture '{self.fixturename}'" if self.fixturename else "processor"
         closure = self._runtime.manager.closure(
-            self.nodeid, [name], self.scope, requester=requester, autouse=False
+            self._lookup_nodeid,
+            [name],
+            self.scope,
+            requester=requester,
+            autouse=False,
+            stack=self._stack(),
+            root=f"{self._lookup_nodeid}: request.getfixturevalue({name!r})",
         )
         if closure.error is not None:
             raise closure.error
@@ -313,7 +448,9 @@ class FixtureRuntime:
                 raise cached[1]
             return cached[0]
         nodeid = self.item_nodeid if fdef.scope == "item" else self._nodeid_for(fdef.scope)
-        request = FixtureRequest(self, nodeid, fdef.scope, fdef.name, self.processor)
+        request = FixtureRequest(
+            self, nodeid, fdef.scope, fdef.name, self.processor, requester, fdef
+        )
         try:
             kwargs = {
                 argname: self.value(closure, dep, request)
@@ -326,7 +463,7 @@ class FixtureRuntime:
             else:
                 value = result
         except StopIteration:
-            exc = RuntimeError(f"fixture '{fdef.name}' did not yield a value")
+            exc = RuntimeError(f"fixture '{fdef.name}' did not yield a value ({fdef.location})")
             self.cache[fdef.scope][fdef] = (None, exc)
             raise exc from None
         except BaseException as exc:
@@ -372,6 +509,6 @@ def _generator_finalizer(fdef: FixtureDef, gen: Any) -> Callable[[], None]:
             next(gen)
         except StopIteration:
             return
-        raise RuntimeError(f"fixture '{fdef.name}' yielded more than once")
+        raise RuntimeError(f"fixture '{fdef.name}' yielded more than once ({fdef.location})")
 
     return finish

@@ -34,6 +34,20 @@ class FixtureLookupError(LookupError):
     """A processor or fixture requested a fixture that does not exist."""
 
 
+class TeardownErrors(ExceptionGroup):
+    """Several finalizers of one item raised; all of them are reported, as in pytest."""
+
+    def __str__(self) -> str:
+        parts = "; ".join(f"{type(e).__name__}: {e}" for e in self.exceptions)
+        return f"{len(self.exceptions)} errors while tearing down fixtures: {parts}"
+
+    def __new__(cls, errors: list) -> TeardownErrors:  # noqa: D102
+        return super().__new__(cls, "errors while tearing down fixtures", errors)
+
+    def __init__(self, errors: list) -> None:
+        super().__init__("errors while tearing down fixtures", errors)
+
+
 class ScopeMismatch(Exception):
     """A wider-scoped fixture requested a narrower-scoped one."""
 

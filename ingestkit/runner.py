@@ -24,7 +24,7 @@ import pluggy
 from . import sources
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
-from .outcomes import ItemTimeout, RecordError, Skipped
+from .outcomes import ItemTimeout, RecordError, Skipped, TeardownErrors
 from .readers import SourceUnreadable
 from .reports import ItemReport
 from .sources import (
@@ -653,6 +653,8 @@ class Runner:
                 cache[self.seeded["item"]] = (item, None)
                 cache[self.seeded["log"]] = (self.log_logger, None)
                 kwargs = runtime.kwargs(plan.closure, item.nodeid)
+        except Skipped as e:  # ingestkit.skip() in a fixture skips the item, as in pytest
+            status, exc = "skipped", e
         except (Exception, SystemExit) as e:  # sys.exit() in user code ends its item only
             status, exc = "error", e
         else:
@@ -675,7 +677,7 @@ class Runner:
                     status, exc = "error", e
         errors = runtime.teardown("item")
         if errors and status in ("succeeded", "skipped"):
-            status, exc = "error", errors[0]
+            status, exc = "error", errors[0] if len(errors) == 1 else TeardownErrors(errors)
         return status, exc
 
     def _run_item(self, item: Item, plan: Plan) -> None:
@@ -687,7 +689,8 @@ class Runner:
         if item.entry_error is not None:
             status, exc = "error", RecordError(item.entry_error)
         elif plan.setup_error is not None:
-            status, exc = "error", plan.setup_error
+            skipped = isinstance(plan.setup_error, Skipped)  # a wider fixture's ingestkit.skip()
+            status, exc = "skipped" if skipped else "error", plan.setup_error
         elif plan.model is not None and not _convert(item, plan.model):
             status, exc = "error", item.value
         else:

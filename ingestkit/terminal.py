@@ -300,21 +300,17 @@ def show_collected(session: Session) -> None:
 
 
 def show_fixtures(session: Session) -> int:
+    """Every fixture the collected paths define or see, as pytest's ``--fixtures``.
+
+    That includes fixtures of files and conftest.py files without processors;
+    names starting with ``_`` only with ``-v``.
+    """
     out = TerminalReporter(session.config)
-    rootdir = session.config.rootdir
-    nodeids = [p.nodeid for p in session.processors] or [""]
-    for arg in session.config.args or ["."]:
-        path = (session.config.invocation_dir / arg.split("::", 1)[0]).resolve()
-        if path.is_dir():
-            try:
-                rel = path.relative_to(rootdir).as_posix()
-            except ValueError:
-                continue
-            nodeids.append("" if rel == "." else rel + "/")
+    verbose = out.verbosity > 0
     seen: dict[int, Any] = {}
-    for nodeid in nodeids:
-        for defs in session.fixturemanager.visible(nodeid).values():
-            for fdef in defs:
+    for defs in session.fixturemanager.visible_anywhere().values():
+        for fdef in defs:
+            if verbose or not fdef.name.startswith("_"):
                 seen.setdefault(id(fdef), fdef)
     for fdef in sorted(seen.values(), key=lambda d: (d.baseid, d.name)):
         scope = f" [{fdef.scope} scope]" if fdef.scope != "item" else ""

@@ -1409,10 +1409,10 @@ def process_twice(record, twice):
     for key in ("1", "2"):
         never = items[("process_never", key)]
         assert never["status"] == "error"
-        assert never["error_message"] == "fixture 'never' did not yield a value"
+        assert never["error_message"] == "fixture 'never' did not yield a value (ingest_gen.py:4)"
     twice = items[("process_twice", "1")]
     assert twice["status"] == "error"
-    assert twice["error_message"] == "fixture 'twice' yielded more than once"
+    assert twice["error_message"] == "fixture 'twice' yielded more than once (ingest_gen.py:9)"
 
 
 def test_a_failing_batch_fixture_is_set_up_once_and_errors_every_user(project):
