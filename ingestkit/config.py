@@ -20,6 +20,7 @@ BUILTIN_PLUGINS = (
     "session",
     "collection",
     "builtin",
+    "state",
     "runner",
     "recorder",
     "keyword",

@@ -405,3 +405,14 @@ SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
 -- True while another session holds the lock (shared or not): a shared batch's
 -- leader holds the batch's lock, and each worker a shared one, while they live.
 SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s);
+
+-- name: state-load
+-- A processor's incremental state (the ``state`` fixture), read when it starts.
+SELECT value FROM ingestkit.state WHERE processor = %(processor)s;
+
+-- name: state-save
+-- Written in the transaction of the chunk whose items changed the state.
+INSERT INTO ingestkit.state (processor, value, batch_id, updated_at)
+VALUES (%(processor)s, %(value)s::jsonb, %(batch_id)s, now())
+ON CONFLICT (processor) DO UPDATE
+SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.updated_at;

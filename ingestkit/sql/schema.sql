@@ -109,3 +109,12 @@ CREATE UNLOGGED TABLE ingestkit.results (
     reports    text NOT NULL              -- JSON: the chunk's item reports
 );
 CREATE INDEX results_batch_idx ON ingestkit.results (batch_id);
+
+-- Incremental state (the ``state`` fixture, ingestkit/state.py): one JSON object
+-- per processor, written in the transaction of the chunk whose items changed it.
+CREATE TABLE ingestkit.state (
+    processor   text PRIMARY KEY,            -- node id
+    value       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    batch_id    uuid,                        -- the batch that wrote it last
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
