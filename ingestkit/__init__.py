@@ -14,6 +14,7 @@ import pluggy
 from .collection import Processor
 from .config import Config
 from .fixtures import fixture
+from .http import read_http
 from .outcomes import LookupMissing, Skipped, UsageError, skip
 from .readers import read_csv, read_json, read_jsonl
 from .reports import ItemReport
@@ -51,6 +52,7 @@ __all__ = [
     "hookimpl",
     "main",
     "read_csv",
+    "read_http",
     "read_json",
     "read_jsonl",
     "skip",

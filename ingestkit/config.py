@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "collection",
     "builtin",
     "state",
+    "http",
     "runner",
     "recorder",
     "keyword",

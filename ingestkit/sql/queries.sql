@@ -416,3 +416,8 @@ INSERT INTO ingestkit.state (processor, value, batch_id, updated_at)
 VALUES (%(processor)s, %(value)s::jsonb, %(batch_id)s, now())
 ON CONFLICT (processor) DO UPDATE
 SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.updated_at;
+
+-- name: batch-argv
+-- The batch's argv masked again: a credential became known after it was stored
+-- (a read_http made by a source callable).
+UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
