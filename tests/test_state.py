@@ -310,3 +310,23 @@ def test_the_state_fixture_is_listed(project):
     result = project.run("--fixtures")
     assert "state" in result.output
     assert "ingestkit.state" in result.output
+
+
+def test_a_database_from_before_the_state_table_is_migrated(project):
+    project.write(
+        "ingest_rows.py",
+        SCHEMA
+        + """
+@ingestkit.source([{"id": 1}], key="id")
+def process_row(record, state):
+    state["seen"] = record["id"]
+""",
+    )
+    assert project.run("-k", "nothing").exit_code == 5  # creates the schema
+    project.query("DROP TABLE ingestkit.state")
+    project.query("DELETE FROM ingestkit.schema_version")
+    project.query("INSERT INTO ingestkit.schema_version (version) VALUES (3)")
+    result = project.run()
+    assert result.exit_code == 0, result.output
+    assert state_of(project) == {"seen": 1}
+    assert project.scalar("SELECT max(version) FROM ingestkit.schema_version") >= 4
