@@ -761,7 +761,7 @@ def test_a_version_1_schema_is_migrated_to_the_current_one(project):
     result = project.run("-n", "2", "--reprocess")
     assert result.exit_code == 0, out_of(result)
     versions = project.query("SELECT version FROM ingestkit.schema_version ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 2, 3]
+    assert [r["version"] for r in versions] == [1, 2, 3, 4]
     assert not project.query(
         "SELECT 1 FROM pg_constraint WHERE conrelid = 'ingestkit.items'::regclass AND contype = 'f'"
     )

@@ -330,3 +330,20 @@ def process_row(record, state):
     assert result.exit_code == 0, result.output
     assert state_of(project) == {"seen": 1}
     assert project.scalar("SELECT max(version) FROM ingestkit.schema_version") >= 4
+
+
+def test_a_skipped_item_rolls_its_state_change_back_too(project):
+    project.write(
+        "ingest_rows.py",
+        SCHEMA
+        + """
+@ingestkit.source([{"id": i} for i in range(1, 5)], key="id")
+def process_row(record, state):
+    state["last"] = record["id"]
+    if record["id"] == 4:
+        ingestkit.skip("not this one")
+""",
+    )
+    result = project.run()
+    assert result.counts == {"succeeded": 3, "skipped": 1}
+    assert state_of(project) == {"last": 3}
