@@ -713,3 +713,36 @@ def test_the_api_example_loads_incrementally(ingestkit_run, tickets, api):
         {"value": {"updated_since": "2026-12-01T12:30:00Z"}}
     ]
     assert fourth.query("SELECT count(*) AS n FROM tickets") == [{"n": 8}]
+
+
+# -- the pieces, directly --------------------------------------------------------------
+
+
+def test_url_helpers():
+    from ingestkit.http import _at, next_link, read_http, shown_url, with_params
+
+    assert next_link(None) is None
+    assert next_link('<a>; rel="prev", <b>; rel="next"') == "b"
+    assert next_link("<a>; rel=next") == "a"
+    assert next_link('<a>; rel="last"') is None
+    assert _at({"a": [{"b": 1}, {"b": 2}]}, "a.-1.b") == 2
+    with pytest.raises(KeyError):
+        _at({"a": [1]}, "a.5")
+    assert (
+        with_params("http://h/p?x=1&y=2", {"y": [3, 4], "z": None, "t": True})
+        == "http://h/p?x=1&y=3&y=4&t=true"
+    )
+    assert shown_url("http://h/p?q=a b&token=s3cr3t") == "http://h/p?q=a%20b&token=***"
+    assert shown_url("http://h/p?q=1") == "http://h/p?q=1"
+    basic = "Basic " + base64.b64encode(b"me:pa55word").decode()
+    reader = read_http("http://h/p", headers={"Authorization": basic, "Accept": "text/json"})
+    assert "pa55word" in reader.secrets and basic in reader.secrets
+    assert "text/json" not in reader.secrets
+    for bad in (
+        dict(url="ftp://h/p"),
+        dict(url="http://h/p", cursor_param="after"),
+        dict(url="http://h/p", retries=-1),
+        dict(url="http://h/p", timeout=0),
+    ):
+        with pytest.raises(ValueError):
+            read_http(**bad)

@@ -347,3 +347,36 @@ def process_row(record, state):
     result = project.run()
     assert result.counts == {"succeeded": 3, "skipped": 1}
     assert state_of(project) == {"last": 3}
+
+
+def test_every_dict_method_is_watched(project):
+    project.write(
+        "ingest_rows.py",
+        SCHEMA
+        + """
+@ingestkit.source([{"id": i} for i in range(1, 4)], key="id")
+def process_row(record, state):
+    if record["id"] == 1:
+        state.update({"a": 1, "b": 2, "c": 3}, d=4)
+        state |= {"e": 5}
+        del state["a"]
+        assert state.pop("b") == 2
+        assert sorted(state.items()) == [("c", 3), ("d", 4), ("e", 5)]
+        assert sorted(state.values()) == [3, 4, 5]
+        copy = state.copy()
+        copy["c"] = 99  # a copy: the state does not change
+        assert "State(" in repr(state)
+    elif record["id"] == 2:
+        state.popitem()
+        state.clear()
+        state["kept"] = True
+        state[1] = "no"  # keys are strings: fails the item, undoing all of the above
+    else:
+        assert state == {"c": 3, "d": 4, "e": 5}
+        state["z"] = 0
+""",
+    )
+    result = project.run()
+    assert result.counts == {"succeeded": 2, "failed": 1}
+    assert "state keys must be strings" in result.by_key()["2"]["error_message"]
+    assert state_of(project) == {"c": 3, "d": 4, "e": 5, "z": 0}
