@@ -15,6 +15,7 @@ from .api import BatchResult, Failure, run
 from .collection import Processor
 from .config import Config
 from .fixtures import fixture
+from .http import read_http
 from .outcomes import LookupMissing, Skipped, UsageError, skip
 from .readers import read_csv, read_json, read_jsonl
 from .reports import ItemReport
@@ -57,6 +58,7 @@ __all__ = [
     "hookimpl",
     "main",
     "read_csv",
+    "read_http",
     "read_json",
     "read_jsonl",
     "run",

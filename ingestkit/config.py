@@ -22,6 +22,8 @@ BUILTIN_PLUGINS = (
     "session",
     "collection",
     "builtin",
+    "state",
+    "http",
     "runner",
     "recorder",
     "keyword",

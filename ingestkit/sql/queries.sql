@@ -503,3 +503,19 @@ DELETE FROM ingestkit.batches b
 WHERE b.id = ANY(%(batch_ids)s::uuid[])
   AND NOT EXISTS (SELECT 1 FROM ingestkit.items i WHERE i.batch_id = b.id)
   AND NOT EXISTS (SELECT 1 FROM ingestkit.latest l WHERE l.batch_id = b.id);
+
+-- name: state-load
+-- A processor's incremental state (the ``state`` fixture), read when it starts.
+SELECT value FROM ingestkit.state WHERE processor = %(processor)s;
+
+-- name: state-save
+-- Written in the transaction of the chunk whose items changed the state.
+INSERT INTO ingestkit.state (processor, value, batch_id, updated_at)
+VALUES (%(processor)s, %(value)s::jsonb, %(batch_id)s, now())
+ON CONFLICT (processor) DO UPDATE
+SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.updated_at;
+
+-- name: batch-argv
+-- The batch's argv masked again: a credential became known after it was stored
+-- (a read_http made by a source callable).
+UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
