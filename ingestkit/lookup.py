@@ -13,7 +13,7 @@ from typing import Any
 from psycopg2 import sql
 
 from .outcomes import LookupMissing
-from .transaction import Transaction, bare_name, table_identifier
+from .transaction import Listener, Transaction, bare_name, table_identifier
 
 _MISSING = object()
 
@@ -30,7 +30,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-class Lookup:
+class Lookup(Listener):
     """``lookup(table, returning="id", **match)`` -> value; see the fixtures docs."""
 
     def __init__(self, txn: Transaction) -> None:

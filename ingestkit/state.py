@@ -26,6 +26,7 @@ import pluggy
 from .fixtures import FixtureRequest, argnames_of, fixture
 from .outcomes import UsageError
 from .queries import q
+from .transaction import Listener
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -79,7 +80,7 @@ class _Change:
         self.changes: dict[str, Any] | None = None  # None while the item may still run
 
 
-class State(dict):
+class State(dict, Listener):
     """The ``state`` fixture: a dict saved with the chunk of the item that changed it.
 
     Values are JSON; a ``datetime``/``date`` is kept as its ISO 8601 text (so a

@@ -237,6 +237,23 @@ def is_connection_error(conn: Any, exc: BaseException) -> bool:
     )
 
 
+class Listener:
+    """What a listener of a transaction is told (``Transaction.listeners``); the
+    lookup cache and the ``state`` fixture follow the transaction this way."""
+
+    def on_write(self, owner: Any, tables: set[str] | None) -> None:
+        """``owner`` writes ``tables`` (None: it may write any table)."""
+
+    def on_discard(self, owner: Any) -> None:
+        """``owner``'s work is undone (the item failed)."""
+
+    def on_commit(self) -> None:
+        """The chunk's work is handed to COMMIT."""
+
+    def on_rollback(self) -> None:
+        """The chunk's work is gone."""
+
+
 class Transaction:
     """The write connection of a batch, and what is pending in its transaction."""
 
@@ -273,7 +290,7 @@ class Transaction:
         self.ended_by: Any = None
         #: told of what becomes of the chunk's work: ``on_commit()`` (the chunk is
         #: handed to COMMIT), ``on_rollback()``, ``on_discard(owner)`` (one item's)
-        self.listeners: list[Any] = []
+        self.listeners: list[Listener] = []
         #: why the batch cannot go on; raised again by every later step
         self.aborted: BatchAborted | None = None
         #: sent before a chunk's bookkeeping writes (see bound_statements)
