@@ -65,10 +65,10 @@ def ingestkit_batch_start(session: Session) -> None:
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(),
                 "meta": Json(batch.meta),
+                "ns": LOCK_NAMESPACE,
             },
         )
-        batch.started_at, batch.lock_key = cur.fetchone()
-        cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
+        batch.started_at, batch.lock_key, _ = cur.fetchone()
     session.interrupted_batches = mark_interrupted(conn, batch.id)
     _create_outcomes_table(session)
 
