@@ -102,6 +102,12 @@ class TerminalReporter:
         config = self.config
         self.section("ingestkit session starts")
         inifile = f", config: {config.inipath.name}" if config.inipath else ""
+        if config.inipath is None and config.rootdir != config.invocation_dir.resolve():
+            # no config file: an .ingestkit/ further up chose the rootdir (config.find_rootdir)
+            inifile = (
+                " (from the .ingestkit/ folder there, left by an earlier run;"
+                " no config file found)"
+            )
         self.write_line(f"ingestkit {__version__}, rootdir: {config.rootdir}{inifile}")
         masked, origin = session.database or ("?", "?")
         if origin == "embedded":
