@@ -12,6 +12,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
+from .copy import NATIVE, adapt_row
 from .outcomes import UsageError
 from .transaction import Transaction, table_identifier
 
@@ -66,8 +67,32 @@ class Database:
         if table not in self._tables:
             table_identifier(table)  # reject a bad name now, where the caller is
             self._tables.add(table)
-        rows = [row_or_rows] if isinstance(row_or_rows, dict) else list(row_or_rows)
+        # values COPY does not write natively go through psycopg2's adapters (copy.py)
+        native = NATIVE.issuperset
+        if isinstance(row_or_rows, dict):
+            row = row_or_rows
+            if not native(map(type, row.values())):
+                row = adapt_row(row, self._mogrify, self._evaluate, table)
+            rows = [row]
+        else:
+            rows = [
+                r
+                if not isinstance(r, dict) or native(map(type, r.values()))
+                else adapt_row(r, self._mogrify, self._evaluate, table)
+                for r in row_or_rows
+            ]
         self._txn.insert(self._txn.owner, table, rows)
+
+    def _mogrify(self, value: Any) -> bytes:
+        with self._txn.conn.cursor() as cur:
+            return cur.mogrify("%s", (value,))
+
+    def _evaluate(self, value: Any) -> str | None:
+        cur = self._txn.execute("SELECT (%s)::text", (value,), reads_only=True)
+        try:
+            return cur.fetchone()[0]
+        finally:
+            cur.close()
 
     def upsert(self, table: str, row: dict, conflict: Sequence[str] = ("id",)) -> None:
         """``INSERT ... ON CONFLICT (conflict) DO UPDATE`` the other columns."""

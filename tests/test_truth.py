@@ -109,3 +109,97 @@ def test_rootdir_from_a_marker_only_says_where_it_came_from(project, tmp_path):
         " no config file found)" in out
     )
     assert _processors(project) == ["proj/ingest_rows.py::process_row"]
+
+
+# -- db.insert (COPY) and db.execute adapt values alike -----------------------
+
+ADAPT = """
+import enum
+import ipaddress
+import ingestkit
+from psycopg2.extensions import AsIs, register_adapter
+
+class Color(enum.Enum):
+    RED = 1
+
+class Size(str, enum.Enum):
+    BIG = "it's big"
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+register_adapter(Point, lambda p: AsIs(f"point({p.x}, {p.y})"))
+class Cents(int):
+    pass
+
+register_adapter(Cents, lambda c: AsIs(f"'{c / 100:.2f}'::numeric"))
+
+VALUES = {
+    "color": Color.RED,
+    "size": Size.BIG,
+    "level": Level.HIGH,
+    "levels": [Level.HIGH, 1],
+    "point": Point(1, 2),
+    "addr": ipaddress.IPv4Address("10.0.0.1"),
+    "price": Cents(1250),
+}
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def target(db):
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS target (column_name text, path text, color text,"
+        " size text, level int, levels int[], point point, addr inet, price numeric)"
+    )
+
+@ingestkit.source([{"column": c, "path": p} for c in VALUES for p in ("insert", "execute")],
+                  key=lambda r: f"{r['column']}-{r['path']}")
+def process_value(record, db):
+    column, value = record["column"], VALUES[record["column"]]
+    if record["path"] == "insert":
+        db.insert("target", {"column_name": column, "path": "insert", column: value})
+    else:
+        db.execute(
+            f"INSERT INTO target (column_name, path, {column}) VALUES (%s, 'execute', %s)",
+            (column, value),
+        )
+"""
+
+
+def test_insert_and_execute_adapt_values_alike(project):
+    project.write("ingest_adapt.py", ADAPT)
+    result = project.run()
+    assert result.exit_code == 1, result.output
+    assert result.counts == {"succeeded": 12, "failed": 2}
+    failed = project.query(
+        "SELECT key, error_type, error_message FROM ingestkit.items"
+        " WHERE status = 'failed' ORDER BY key"
+    )
+    assert [(r["key"], r["error_type"]) for r in failed] == [
+        ("color-execute", "ProgrammingError"),
+        ("color-insert", "ProgrammingError"),
+    ]
+    assert failed[0]["error_message"].startswith("can't adapt type 'Color'")
+    assert failed[1]["error_message"].startswith(
+        "can't adapt type 'Color' (column 'color' of db.insert into 'target')"
+    )
+    rows = project.query(
+        "SELECT path, column_name AS c, coalesce(color, size, level::text, levels::text,"
+        " point::text, addr::text, price::text) AS v FROM target ORDER BY c, path"
+    )
+    stored = {(r["c"], r["path"]): r["v"] for r in rows}
+    expected = {
+        "size": "it's big",
+        "level": "3",
+        "levels": "{3,1}",
+        "point": "(1,2)",
+        "addr": "10.0.0.1/32",
+        "price": "12.50",
+    }
+    assert stored == {(c, p): v for c, v in expected.items() for p in ("execute", "insert")}
+    # every record is an item; every succeeded item is one row
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 14
+    assert len(rows) == 12
