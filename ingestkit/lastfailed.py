@@ -20,6 +20,7 @@ from .sources import Entry
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
+    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -89,8 +90,37 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     if whole_source:
         return None  # last time the source itself could not be read: read it again
     if option.last_failed:
+        _source_state(session)["stored"].add(processor.nodeid)  # its source is not read
         return failed
     return _failed_first(failed, processor, session)
+
+
+def _source_state(session: Session) -> dict[str, set[str]]:
+    """Per batch: processors fed only from stored records, and those whose source broke."""
+    return session.config.stash.setdefault(
+        "lastfailed.sources", {"stored": set(), "broken": set()}
+    )
+
+
+@hookimpl
+def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
+    for report in chunk.reports:
+        if report.key == "" and report.status == "error":
+            _source_state(session)["broken"].add(report.processor)
+
+
+@hookimpl
+def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
+    """A source read to its end resolves its last "could not be read" error."""
+    if processor.source is None or session.role == "worker" or session.shouldstop:
+        return
+    state = _source_state(session)
+    if processor.nodeid in state["stored"] or processor.nodeid in state["broken"]:
+        return
+    if session.control is None or session.control.closed:
+        return
+    with session.control.cursor() as cur:
+        cur.execute(q("resolve-source-error"), {"processor": processor.nodeid})
 
 
 def _failed_first(failed: list[Entry], processor: Processor, session: Session) -> Iterator[Entry]:

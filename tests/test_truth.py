@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 QUICK = """
 import ingestkit
 
@@ -203,3 +205,42 @@ def test_insert_and_execute_adapt_values_alike(project):
     # every record is an item; every succeeded item is one row
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 14
     assert len(rows) == 12
+
+
+# -- a source-level error is resolved once the source reads again ------------
+
+CSV_SOURCE = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def target(db):
+    db.execute("CREATE TABLE IF NOT EXISTS target (id int PRIMARY KEY)")
+
+@ingestkit.source(ingestkit.read_csv("drop/rows.csv"), key="id")
+def process_row(record, db):
+    db.insert("target", {"id": int(record["id"])})
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "workers"])
+def test_source_error_is_resolved_once_the_source_reads_again(project, workers):
+    project.write("ingest_rows.py", CSV_SOURCE)
+    broken = project.run(*workers)
+    assert broken.exit_code == 1, broken.output
+    assert broken.counts == {"error": 1}
+    assert "rows.csv" in broken.output
+    project.write("drop/rows.csv", "id\n1\n2\n3\n")
+    fixed = project.run(*workers)
+    assert fixed.exit_code == 0, fixed.output
+    assert fixed.counts == {"succeeded": 3}
+    rerun = project.run("--lf", *workers)
+    assert rerun.exit_code == 0, rerun.output
+    assert "nothing to rerun" in rerun.output
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 4
+    assert project.scalar("SELECT count(*) FROM target") == 3
+    # the source breaks again: its error is the latest outcome again, and --lf reads it
+    (project.root / "drop" / "rows.csv").unlink()
+    assert project.run(*workers).counts == {"error": 1}
+    again = project.run("--lf", *workers)
+    assert again.exit_code == 1, again.output
+    assert again.counts == {"error": 1}

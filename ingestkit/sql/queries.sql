@@ -160,6 +160,13 @@ FROM ingestkit.latest
 WHERE processor = %(processor)s AND status IN ('failed', 'error')
 ORDER BY finished_at, key;
 
+-- name: resolve-source-error
+-- The source read to its end this batch: the error that it could not be read
+-- (key '', no record) is over, so --lf no longer reads the whole source for it.
+DELETE FROM ingestkit.latest
+WHERE processor = %(processor)s AND key = '' AND status = 'error'
+  AND coalesce(payload, 'null') = 'null'::jsonb;
+
 -- name: last-failed-processors
 SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'error');
 
