@@ -244,3 +244,61 @@ def test_source_error_is_resolved_once_the_source_reads_again(project, workers):
     again = project.run("--lf", *workers)
     assert again.exit_code == 1, again.output
     assert again.counts == {"error": 1}
+
+
+# -- --lf with -k and node ids --------------------------------------------------
+
+FAILING = """
+import ingestkit
+
+@ingestkit.source([{"id": "1"}, {"id": "2"}], key="id")
+def process_x(record):
+    if record["id"] == "2":
+        raise ValueError("x fails on 2")
+
+@ingestkit.source([{"id": "1"}, {"id": "2"}], key="id")
+def process_y(record):
+    if record["id"] == "1":
+        raise ValueError("y fails on 1")
+"""
+
+PASSING = """
+import ingestkit
+
+@ingestkit.source([{"id": "1"}], key="id")
+def process_ok(record):
+    pass
+"""
+
+
+def test_lf_with_k_selecting_nothing_failed_says_nothing_to_rerun(project):
+    project.write("ingest_fails.py", FAILING)
+    project.write("ingest_passes.py", PASSING)
+    assert project.run().exit_code == 1
+    result = project.cli("--lf", "-k", "passes")
+    assert result.returncode == 0, result.stdout
+    assert "no processors collected" not in result.stdout
+    assert "nothing to rerun (--lf)" in result.stdout
+    assert "2 processors have failed items outside this selection" in result.stdout
+    # the selection with failures still reruns them, and only them
+    rerun = project.run("--lf", "-k", "process_y")
+    assert rerun.exit_code == 1, rerun.output
+    assert rerun.counts == {"failed": 1}
+    assert "ingest_fails.py::process_y" in rerun.output
+    assert "process_x" not in rerun.output
+
+
+def test_lf_with_a_node_id_does_not_call_the_others_gone(project):
+    project.write("ingest_fails.py", FAILING)
+    assert project.run().exit_code == 1
+    rerun = project.run("--lf", "ingest_fails.py::process_x")
+    assert rerun.exit_code == 1, rerun.output
+    assert rerun.counts == {"failed": 1}
+    assert "no longer exists" not in rerun.output
+    # a processor really gone (renamed) is still named
+    project.write("ingest_fails.py", FAILING.replace("def process_y", "def process_z"))
+    gone = project.run("--lf", "ingest_fails.py::process_x")
+    assert (
+        "--lf: ingest_fails.py::process_y has failed items but no longer exists" in gone.output
+    )
+    assert gone.counts == {"failed": 1}
