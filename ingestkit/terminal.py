@@ -208,6 +208,15 @@ class TerminalReporter:
             self.section("FAILURES")
             for group in sorted(self.groups.values(), key=lambda g: -g.count):
                 self._show_group(group)
+        elif self.groups:  # --tb=no: as pytest, a short summary line per failure group
+            self.section("short summary")
+            for group in sorted(self.groups.values(), key=lambda g: -g.count):
+                plural = "s" if group.count != 1 else ""
+                status = group.first.status.upper() if group.first else "FAILED"
+                self.write_line(
+                    f"{status} {group.processor}: {group.error_type} "
+                    f"({group.count} item{plural}), first key {group.keys[0]!r}"
+                )
         if session.teardown_errors:
             self.section("TEARDOWN ERRORS")
             for scope, exc, tb in session.teardown_errors:

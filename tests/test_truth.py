@@ -302,3 +302,31 @@ def test_lf_with_a_node_id_does_not_call_the_others_gone(project):
         "--lf: ingest_fails.py::process_y has failed items but no longer exists" in gone.output
     )
     assert gone.counts == {"failed": 1}
+
+
+# -- --tb=no keeps a short summary ------------------------------------------------
+
+
+def test_tb_no_keeps_one_line_per_failure_group(project):
+    project.write("ingest_fails.py", FAILING)
+    project.write(
+        "ingest_more.py",
+        """
+        import ingestkit
+
+        @ingestkit.source([{"id": str(i)} for i in range(1, 6)], key="id")
+        def process_many(record):
+            if record["id"] != "1":
+                raise KeyError(record["id"])
+        """,
+    )
+    result = project.run("--tb=no")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("FAILED ")]
+    assert lines == [
+        "FAILED ingest_more.py::process_many: KeyError (4 items), first key '2'",
+        "FAILED ingest_fails.py::process_x: ValueError (1 item), first key '2'",
+        "FAILED ingest_fails.py::process_y: ValueError (1 item), first key '1'",
+    ]
+    assert "Traceback" not in result.output
+    assert "rerun the failures: ingestkit --lf" in result.output
