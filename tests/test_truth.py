@@ -330,3 +330,41 @@ def test_tb_no_keeps_one_line_per_failure_group(project):
     ]
     assert "Traceback" not in result.output
     assert "rerun the failures: ingestkit --lf" in result.output
+
+
+# -- under -n, source order decides which of two conflicting records wins -------
+
+CONFLICT = """
+import os
+import time
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def target(db):
+    db.execute("CREATE TABLE IF NOT EXISTS target (id int PRIMARY KEY, key text)")
+
+@ingestkit.source([{"key": "a", "pk": 1, "pause": 1.5}, {"key": "b", "pk": 1, "pause": 0},
+                   {"key": "c", "pk": 2, "pause": 0}], key="key")
+def process_row(record, db):
+    note(record["key"], os.getpid())
+    time.sleep(record["pause"])
+    db.insert("target", {"id": record["pk"], "key": record["key"]})
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["-n", "2", "--chunk-size", "1"]], ids=["one", "workers"])
+def test_the_earlier_of_two_conflicting_records_wins_as_in_one_process(project, events, args):
+    """Records a and b write the same primary key; a comes first in the source but
+    is slower. As in one process, a succeeds and b fails, whichever worker ends first."""
+    project.write_noted("ingest_conflict.py", CONFLICT)
+    result = project.run(*args)
+    assert result.exit_code == 1, result.output
+    assert result.counts == {"succeeded": 2, "failed": 1}
+    failed = [(i["key"], i["error_type"]) for i in result.items if i["status"] == "failed"]
+    assert failed == [("b", "UniqueViolation")]
+    assert project.query("SELECT id, key FROM target ORDER BY id") == [
+        {"id": 1, "key": "a"},
+        {"id": 2, "key": "c"},
+    ]
+    if args:  # a and b really ran at the same time, in two workers
+        pids = {line.split()[0]: line.split()[1] for line in events()}
+        assert pids["a"] != pids["b"], events()
