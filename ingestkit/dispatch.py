@@ -3,8 +3,7 @@
 The leader puts items in ``ingestkit.tasks``, a chunk per row. A worker claims
 a row with ``FOR UPDATE SKIP LOCKED`` inside the transaction that commits the
 chunk's writes and outcomes, and deletes the row (or, if it stopped early,
-shrinks it to what it did not run) in that same transaction, after the tasks
-before it (as one process commits in source order). So every item is
+shrinks it to what it did not run) in that same transaction. So every item is
 committed exactly once, and a worker that dies gives its task back as soon as
 PostgreSQL sees its connection close. The reports of a committed chunk go back
 to the leader through ``ingestkit.results``, written in that transaction too.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,8 +36,6 @@ if TYPE_CHECKING:
 WORKER_NAMESPACE = 0x696B_0004
 #: First key of the advisory lock a worker holds while it sets up fixtures.
 SETUP_NAMESPACE = 0x696B_0005
-#: First and longest pause (seconds) of a chunk waiting for its turn to commit.
-TURN_POLL = (0.002, 0.05)
 
 _REPORT_FIELDS = (
     "key",
@@ -108,11 +104,6 @@ def reports_from_json(processor: str, text: str) -> list[ItemReport]:
 
 class BatchOver(Exception):
     """A worker's batch ended without it: it stops, and its chunk in flight is undone."""
-
-
-class GaveWay(Exception):
-    """A worker's chunk waited for an earlier task that waits for it: it is undone,
-    and its task goes back to the queue to run again (see ``earlier-tasks``)."""
 
 
 @dataclass
@@ -234,7 +225,6 @@ class Queue:
         }
 
         def write(cur: Any) -> None:
-            _wait_for_turn(cur, params)
             cur.execute(q("batch-still-running"), params)
             if cur.fetchone() is None:
                 raise BatchOver("the batch is over (its leader died): this chunk is undone")
@@ -244,17 +234,3 @@ class Queue:
             cur.execute(q("put-result"), params)
 
         return write
-
-
-def _wait_for_turn(cur: Any, params: dict) -> None:
-    """Wait until the processor's earlier tasks are committed (``earlier-tasks``)."""
-    pause = TURN_POLL[0]
-    while True:
-        cur.execute(q("earlier-tasks"), params)
-        wait, give_way = cur.fetchone()
-        if not wait:
-            return
-        if give_way:
-            raise GaveWay(f"task {params['seq']} gave way to an earlier task")
-        time.sleep(pause)
-        pause = min(pause * 2, TURN_POLL[1])

@@ -139,12 +139,6 @@ class Lookup:
     def chunk_committed(self) -> None:
         self._journal.clear()
 
-    def forget_all(self) -> None:
-        """Drop the whole cache (a committed-looking chunk was rolled back after all)."""
-        self._cache.clear()
-        self._preloaded.clear()
-        self._journal.clear()
-
     def chunk_rolled_back(self) -> None:
         for key, _who in self._journal:
             self._cache.pop(key, None)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .dispatch import BatchOver, GaveWay, Queue, Task, items_from_json, reports_from_json
+from .dispatch import BatchOver, Queue, Task, items_from_json, reports_from_json
 from .outcomes import UsageError
 from .queries import q
 from .recorder import LOCK_NAMESPACE
@@ -368,7 +368,6 @@ class Worker(Runner):
         super().__init__(session)
         self.queue: Queue = session.queue
         self.by_nodeid = {p.nodeid: p for p in session.processors}
-        self.failures_at_claim = 0
         self.claim_params = {
             "batch_id": self.queue.batch_id,
             "ns": LOCK_NAMESPACE,
@@ -389,8 +388,6 @@ class Worker(Runner):
         idle = POLL
         try:
             while not self.session.shouldstop:
-                self._settle()
-                self.failures_at_claim = self.failures
                 row = self.txn.claim(q("claim-task"), self.claim_params)
                 if row is None:
                     if self._batch_over():
@@ -416,7 +413,6 @@ class Worker(Runner):
                     self.queue.stop(str(self.session.shouldstop))
         finally:
             try:
-                self._settle()
                 if current is not None:
                     self.finish_processor(current)
                 self._complete()
@@ -424,17 +420,6 @@ class Worker(Runner):
                 self._teardown("module")
                 self._teardown("batch")
                 self._report_problems()
-
-    def _settle(self) -> None:
-        """Wait for the chunk committing in the background. If it gave way to an
-        earlier task (dispatch.GaveWay), it is undone: its task runs again later."""
-        try:
-            self.txn.wait()
-        except GaveWay:
-            self.txn.release()
-            self.lookup.forget_all()  # ids it cached may be of rows now rolled back
-            self.failures = self.failures_at_claim  # its failures count when it reruns
-            time.sleep(POLL)
 
     def _start(self, processor: Processor) -> Plan:
         if self._module is not None and self._module != processor.module_nodeid:

@@ -324,26 +324,6 @@ FOR UPDATE OF t SKIP LOCKED;
 -- after this chunk; a chunk that comes after the mark rolls back.
 SELECT 1 FROM ingestkit.batches WHERE id = %(batch_id)s AND status = 'running' FOR SHARE;
 
--- name: earlier-tasks
--- A worker commits a task after the processor's earlier tasks, as one process
--- would: of two records whose writes conflict, the first in the source wins.
--- While it waits it gives way (rolls back, to run the task again later) when a
--- session waits for its rows (an earlier task's, blocked by its uncommitted
--- row), or when an earlier task lies unclaimed (its worker died).
-SELECT EXISTS (
-           SELECT 1 FROM ingestkit.tasks t
-           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s AND t.seq < %(seq)s)
-       AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
-       AS wait,
-       EXISTS (
-           SELECT 1 FROM pg_catalog.pg_stat_activity a
-           WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(a.pid)))
-       OR EXISTS (
-           SELECT 1 FROM ingestkit.tasks t
-           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s AND t.seq < %(seq)s
-           FOR UPDATE SKIP LOCKED)
-       AS give_way;
-
 -- name: finish-task
 DELETE FROM ingestkit.tasks WHERE batch_id = %(batch_id)s AND seq = %(seq)s;
 
