@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
 import os
 import shlex
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -135,16 +137,25 @@ def split_nodeid(arg: str) -> tuple[str, str]:
     return path, rest
 
 
+#: Folders that end the search for an ``.ingestkit/`` marker: a project's VCS root.
+VCS_MARKERS = (".git", ".hg")
+
+
 def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict]:
     """Return (rootdir, config file or None, config values).
 
     Going up from the common ancestor of the path arguments, the first
     directory holding a ``pyproject.toml`` with ``[tool.ingestkit]``, an
     ``ingestkit.toml`` or an ``.ingestkit/`` folder; else the invocation dir.
+    An ``.ingestkit/`` counts only up to the project's own root (a VCS root),
+    and never in or above the home or temporary directory, so a run there
+    cannot re-root the projects below it (see :func:`_marker_stops`).
     """
     paths = [(invocation_dir / split_nodeid(a)[0]).resolve() for a in args if not a.startswith("-")]
     paths = [p if p.is_dir() else p.parent for p in paths] or [invocation_dir.resolve()]
     ancestor = Path(os.path.commonpath([str(p) for p in paths]))
+    stops = _marker_stops()
+    markers = True
     for directory in (ancestor, *ancestor.parents):
         ini = directory / "ingestkit.toml"
         if ini.is_file():
@@ -155,9 +166,21 @@ def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | No
             section = data.get("tool", {}).get("ingestkit")
             if section is not None:
                 return directory, pyproject, section
-        if (directory / ".ingestkit").is_dir():
+        if directory in stops and directory != ancestor:
+            markers = False  # a home or temp folder's .ingestkit/ is a stray run's
+        if markers and (directory / ".ingestkit").is_dir():
             return directory, None, {}
+        if directory in stops or any((directory / vcs).exists() for vcs in VCS_MARKERS):
+            markers = False  # the project's own root: nothing above it is the project
     return invocation_dir.resolve(), None, {}
+
+
+def _marker_stops() -> set[Path]:
+    """The home and temporary directories: where the search for ``.ingestkit/`` ends."""
+    stops = {Path(tempfile.gettempdir()).resolve()}
+    with contextlib.suppress(RuntimeError, KeyError):
+        stops.add(Path.home().resolve())
+    return stops
 
 
 def _read_toml(path: Path) -> dict:

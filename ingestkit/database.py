@@ -14,6 +14,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
+from .copy import NATIVE, adapt_row
 from .outcomes import UsageError
 from .queries import q
 from .transaction import Transaction, table_identifier
@@ -70,7 +71,7 @@ class Database:
         rows. A rejected row fails the item that wrote it.
         """
         self._check(table)
-        self._txn.insert(self._txn.owner, table, _rows(row_or_rows))
+        self._txn.insert(self._txn.owner, table, self._adapted(table, _rows(row_or_rows)))
 
     def upsert(self, table: str, row_or_rows: Any, conflict: Sequence[str] = ("id",)) -> None:
         """``INSERT ... ON CONFLICT (conflict) DO UPDATE`` the other columns.
@@ -82,12 +83,34 @@ class Database:
         self._check(table)
         if isinstance(conflict, str):
             conflict = (conflict,)
-        self._txn.upsert(self._txn.owner, table, _rows(row_or_rows), tuple(conflict))
+        rows = self._adapted(table, _rows(row_or_rows))
+        self._txn.upsert(self._txn.owner, table, rows, tuple(conflict))
 
     def _check(self, table: str) -> None:
         if table not in self._tables:
             table_identifier(table)  # reject a bad name now, where the caller is
             self._tables.add(table)
+
+    def _adapted(self, table: str, rows: list) -> list:
+        """Values COPY does not write natively go through psycopg2's adapters (copy.py)."""
+        native = NATIVE.issuperset
+        return [
+            r
+            if not isinstance(r, dict) or native(map(type, r.values()))
+            else adapt_row(r, self._mogrify, self._evaluate, table)
+            for r in rows
+        ]
+
+    def _mogrify(self, value: Any) -> bytes:
+        with self._txn.conn.cursor() as cur:
+            return cur.mogrify("%s", (value,))
+
+    def _evaluate(self, value: Any) -> str | None:
+        cur = self._txn.execute("SELECT (%s)::text", (value,), reads_only=True)
+        try:
+            return cur.fetchone()[0]
+        finally:
+            cur.close()
 
     @property
     def connection(self) -> Any:

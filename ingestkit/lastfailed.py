@@ -20,6 +20,7 @@ from .sources import Entry, Unreplayable, from_payload
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
+    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -96,8 +97,37 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     if whole_source:
         return None  # last time the source itself could not be read: read it again
     if option.last_failed:
+        _source_state(session)["stored"].add(processor.nodeid)  # its source is not read
         return failed
     return _failed_first(failed, processor, session)
+
+
+def _source_state(session: Session) -> dict[str, set[str]]:
+    """Per batch: processors fed only from stored records, and those whose source broke."""
+    return session.config.stash.setdefault(
+        "lastfailed.sources", {"stored": set(), "broken": set()}
+    )
+
+
+@hookimpl
+def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
+    for report in chunk.reports:
+        if report.key == "" and report.status == "error":
+            _source_state(session)["broken"].add(report.processor)
+
+
+@hookimpl
+def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
+    """A source read to its end resolves its last "could not be read" error."""
+    if processor.source is None or session.role == "worker" or session.shouldstop:
+        return
+    state = _source_state(session)
+    if processor.nodeid in state["stored"] or processor.nodeid in state["broken"]:
+        return
+    if session.control is None or session.control.closed:
+        return
+    with session.control.cursor() as cur:
+        cur.execute(q("resolve-source-error"), {"processor": processor.nodeid})
 
 
 def _failed_first(failed: list[Entry], processor: Processor, session: Session) -> Iterator[Entry]:
@@ -108,7 +138,7 @@ def _failed_first(failed: list[Entry], processor: Processor, session: Session) -
     yield from default_entries(processor, session)
 
 
-@hookimpl
+@hookimpl(trylast=True)  # after -k and the other selections: --lf narrows what they chose
 def ingestkit_collection_modifyitems(
     session: Session, config: Config, processors: list[Processor]
 ) -> None:
@@ -117,14 +147,32 @@ def ingestkit_collection_modifyitems(
     with session.control.cursor() as cur:
         cur.execute(q("last-failed-processors"))
         failed = {row[0] for row in cur.fetchall()}
-    collected = {p.nodeid for p in processors}
-    files = {p.module_nodeid for p in processors}
-    for nodeid in sorted(failed - collected):
-        path = nodeid.split("::", 1)[0]
-        if path in files or not (config.rootdir / path).exists():
-            session.notes.append(
-                f"--lf: {nodeid} has failed items but no longer exists; they are not rerun"
-            )
+    selected = {p.nodeid for p in processors}
+    gone = sorted(n for n in failed - selected if _gone(n, processors, config))
+    for nodeid in gone:
+        session.notes.append(
+            f"--lf: {nodeid} has failed items but no longer exists; they are not rerun"
+        )
     processors[:] = [p for p in processors if p.nodeid in failed]
     if not processors:
         session.nothing_to_rerun = True
+        outside = len(failed - selected) - len(gone)
+        if outside:
+            plural = "s have" if outside != 1 else " has"
+            session.notes.append(
+                f"--lf: {outside} processor{plural} failed items outside this selection;"
+                " they are not rerun"
+            )
+
+
+def _gone(nodeid: str, processors: list[Processor], config: Config) -> bool:
+    """Whether a processor with failed items is gone: its file, or its function in it.
+
+    Only a file collected in this run is looked into: a processor that was just
+    not selected (a node id, a path, ``-k``) still exists.
+    """
+    path, _, name = nodeid.partition("::")
+    if not (config.rootdir / path).exists():
+        return True
+    module = next((p.module for p in processors if p.module_nodeid == path), None)
+    return module is not None and not callable(getattr(module, name, None))

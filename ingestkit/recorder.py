@@ -59,9 +59,9 @@ def ingestkit_batch_start(session: Session) -> None:
         return
     batch = session.batch
     argv = [session.config.mask(a) for a in session.config.argv]
-    # The row and its lock commit together, on the connection that commits the
-    # items (see Transaction.batch_statement): a batch row is never seen running
-    # without its lock, and the lock goes with the connection that writes.
+    # The statement that inserts the row takes its lock, on the connection that
+    # commits the items (see Transaction.batch_statement): a batch row is never
+    # seen running without its lock, and the lock goes with the connection that writes.
     conn = session.txn.conn
     with conn.cursor() as cur:
         cur.execute(
@@ -72,10 +72,10 @@ def ingestkit_batch_start(session: Session) -> None:
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(),
                 "meta": Json(batch.meta),
+                "ns": LOCK_NAMESPACE,
             },
         )
-        batch.started_at, batch.lock_key = cur.fetchone()
-        cur.execute(q("lock-batch"), {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key})
+        batch.started_at, batch.lock_key, _ = cur.fetchone()
     conn.commit()  # before any chunk: a dry run's writes start after it
     with session.control.cursor() as cur:  # this month's and next month's, when missing
         cur.execute(q("add-items-partitions"))

@@ -277,7 +277,7 @@ def ingestkit_cmdline_main(config: Config) -> int:
         if session.nothing_to_rerun:
             for note in session.notes:
                 print(note)
-            print("nothing to rerun (--lf): no item's latest outcome is failed or error")
+            print("nothing to rerun (--lf): no selected item's latest outcome is failed or error")
             return ExitCode.OK
         if not session.processors and not session.collect_errors:
             print("no processors collected")

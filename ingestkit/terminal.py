@@ -116,6 +116,12 @@ class TerminalReporter:
         config = self.config
         self.section("ingestkit session starts")
         inifile = f", config: {config.inipath.name}" if config.inipath else ""
+        if config.inipath is None and config.rootdir != config.invocation_dir.resolve():
+            # no config file: an .ingestkit/ further up chose the rootdir (config.find_rootdir)
+            inifile = (
+                " (from the .ingestkit/ folder there, left by an earlier run;"
+                " no config file found)"
+            )
         self.write_line(f"ingestkit {__version__}, rootdir: {config.rootdir}{inifile}")
         masked, origin = session.database or ("?", "?")
         if origin == "embedded":
@@ -216,6 +222,15 @@ class TerminalReporter:
             self.section("FAILURES")
             for group in sorted(self.groups.values(), key=lambda g: -g.count):
                 self._show_group(group)
+        elif self.groups:  # --tb=no: as pytest, a short summary line per failure group
+            self.section("short summary")
+            for group in sorted(self.groups.values(), key=lambda g: -g.count):
+                plural = "s" if group.count != 1 else ""
+                status = group.first.status.upper() if group.first else "FAILED"
+                self.write_line(
+                    f"{status} {group.processor}: {group.error_type} "
+                    f"({group.count} item{plural}), first key {group.keys[0]!r}"
+                )
         if session.teardown_errors:
             self.section("TEARDOWN ERRORS")
             for scope, exc, tb in session.teardown_errors:

@@ -26,12 +26,15 @@ SELECT pg_advisory_xact_lock(%s);
 INSERT INTO ingestkit.schema_version (version) VALUES (%s) ON CONFLICT DO NOTHING;
 
 -- name: insert-batch
-INSERT INTO ingestkit.batches (id, argv, hostname, pid, meta)
-VALUES (%(id)s, %(argv)s, %(hostname)s, %(pid)s, %(meta)s)
-RETURNING started_at, lock_key;
-
--- name: lock-batch
-SELECT pg_advisory_lock(%(ns)s, %(lock_key)s);
+-- The batch's lock is taken by the statement that inserts its row, so it is
+-- held before the row commits: no other run ever sees the row 'running' and
+-- its lock free, which would read as "the process died" (mark-interrupted).
+WITH b AS (
+    INSERT INTO ingestkit.batches (id, argv, hostname, pid, meta)
+    VALUES (%(id)s, %(argv)s, %(hostname)s, %(pid)s, %(meta)s)
+    RETURNING started_at, lock_key
+)
+SELECT started_at, lock_key, pg_advisory_lock(%(ns)s, lock_key) FROM b;
 
 -- name: unlock-batch
 SELECT pg_advisory_unlock(%(ns)s, %(lock_key)s);
@@ -198,6 +201,13 @@ SELECT key, attempt, error_message, payload, content_hash
 FROM ingestkit.latest
 WHERE processor = %(processor)s AND status IN ('failed', 'error')
 ORDER BY finished_at, key;
+
+-- name: resolve-source-error
+-- The source read to its end this batch: the error that it could not be read
+-- (key '', no record) is over, so --lf no longer reads the whole source for it.
+DELETE FROM ingestkit.latest
+WHERE processor = %(processor)s AND key = '' AND status = 'error'
+  AND coalesce(payload, 'null') = 'null'::jsonb;
 
 -- name: last-failed-processors
 SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'error');
