@@ -330,7 +330,9 @@ class DataclassModel(RecordModel):
         body.append("        return cls(**kw)")
         body.append("    except Exception:")
         body.append("        return slow(raw, location)")
-        exec("\n".join(body), env)  # noqa: S102 - code made here, from field names only
+        # named after this file: a traceback through it is ingestkit's, not the user's
+        code = compile("\n".join(body), __file__, "exec")
+        exec(code, env)  # noqa: S102 - code made here, from field names only
         return env["convert"]
 
     def convert(self, raw: Any, location: str) -> Any:  # replaced by _compile()
