@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 
 import psycopg2
@@ -36,7 +37,11 @@ def _with_password(dsn: str, raw: str) -> str:
     params = psycopg2.extensions.parse_dsn(dsn)
     host = params.get("host", "127.0.0.1")
     port = params.get("port", "5432")
-    return f"postgresql://{params.get('user', 'postgres')}:{raw}@{host}:{port}/{params['dbname']}"
+    user = params.get("user", "postgres")
+    if host.startswith("/"):  # a socket folder (the embedded server) goes in the query
+        folder = urllib.parse.quote(host, safe="")
+        return f"postgresql://{user}:{raw}@:{port}/{params['dbname']}?host={folder}"
+    return f"postgresql://{user}:{raw}@{host}:{port}/{params['dbname']}"
 
 
 # -- #6: a DSN password never reaches output ----------------------------------
@@ -56,7 +61,8 @@ def test_a_percent_encoded_password_is_masked_everywhere(project, tmp_path, form
     dsn = _with_password(project.dsn, RAW_PASSWORD)
     if form == "query":  # postgresql://user@host/db?password=...
         user_part, _, rest = dsn.partition("@")
-        dsn = f"{user_part.rsplit(':', 1)[0]}@{rest}?sslmode=disable&password={RAW_PASSWORD}"
+        joiner = "&" if "?" in rest else "?"
+        dsn = f"{user_part.rsplit(':', 1)[0]}@{rest}{joiner}sslmode=disable&password={RAW_PASSWORD}"
     dsn_args = [f"--dsn={dsn}"] if form == "equals" else ["--dsn", dsn]
     workers = ["-n", "2"] if form == "workers" else []
     project.write("ingest_t.py", FAILING)
