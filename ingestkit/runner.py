@@ -219,7 +219,6 @@ class Runner:
         self.hook = session.config.hook
         self.txn = session.txn
         self.runtime = session.fixtures
-        self.lookup = session.lookup
         self.capture = session.capture
         option = self.config.option
         self.maxfail = option.maxfail
