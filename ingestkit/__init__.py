@@ -28,7 +28,7 @@ from .typed import MissingColumns, RecordInvalid
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
 
-def main(args: list[str] | None = None, plugins: list | None = None) -> int:
+def main(args: list[str] | None = None, plugins: list[object] | None = None) -> int:
     """Run ingestkit in-process, as the ``ingestkit`` command would; return the exit code."""
     from .cli import main as _main
 
