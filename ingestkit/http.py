@@ -33,6 +33,8 @@ from .readers import SourceUnreadable
 from .sources import Entry, Reader
 
 if TYPE_CHECKING:
+    import urllib3
+
     from .collection import Processor
     from .session import Session
     from .sources import SourceSpec
@@ -186,7 +188,7 @@ def next_link(header: str | None) -> str | None:
         for param in params.split(";"):
             name, _, value = param.strip().partition("=")
             if name.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
-                return target
+                return str(target)
     return None
 
 
@@ -300,14 +302,16 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             raise HttpPageError(_MISSING_EXTRA) from None
         _mask_urllib3_logs()
         pool = urllib3.PoolManager(
-            retries=self._retry(urllib3), timeout=urllib3.Timeout(total=self.timeout)
+            retries=self._retry(), timeout=urllib3.Timeout(total=self.timeout)
         )
         try:
-            yield from self._pages(pool, urllib3)
+            yield from self._pages(pool)
         finally:
             pool.clear()
 
-    def _retry(self, urllib3: Any) -> Any:
+    def _retry(self) -> urllib3.Retry:
+        import urllib3  # (entries() checked that it is installed)
+
         class Retry(urllib3.Retry):
             RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
 
@@ -327,8 +331,10 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             raise_on_status=False,
         )
 
-    def _request_headers(self, url: str, urllib3: Any) -> tuple[str, dict[str, str]]:
+    def _request_headers(self, url: str) -> tuple[str, dict[str, str]]:
         """The URL without userinfo, and the headers (userinfo as Basic auth)."""
+        import urllib3
+
         headers = {
             "Accept": "application/json",
             "User-Agent": f"ingestkit/{__version__}",
@@ -348,21 +354,23 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         return url, headers
 
-    def _get(self, pool: Any, urllib3: Any, url: str) -> tuple[Any, str | None]:
+    def _get(self, pool: urllib3.PoolManager, url: str) -> tuple[Any, str | None]:
         """One page's JSON body and Link header, or HttpPageError naming the URL and
         what went wrong."""
+        import urllib3
+
         shown = shown_url(url)
-        target, headers = self._request_headers(url, urllib3)
+        target, headers = self._request_headers(url)
         try:
             response = pool.request("GET", target, headers=headers)
         except urllib3.exceptions.MaxRetryError as exc:
             attempts = self.retries + 1
             raise HttpPageError(
-                f"GET {shown}: {self._reason(exc.reason, urllib3)}"
+                f"GET {shown}: {self._reason(exc.reason)}"
                 + (f" (after {attempts} attempts)" if attempts > 1 else "")
             ) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise HttpPageError(f"GET {shown}: {self._reason(exc, urllib3)}") from None
+            raise HttpPageError(f"GET {shown}: {self._reason(exc)}") from None
         retried = len(response.retries.history) if response.retries is not None else 0
         if response.status >= 400:
             reason = f" {response.reason}" if response.reason else ""
@@ -384,8 +392,9 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
                 f"{_snippet(response.data, 60)!r}"
             ) from None
 
-    def _reason(self, exc: BaseException | None, urllib3: Any) -> str:
-        errors = urllib3.exceptions
+    def _reason(self, exc: BaseException | None) -> str:
+        from urllib3 import exceptions as errors
+
         if isinstance(exc, errors.NewConnectionError):  # (a ConnectTimeoutError in urllib3)
             found = re.search(r"\[Errno [^\]]*\] (.*)$", str(exc))
             return f"cannot connect: {found.group(1) if found else 'connection failed'}"
@@ -398,7 +407,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             return str(exc)
         return f"{type(exc).__name__}: {exc}"
 
-    def _page_records(self, body: Any, shown: str) -> list:
+    def _page_records(self, body: Any, shown: str) -> list[Any]:
         if body is None:
             return []
         if self.records is None:
@@ -424,18 +433,18 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             )
         return found
 
-    def _pages(self, pool: Any, urllib3: Any) -> Iterator[Entry]:
+    def _pages(self, pool: urllib3.PoolManager) -> Iterator[Entry]:
         url: str | None = self.first_url
         page_number = None
         if self.page_param:
             page_number = int(self.params.get(self.page_param) or 1)
             url = with_params(self.url, {**self.params, self.page_param: page_number})
         seen: set[str] = set()
-        previous: list | None = None
+        previous: list[Any] | None = None
         while url is not None:
             seen.add(url)
             shown = shown_url(url)
-            response_body, link = self._get(pool, urllib3, url)
+            response_body, link = self._get(pool, url)
             found = self._page_records(response_body, shown)
             if self.page_param and found and previous == found:
                 raise HttpPageError(
@@ -456,7 +465,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             url = following
 
     def _following(
-        self, url: str, body: Any, link: str | None, found: list, page_number: int | None
+        self, url: str, body: Any, link: str | None, found: list[Any], page_number: int | None
     ) -> str | None:
         """The next page's URL, or None after the last page."""
         if self.next:
