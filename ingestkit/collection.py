@@ -197,17 +197,7 @@ class _HookProxy:
 
 def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectReport:
     relpath = _relpath(path, rootdir)
-    lineno = None
-    where = path
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where, lineno = Path(exc.filename), exc.lineno
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        user = [
-            f for f in frames if "importlib" not in f.filename and "/ingestkit/" not in f.filename
-        ]
-        if user:
-            where, lineno = Path(user[-1].filename), user[-1].lineno
+    where, lineno = _error_location(path, exc)
     message = f"{type(exc).__name__}: {exc}".strip()
     if isinstance(exc, ModuleNotFoundError) and exc.name == "pydantic":
         message += f" (typed records with pydantic models need it: {PIP_PYDANTIC})"
@@ -219,6 +209,18 @@ def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectRe
         )
     )
     return CollectReport(relpath, path, lineno, header, tb)
+
+
+def _error_location(path: Path, exc: BaseException) -> tuple[Path, int | None]:
+    """Where importing ``path`` failed: the line of a syntax error, else the last
+    frame of the user's code (not importlib's or ingestkit's); else ``path``."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return Path(exc.filename), exc.lineno
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if "importlib" not in f.filename and "/ingestkit/" not in f.filename]
+    if user:
+        return Path(user[-1].filename), user[-1].lineno
+    return path, None
 
 
 def processors_in(module: ModuleType, path: Path, session: Session) -> list[Processor]:

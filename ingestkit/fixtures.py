@@ -266,16 +266,7 @@ class FixtureManager:
         for ``request.getfixturevalue``; ``root`` names the requester in errors.
         """
         argnames = list(argnames)
-        auto = []
-        if autouse:
-            # a name made autouse at some level stays autouse below it, in whatever
-            # definition is nearest (pytest #1601): outer levels first, wider scopes first
-            keys = {}
-            for name, ds in self.visible(nodeid).items():
-                first = next((d for d in ds if d.autouse), None)
-                if first is not None:
-                    keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
-            auto = sorted(keys, key=keys.__getitem__)
+        auto = self._autouse_names(nodeid) if autouse else []
         closure = Closure(resolving=list(stack))
         closure.root = root if root is not None else f"{nodeid}({', '.join(argnames)})"
         for name in [*auto, *argnames]:
@@ -289,6 +280,19 @@ class FixtureManager:
             elif fdef is not None and fdef not in closure.autouse:
                 closure.autouse.append(fdef)
         return closure
+
+    def _autouse_names(self, nodeid: str) -> list[str]:
+        """The autouse fixtures at ``nodeid``, in setup order.
+
+        A name made autouse at some level stays autouse below it, in whatever
+        definition is nearest (pytest #1601): outer levels first, wider scopes first.
+        """
+        keys: dict[str, tuple[int, int]] = {}
+        for name, ds in self.visible(nodeid).items():
+            first = next((d for d in ds if d.autouse), None)
+            if first is not None:
+                keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
+        return sorted(keys, key=keys.__getitem__)
 
     def _resolve(
         self,

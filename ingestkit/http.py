@@ -192,6 +192,26 @@ def next_link(header: str | None) -> str | None:
     return None
 
 
+def _check_paging(
+    next: str | None,  # noqa: A002 - read_http's documented name
+    page_param: str | None,
+    cursor_param: str | None,
+    cursor: str | None,
+) -> None:
+    """At most one way to the next page, and a cursor's two arguments together."""
+    styles = [n for n, v in (("next", next), ("page_param", page_param)) if v]
+    if cursor_param or cursor:
+        styles.append("cursor_param/cursor")
+        if not (cursor_param and cursor):
+            raise ValueError(
+                "read_http: cursor_param= (the query parameter) and cursor= (the dotted "
+                "path of the next cursor in the page) go together"
+            )
+    if len(styles) > 1:
+        both = " and ".join(styles)
+        raise ValueError(f"read_http: give one way to the next page, not {both}")
+
+
 class _MaskLogs(logging.Filter):
     """urllib3 logs URLs (retries, requests at DEBUG): credentials become ``***``."""
 
@@ -246,17 +266,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
     ) -> None:
         if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"read_http needs an http:// or https:// URL, got {url!r}")
-        styles = [n for n, v in (("next", next), ("page_param", page_param)) if v]
-        if cursor_param or cursor:
-            styles.append("cursor_param/cursor")
-            if not (cursor_param and cursor):
-                raise ValueError(
-                    "read_http: cursor_param= (the query parameter) and cursor= (the dotted "
-                    "path of the next cursor in the page) go together"
-                )
-        if len(styles) > 1:
-            both = " and ".join(styles)
-            raise ValueError(f"read_http: give one way to the next page, not {both}")
+        _check_paging(next, page_param, cursor_param, cursor)
         if retries < 0 or timeout <= 0:
             raise ValueError("read_http: retries= must be 0 or more and timeout= more than 0")
         self.path = Path()  # not a file (Reader's attribute, kept for its users)
@@ -357,20 +367,8 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
     def _get(self, pool: urllib3.PoolManager, url: str) -> tuple[Any, str | None]:
         """One page's JSON body and Link header, or HttpPageError naming the URL and
         what went wrong."""
-        import urllib3
-
         shown = shown_url(url)
-        target, headers = self._request_headers(url)
-        try:
-            response = pool.request("GET", target, headers=headers)
-        except urllib3.exceptions.MaxRetryError as exc:
-            attempts = self.retries + 1
-            raise HttpPageError(
-                f"GET {shown}: {self._reason(exc.reason)}"
-                + (f" (after {attempts} attempts)" if attempts > 1 else "")
-            ) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise HttpPageError(f"GET {shown}: {self._reason(exc)}") from None
+        response = self._request(pool, url)
         retried = len(response.retries.history) if response.retries is not None else 0
         if response.status >= 400:
             reason = f" {response.reason}" if response.reason else ""
@@ -391,6 +389,23 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
                 f"GET {shown}: the page is not JSON ({kind}): {exc}; it starts with "
                 f"{_snippet(response.data, 60)!r}"
             ) from None
+
+    def _request(self, pool: urllib3.PoolManager, url: str) -> urllib3.BaseHTTPResponse:
+        """GET ``url``, retried as configured; HttpPageError when no answer came."""
+        import urllib3
+
+        shown = shown_url(url)
+        target, headers = self._request_headers(url)
+        try:
+            return pool.request("GET", target, headers=headers)
+        except urllib3.exceptions.MaxRetryError as exc:
+            attempts = self.retries + 1
+            raise HttpPageError(
+                f"GET {shown}: {self._reason(exc.reason)}"
+                + (f" (after {attempts} attempts)" if attempts > 1 else "")
+            ) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise HttpPageError(f"GET {shown}: {self._reason(exc)}") from None
 
     def _reason(self, exc: BaseException | None) -> str:
         from urllib3 import exceptions as errors
@@ -516,17 +531,21 @@ def register_secrets(session: Session, reader: read_http) -> None:
         return
     config.secrets.extend(new)
     # a source callable made this reader after the batch's argv was stored
-    if (
-        session.role != "worker"
-        and session.batch.lock_key is not None
-        and session.control is not None
-        and any(s in arg for arg in config.argv for s in new)
-    ):
+    if _argv_stored(session) and any(s in arg for arg in config.argv for s in new):
         from psycopg2.extras import Json
 
         argv = ["ingestkit", *(config.mask(a) for a in config.argv)]
         with session.control.cursor() as cur:
             cur.execute(q("batch-argv"), {"id": session.batch.id, "argv": Json(argv)})
+
+
+def _argv_stored(session: Session) -> bool:
+    """Whether this process may update the stored batch row (a worker does not)."""
+    return (
+        session.role != "worker"
+        and session.batch.lock_key is not None
+        and session.control is not None
+    )
 
 
 @hookimpl

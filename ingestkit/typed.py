@@ -389,20 +389,25 @@ def _field_value(f: Field, value: Any) -> Any:
         or value is None
         or (value == "" and type(value) is str and (f.optional or not f.text))
     ):
-        if f.has_default:
-            return _MISSING
-        if f.optional:
-            return None
-        if value is _MISSING:
-            raise _FieldInvalid(f"{f.column}: missing column")
-        reason = "is empty" if value == "" else "is null"
-        raise _FieldInvalid(f"{f.column}: {value!r} {reason}")
+        return _no_value(f, value)
     try:
         return f.convert(value)
     except _Bad as exc:
         raise _FieldInvalid(f"{f.column}: {_shown(value)} {exc.reason}") from None
     except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. too many digits
         raise _FieldInvalid(f"{f.column}: {_shown(value)} is invalid ({exc})") from None
+
+
+def _no_value(f: Field, value: Any) -> Any:
+    """A field whose column is missing, null or empty: its default, None, or invalid."""
+    if f.has_default:
+        return _MISSING
+    if f.optional:
+        return None
+    if value is _MISSING:
+        raise _FieldInvalid(f"{f.column}: missing column")
+    reason = "is empty" if value == "" else "is null"
+    raise _FieldInvalid(f"{f.column}: {value!r} {reason}")
 
 
 def _shown(value: Any) -> str:
@@ -472,23 +477,29 @@ def model_for(func: Callable[..., Any]) -> RecordModel | None:
         return None
     tp, _ = _unwrap_optional(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        try:
-            hints = typing.get_type_hints(tp)
-        except Exception as exc:
-            raise ModelError(
-                f"record: cannot read the field types of {tp.__name__}: {exc}"
-            ) from None
-        return DataclassModel(tp, hints)
+        return _dataclass_model(tp)
     if _is_pydantic_class(tp):
-        if not hasattr(tp, "model_validate"):
-            raise ModelError(
-                f"record: {tp.__name__} is a pydantic v1 model; typed records need "
-                f"pydantic v2: {PIP_PYDANTIC}"
-            )
-        try:
-            return PydanticModel(tp)
-        except ImportError:
-            raise ModelError(
-                f"record: {tp.__name__} needs pydantic, which is not installed: {PIP_PYDANTIC}"
-            ) from None
+        return _pydantic_model(tp)
     return None
+
+
+def _dataclass_model(tp: type) -> DataclassModel:
+    try:
+        hints = typing.get_type_hints(tp)
+    except Exception as exc:
+        raise ModelError(f"record: cannot read the field types of {tp.__name__}: {exc}") from None
+    return DataclassModel(tp, hints)
+
+
+def _pydantic_model(tp: type[BaseModel]) -> PydanticModel:
+    if not hasattr(tp, "model_validate"):
+        raise ModelError(
+            f"record: {tp.__name__} is a pydantic v1 model; typed records need "
+            f"pydantic v2: {PIP_PYDANTIC}"
+        )
+    try:
+        return PydanticModel(tp)
+    except ImportError:
+        raise ModelError(
+            f"record: {tp.__name__} needs pydantic, which is not installed: {PIP_PYDANTIC}"
+        ) from None
