@@ -448,12 +448,16 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             )
         return found
 
+    def _start(self) -> tuple[str, int | None]:
+        """The first page's URL, and its page number when pages are numbered."""
+        if not self.page_param:
+            return self.first_url, None
+        page_number = int(self.params.get(self.page_param) or 1)
+        return with_params(self.url, {**self.params, self.page_param: page_number}), page_number
+
     def _pages(self, pool: urllib3.PoolManager) -> Iterator[Entry]:
-        url: str | None = self.first_url
-        page_number = None
-        if self.page_param:
-            page_number = int(self.params.get(self.page_param) or 1)
-            url = with_params(self.url, {**self.params, self.page_param: page_number})
+        first, page_number = self._start()
+        url: str | None = first
         seen: set[str] = set()
         previous: list[Any] | None = None
         while url is not None:
@@ -493,12 +497,17 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
                 return None
             return with_params(self.url, {**self.params, self.page_param: (page_number or 1) + 1})
         if self.cursor_param:
-            value = _optional_at(body, self.cursor) if self.cursor else None
-            if value in (None, "", False) or not found:
-                return None
-            return with_params(self.url, {**self.params, self.cursor_param: value})
+            return self._cursor_url(self.cursor_param, body, found)
         target = next_link(link)
         return urllib.parse.urljoin(url, target) if target else None
+
+
+    def _cursor_url(self, cursor_param: str, body: Any, found: list[Any]) -> str | None:
+        """The next page by the cursor in ``body``, or None at the end."""
+        value = _optional_at(body, self.cursor) if self.cursor else None
+        if value in (None, "", False) or not found:
+            return None
+        return with_params(self.url, {**self.params, cursor_param: value})
 
 
 def _json_kind(value: Any) -> str:
