@@ -223,7 +223,8 @@ class Runner:
         option = self.config.option
         self.maxfail = option.maxfail
         self.reprocess = option.reprocess
-        self.store_all = self.config.get("store_payloads", "failed") == "all"
+        # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
+        self.store_all = self.config.get("store_payloads", "latest") != "failed"
         self.fixed_chunk = option.chunk_size
         self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK

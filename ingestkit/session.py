@@ -104,9 +104,9 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--store-payloads",
-        choices=("all", "failed"),
+        choices=("latest", "all", "failed"),
         default=None,
-        help="store records of all items, or of failed ones",
+        help="records kept: each key's latest (default), all items', or failed ones'",
     )
     add(
         "--chunk-size",

@@ -1,0 +1,141 @@
+"""Issue 15: the failure lifecycle (SPEC §9): retired failures, --forget, what changed."""
+
+import json
+
+ROWS = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def table(db):
+    db.execute("CREATE TABLE IF NOT EXISTS rows (id int PRIMARY KEY, w int)")
+
+@ingestkit.source(ingestkit.read_csv("rows.csv"), key="id")
+def process_row(record, db):
+    if not record["w"].isdigit():
+        raise ValueError(f"w is not a number: {record['w']!r}")
+    db.upsert("rows", {"id": int(record["id"]), "w": int(record["w"])})
+"""
+NODE = "ingest_rows.py::process_row"
+
+
+def write_rows(project, rows):
+    project.write("rows.csv", "id,w\n" + "".join(f"{k},{w}\n" for k, w in rows))
+
+
+def latest(project):
+    return {
+        r["key"]: (r["status"], r["retired_batch"] is not None)
+        for r in project.query("SELECT key, status, retired_batch FROM ingestkit.latest")
+    }
+
+
+def test_failures_gone_from_the_source_are_retired_and_lf_comes_back_clean(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x"), (3, "y"), (4, 40)])
+    assert project.run().exit_code == 1
+    write_rows(project, [(1, 10), (3, "y"), (4, 40)])  # 2 deleted from the source
+    second = project.run()
+    assert second.exit_code == 1
+    assert "1 earlier failure is gone from the source, retired" in second.output
+    assert latest(project)["2"] == ("failed", True)
+    lf = project.run("--lf")
+    assert [i["key"] for i in lf.items] == ["3"]  # not the retired 2
+    write_rows(project, [(1, 10), (4, 40)])
+    project.run()
+    nothing = project.run("--lf")
+    assert nothing.exit_code == 0
+    assert "nothing to rerun" in nothing.output
+
+
+def test_a_narrowed_read_retires_nothing(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x"), (3, "y")])
+    project.run()
+    write_rows(project, [(1, 11)])
+    project.run(f"{NODE}[1]")
+    project.run("--lf")
+    project.run("--ff")
+    project.run("--dry-run")
+    assert latest(project)["2"] == ("failed", False)
+    assert latest(project)["3"] == ("failed", False)
+
+
+def test_a_retired_key_that_comes_back_runs_and_is_fed_by_lf_again(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    project.run()
+    write_rows(project, [(1, 10)])
+    project.run()
+    assert latest(project)["2"] == ("failed", True)
+    write_rows(project, [(1, 10), (2, "z")])
+    back = project.run()
+    assert back.statuses() == {"2": "failed"}
+    assert latest(project)["2"] == ("failed", False)
+    assert [i["key"] for i in project.run("--lf").items] == ["2"]
+
+
+def test_changed_records_are_summarized_and_traced(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 99), (2, 20), (3, 30)])
+    project.run()
+    stored = project.query("SELECT key, record FROM ingestkit.latest ORDER BY key")
+    assert stored[0]["record"] == {"id": "1", "w": "99"}
+    # items keep no succeeded records by default (store_payloads = latest)
+    assert project.scalar("SELECT count(payload) FROM ingestkit.items") == 0
+    write_rows(project, [(1, 100), (2, 20), (3, 30)])
+    second = project.run()
+    assert second.counts == {"succeeded": 1, "unchanged": 2}
+    assert f"{NODE}: 1 changed record" in second.output
+    assert '[1] w: "99" → "100"' in second.output
+    trace = project.run("--trace", f"{NODE}[1]")
+    assert 'w: "99" → "100"' in trace.output
+    as_json = json.loads(project.run("--trace", f"{NODE}[1]", "--json").output)
+    assert as_json[-1]["changes"] == {"w": ["99", "100"]}
+
+
+def test_store_payloads_failed_keeps_no_succeeded_record(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 99)])
+    project.run("--store-payloads", "failed")
+    assert project.scalar("SELECT record FROM ingestkit.latest") is None
+    write_rows(project, [(1, 100)])
+    second = project.run("--store-payloads", "failed")
+    assert "changed record" not in second.output
+
+
+def test_show_when_piped_gives_location_whole_message_and_record(project):
+    project.write(
+        "ingest_long.py",
+        """
+        import ingestkit
+
+        @ingestkit.source(ingestkit.read_csv("rows.csv"), key="id")
+        def process_long(record):
+            raise ValueError("w is bad: " + "x" * 300 + "\\nsecond line of the message")
+        """,
+    )
+    write_rows(project, [(1, "wide")])
+    project.run()
+    shown = project.cli("--show")
+    assert shown.returncode == 0
+    out = shown.stdout
+    assert "ingest_long.py::process_long[1] FAILED ValueError: w is bad: " + "x" * 300 in out
+    assert "at: rows.csv:2" in out
+    assert "second line of the message" in out
+    record = next(line for line in out.splitlines() if line.strip().startswith("record: "))
+    assert json.loads(record.split("record: ", 1)[1]) == {"id": "1", "w": "wide"}
+
+
+def test_show_trace_and_batches_show_retired_keys(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    project.run()
+    write_rows(project, [(1, 10)])
+    retiring = project.run()
+    shown = project.run("--show", retiring.batch_id, "--status", "all")
+    assert f"retired (gone from the source, --lf no longer feeds them): {NODE}[2]" in shown.output
+    trace = project.run("--trace", f"{NODE}[2]")
+    assert f"retired by batch {retiring.batch_id[:8]}" in trace.output
+    assert f"1 retired failure(s) (gone from their source; --lf does not feed them): {NODE} 1" in (
+        project.run("--batches").output
+    )
