@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "terminal",
     "junitxml",
     "lookback",
+    "forget",
     "prune",
     "html",
     "workers",

@@ -139,3 +139,46 @@ def test_show_trace_and_batches_show_retired_keys(project):
     assert f"1 retired failure(s) (gone from their source; --lf does not feed them): {NODE} 1" in (
         project.run("--batches").output
     )
+
+
+def test_forget_stops_lf_feeding_and_leaves_an_audit_row(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x"), (3, "y")])
+    first = project.run()
+    forgot = project.cli("--forget", f"{NODE}[2]", "--reason", "vendor row, never fixable")
+    assert forgot.returncode == 0, forgot.stdout
+    assert "1 failure forgotten in batch" in forgot.stdout
+    rows = project.query(
+        "SELECT batch_id, status, error_type, error_message FROM ingestkit.items"
+        " WHERE key = '2' ORDER BY finished_at"
+    )
+    assert [(r["status"], r["error_type"]) for r in rows] == [
+        ("failed", "ValueError"),
+        ("skipped", "Forgotten"),
+    ]
+    assert rows[1]["error_message"] == "vendor row, never fixable"
+    assert str(rows[1]["batch_id"]) != first.batch_id
+    batch = project.query(
+        "SELECT status, counts, meta FROM ingestkit.batches WHERE id = %s", (rows[1]["batch_id"],)
+    )[0]
+    assert batch["status"] == "finished" and batch["counts"]["skipped"] == 1
+    assert batch["meta"]["forget"]["reason"] == "vendor row, never fixable"
+    assert [i["key"] for i in project.run("--lf").items] == ["3"]
+    # -k selects by processor, as a run does
+    assert project.cli("--forget", "-k", "row", "--reason", "all of them").returncode == 0
+    assert "nothing to rerun" in project.run("--lf").output
+
+
+def test_forget_bad_usage_is_one_line_and_exit_4(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    project.run()
+    no_reason = project.cli("--forget", f"{NODE}[2]")
+    assert no_reason.returncode == 4 and "--reason" in no_reason.stdout
+    assert "Traceback" not in no_reason.stdout
+    no_selection = project.cli("--forget", "--reason", "r")
+    assert no_selection.returncode == 4 and "needs a selection" in no_selection.stdout
+    not_failing = project.cli("--forget", f"{NODE}[1]", "--reason", "r")
+    assert not_failing.returncode == 4
+    assert f"no failed or error item {NODE}[1]" in not_failing.stdout
+    assert project.scalar("SELECT status FROM ingestkit.latest WHERE key = '2'") == "failed"
