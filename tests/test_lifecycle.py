@@ -182,3 +182,13 @@ def test_forget_bad_usage_is_one_line_and_exit_4(project):
     assert not_failing.returncode == 4
     assert f"no failed or error item {NODE}[1]" in not_failing.stdout
     assert project.scalar("SELECT status FROM ingestkit.latest WHERE key = '2'") == "failed"
+
+
+def test_a_dry_run_does_not_suggest_lf(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    dry = project.run("--dry-run")
+    assert dry.exit_code == 1
+    assert "rerun the failures" not in dry.output
+    assert "dry run: every write was rolled back" in dry.output
+    assert "nothing to rerun" in project.run("--lf").output
