@@ -131,6 +131,7 @@ def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
         return
     if session.control is None or session.control.closed:
         return
+    _check_selected_keys(processor, session)
     with session.control.cursor() as cur:
         cur.execute(q("resolve-source-error"), {"processor": processor.nodeid})
     if _full_read(processor, session):
@@ -138,6 +139,25 @@ def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
             _retiring(session).append(processor.nodeid)
         else:
             retire_gone(session, processor.nodeid)
+
+
+def not_found(config: Config) -> list[str]:
+    """Node ids with a key that no record of their source had (exit 4, as pytest's
+    ``not found``)."""
+    nodeids: list[str] = config.stash.setdefault("lastfailed.not_found", [])
+    return nodeids
+
+
+def _check_selected_keys(processor: Processor, session: Session) -> None:
+    option = session.config.option
+    if processor.selected_keys is None or option.last_failed or option.failed_first:
+        return
+    if session.shouldstop or session.interrupted:
+        return
+    matched: set[tuple[str, str]] = session.config.stash.get("runner.matched_keys", set())
+    for key in sorted(processor.selected_keys):
+        if (processor.nodeid, key) not in matched:
+            not_found(session.config).append(f"{processor.nodeid}[{key}]")
 
 
 def _full_read(processor: Processor, session: Session) -> bool:
@@ -188,6 +208,10 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
 
 @hookimpl
 def ingestkit_terminal_summary(terminalreporter: Any, exitstatus: int, config: Config) -> None:
+    for nodeid in not_found(config):
+        terminalreporter.write_line(
+            f"ERROR: not found: {nodeid} (no record of its source has this key)"
+        )
     for nodeid, keys in retired(config).items():
         n = len(keys)
         shown = ", ".join(keys[:5]) + (f" (+{n - 5} more)" if n > 5 else "")

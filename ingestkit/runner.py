@@ -225,6 +225,9 @@ class Runner:
         self.reprocess = option.reprocess
         # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
         self.store_all = self.config.get("store_payloads", "latest") != "failed"
+        self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
+            "runner.matched_keys", set()
+        )
         self.fixed_chunk = option.chunk_size
         self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK
@@ -440,8 +443,10 @@ class Runner:
                 item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
         if entry.key is None:  # a key from a source's record, not one already stored
             key = sources.storable_key(key)
-        if processor.selected_keys is not None and key not in processor.selected_keys:
-            return None
+        if processor.selected_keys is not None:
+            if key not in processor.selected_keys:
+                return None
+            self.matched_keys.add((processor.nodeid, key))  # see lastfailed.not_found
         if entry.rerun:
             self.rerun_keys.add(key)
             item.rerun = True

@@ -192,3 +192,16 @@ def test_a_dry_run_does_not_suggest_lf(project):
     assert "rerun the failures" not in dry.output
     assert "dry run: every write was rolled back" in dry.output
     assert "nothing to rerun" in project.run("--lf").output
+
+
+def test_a_node_id_whose_key_matches_no_record_is_one_line_and_exit_4(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, 20)])
+    project.run()
+    typo = project.cli(f"{NODE}[7777]")
+    assert typo.returncode == 4, typo.stdout
+    assert typo.stdout.count(f"not found: {NODE}[7777]") == 1
+    found = project.cli(f"{NODE}[2]", f"{NODE}[9]")
+    assert found.returncode == 4
+    assert f"not found: {NODE}[9]" in found.stdout and f"{NODE}[2]]" not in found.stdout
+    assert project.cli(f"{NODE}[2]").returncode == 0  # unchanged, but found
