@@ -205,3 +205,16 @@ def test_a_node_id_whose_key_matches_no_record_is_one_line_and_exit_4(project):
     assert found.returncode == 4
     assert f"not found: {NODE}[9]" in found.stdout and f"{NODE}[2]]" not in found.stdout
     assert project.cli(f"{NODE}[2]").returncode == 0  # unchanged, but found
+
+
+def test_an_undecodable_record_keeps_its_real_key_when_its_key_field_reads(project):
+    project.write("ingest_rows.py", ROWS)
+    project.write("rows.csv", b"id,w\n1,10\n2,2\xe90\n\xe93,30\n")
+    first = project.run()
+    assert first.statuses() == {"1": "succeeded", "2": "error", "#3": "error"}
+    assert "line 3: invalid UTF-8 byte 0xe9" in first.by_key()["2"]["error_message"]
+    project.write("rows.csv", "id,w\n1,10\n2,20\n3,30\n")
+    fixed = project.run()
+    assert fixed.statuses() == {"2": "succeeded", "3": "succeeded"}
+    assert latest(project)["#3"] == ("error", True)  # its position read cleanly: retired
+    assert "nothing to rerun" in project.run("--lf").output
