@@ -218,3 +218,16 @@ def test_an_undecodable_record_keeps_its_real_key_when_its_key_field_reads(proje
     assert fixed.statuses() == {"2": "succeeded", "3": "succeeded"}
     assert latest(project)["#3"] == ("error", True)  # its position read cleanly: retired
     assert "nothing to rerun" in project.run("--lf").output
+
+
+def test_a_duplicate_key_says_whether_its_content_differs_and_where_the_first_was(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, 20), (1, 10), (2, 21)])
+    run = project.run()
+    messages = sorted(i["error_message"] for i in run.items if i["error_type"] == "DuplicateKey")
+    assert messages == [
+        "duplicate key '1' in this batch (rows.csv:4); it has the same content as"
+        " the first record with this key (rows.csv:2), already processed",
+        "duplicate key '2' in this batch (rows.csv:5); it has content that differs"
+        " from the first record with this key (rows.csv:3), already processed",
+    ]
