@@ -524,6 +524,7 @@ class Runner:
                 report = self._report(item, "failed", None, 0.0)
                 report.error_type = "DuplicateKey"
                 report.error_message = _duplicate_message(item, getattr(self, "firsts", {}))
+                report.location = item.location
                 report.track = False
                 chunk.reports.append(report)
                 continue

@@ -231,3 +231,131 @@ def test_a_duplicate_key_says_whether_its_content_differs_and_where_the_first_wa
         "duplicate key '2' in this batch (rows.csv:5); it has content that differs"
         " from the first record with this key (rows.csv:3), already processed",
     ]
+
+
+# -- issue 15's incident, on generated data ------------------------------------
+
+PLAYERS = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def tables(db):
+    db.execute("CREATE TABLE IF NOT EXISTS players (id int PRIMARY KEY, name text NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS scores (id int PRIMARY KEY,"
+        " player_id int NOT NULL REFERENCES players, year int NOT NULL, amount numeric NOT NULL)"
+    )
+
+@ingestkit.source(ingestkit.read_csv("data/players.csv"), key="player_id")
+def process_player(record, db):
+    db.upsert("players", {"id": int(record["player_id"]), "name": record["name"]})
+"""
+SCORES = """
+import ingestkit
+
+@ingestkit.source(ingestkit.read_csv("data/scores.csv"), key="id")
+def process_score(record, db, lookup):
+    player = lookup("players", returning="id", id=int(record["player_id"]))
+    db.upsert(
+        "scores",
+        {"id": int(record["id"]), "player_id": player, "year": int(record["year"]),
+         "amount": AMOUNT},
+    )
+"""
+
+
+def scores_csv(rows):
+    return "id,player_id,year,amount\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+
+
+def test_the_incident_is_resolved_in_four_commands_and_nothing_changes_silently(project):
+    """Issue 15: load, corrupt as real drops go wrong, resolve with ingestkit alone."""
+    players = [(n, f"Player {n}") for n in range(1, 21)]
+    players[6] = (7, "Muller")
+    good_scores = [
+        (i, 1 + i % 20, 1990 + i % 30, f'"{1000 + i}.50"' if i in (30, 31) else f"{i}.25")
+        for i in range(1, 51)
+    ]
+    amount = 'record["amount"]'
+    project.write("ingest_players.py", PLAYERS)
+    project.write("ingest_scores.py", SCORES.replace("AMOUNT", amount))
+    project.write(
+        "data/players.csv", "player_id,name\n" + "".join(f"{n},{m}\n" for n, m in players)
+    )
+    project.write("data/scores.csv", scores_csv(good_scores))
+    load = project.run()
+    assert load.exit_code == 0, load.output
+    assert load.counts == {"succeeded": 70}
+
+    # the drop that went wrong
+    corrupt = [list(r) for r in good_scores[:49]]  # id 50 comes last, cut short
+    corrupt[9][2] = corrupt[10][2] = "19x8"  # non-numeric years (ids 10, 11)
+    corrupt[29][3], corrupt[30][3] = '"1,030.50"', '"1,031.50"'  # comma amounts (30, 31)
+    corrupt += [[100 + n, 999, 2001, "1.00"] for n in range(1, 6)]  # an unknown player
+    corrupt.insert(25, [20, 1, 2010, "99.00"])  # id 20 again, changed
+    last = ",".join(map(str, good_scores[49]))
+    project.write("data/scores.csv", scores_csv(corrupt) + last[: last.rindex(",")])
+    latin1 = "player_id,name\n" + "".join(f"{n},{'Müller' if n == 7 else m}\n" for n, m in players)
+    project.write("data/players.csv", latin1.encode("latin-1"))
+
+    # 1. the run: every fault found, with file, line and key
+    run = project.cli()
+    assert run.returncode == 1
+    failed = {
+        (r["processor"].split("::")[1], r["key"]): r
+        for r in project.query(
+            "SELECT processor, key, status, error_message FROM ingestkit.latest"
+            " WHERE status IN ('failed', 'error')"
+        )
+    }
+    assert set(failed) == {
+        ("process_player", "7"),  # its real key, not '#8'
+        *(("process_score", k) for k in ("10", "11", "30", "31", "50")),
+        *(("process_score", str(100 + n)) for n in range(1, 6)),
+    }
+    assert "invalid UTF-8 byte 0xfc" in failed[("process_player", "7")]["error_message"]
+    assert "expected 4 fields, got 3" in failed[("process_score", "50")]["error_message"]
+    assert "duplicate key '20'" in run.stdout and "differs" in run.stdout
+
+    # 2. the summary, read whole: where, what and the record
+    shown = project.cli("--show")
+    assert shown.returncode == 0
+    out = shown.stdout
+    assert "at: data/players.csv:8" in out and "at: data/scores.csv:27" in out
+    assert "content that differs from the first record with this key (data/scores.csv:21)" in out
+    assert "ValueError: invalid literal for int() with base 10: '19x8'" in out
+    assert "no row in players where id=999" in out
+    assert '"amount": "1,030.50"' in out
+
+    # fix: the processor takes comma amounts; the source is repaired by hand
+    project.write("ingest_scores.py", SCORES.replace("AMOUNT", 'record["amount"].replace(",", "")'))
+    fixed = [r for r in corrupt if r[1] != 999] + [list(good_scores[49])]
+    fixed[9][2], fixed[10][2] = good_scores[9][2], good_scores[10][2]
+    del fixed[25]  # the changed duplicate
+    project.write("data/scores.csv", scores_csv(fixed))
+    project.write("data/players.csv", latin1)  # as UTF-8
+
+    # 3. a clean run: the gone rows are retired, the changes are shown
+    clean = project.cli()
+    assert clean.returncode == 0, clean.stdout
+    assert "5 earlier failures are gone from the source, retired" in clean.stdout
+    assert "process_player: 1 changed record" in clean.stdout
+    assert '[7] name: "Muller" → "Müller"' in clean.stdout
+    assert "process_score: 2 changed records" in clean.stdout
+    assert '[30] amount: "1030.50" → "1,030.50"' in clean.stdout
+
+    # 4. --lf is clean
+    lf = project.cli("--lf")
+    assert lf.returncode == 0 and "nothing to rerun" in lf.stdout
+
+    assert project.query("SELECT name FROM players WHERE id = 7") == [{"name": "Müller"}]
+    assert project.scalar("SELECT amount::text FROM scores WHERE id = 30") == "1030.50"
+    assert project.scalar("SELECT count(*) FROM scores") == 50
+    assert project.scalar("SELECT year FROM scores WHERE id = 10") == good_scores[9][2]
+    assert (
+        project.scalar(
+            "SELECT count(*) FROM ingestkit.latest"
+            " WHERE status IN ('failed', 'error') AND retired_batch IS NULL"
+        )
+        == 0
+    )
