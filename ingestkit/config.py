@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "terminal",
     "junitxml",
     "lookback",
+    "forget",
     "prune",
     "html",
     "workers",
@@ -46,14 +47,14 @@ CONFIG_KEYS = {
     "files": "glob patterns of files to collect (default: ingest_*.py)",
     "functions": "glob patterns of processor functions (default: process_*)",
     "addopts": "extra command-line options, as if typed before the others",
-    "store_payloads": "'failed' (default) or 'all'",
+    "store_payloads": "'latest' (default), 'failed' or 'all'",
 }
 DEFAULTS: dict[str, Any] = {
     "paths": [],
     "files": ["ingest_*.py"],
     "functions": ["process_*"],
     "addopts": [],
-    "store_payloads": "failed",
+    "store_payloads": "latest",
     "dsn": None,
 }
 

@@ -251,7 +251,11 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
             bad = [f"line {n}: {p}" for n, _, p in span if p]
             if bad:
                 named = "" if len(span) == 1 else f"{_lines_named(first, end)}: "
-                yield Entry(None, where, f"{path}, {named}{'; '.join(bad)}")
+                # the fields as read: the record keeps its real key when the key's
+                # field is clean (an undecodable key is its position, see runner)
+                readable = error is None and len(row) == width
+                fields = dict(zip(header, row, strict=True)) if readable else None
+                yield Entry(fields, where, f"{path}, {named}{'; '.join(bad)}")
                 continue
             if error is not None:
                 yield Entry(None, where, f"{path}, line {first}: {error}")

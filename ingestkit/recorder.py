@@ -146,7 +146,15 @@ def record_outcomes(first_load: bool) -> str:
     latest = (
         q("insert-latest") if first_load else f"{q('insert-latest')}\n{q('latest-on-conflict')}"
     )
-    return ";\n".join((q("insert-items"), latest, q("truncate-outcomes")))
+    # with history, each row notes the fields it changed (SPEC §9, "what changed")
+    items = q("insert-items") if first_load else q("insert-items-changes")
+    return ";\n".join((items, latest, q("truncate-outcomes")))
+
+
+def store_all(session: Session) -> bool:
+    """Whether ``ingestkit.items`` keeps every item's record (``store_payloads = all``);
+    with ``latest`` (the default) only ``ingestkit.latest`` keeps succeeded ones."""
+    return bool(session.config.get("store_payloads", "latest") == "all")
 
 
 def outcome_rows(reports: list[ItemReport]) -> bytes:
@@ -203,7 +211,7 @@ def _readable(text: str | None) -> str | None:
 @hookimpl
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     """Add the chunk's outcome rows to what commits with it."""
-    params = {"batch_id": session.batch.id}
+    params = {"batch_id": session.batch.id, "store_all": store_all(session)}
     if chunk.restored:
         restore = {"processor": chunk.processor.nodeid, "keys": chunk.restored}
         chunk.writes.append(lambda cur: cur.execute(q("restore-succeeded"), restore))

@@ -210,6 +210,28 @@ def _convert(item: Item, model: Any) -> bool:
     return True
 
 
+#: How many keys' first records the duplicate-key message can name (bounded memory).
+FIRSTS_KEPT = 100_000
+
+
+def _duplicate_message(item: Item, firsts: dict[str, tuple[str | None, str]]) -> str:
+    """Whether a duplicate's content differs from the first record's, and where that was."""
+    message = f"duplicate key {item.key!r} in this batch ({item.location}); "
+    first = firsts.get(item.key)
+    if first is None:
+        return message + "the first record with this key was already processed"
+    same = "the same content as" if first[0] == item.content_hash else "content that differs from"
+    return message + f"it has {same} the first record with this key ({first[1]}), already processed"
+
+
+def _undecodable(record: Any) -> bool:
+    """Whether a record a reader could not decode holds its bad bytes (or NULs)."""
+    return isinstance(record, dict) and any(
+        isinstance(v, str) and sources.storable_key(v) != v and not v.startswith("\\")
+        for v in record.values()
+    )
+
+
 class Runner:
     """Runs a session's processors; one instance per batch."""
 
@@ -223,7 +245,11 @@ class Runner:
         option = self.config.option
         self.maxfail = option.maxfail
         self.reprocess = option.reprocess
-        self.store_all = self.config.get("store_payloads", "failed") == "all"
+        # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
+        self.store_all = self.config.get("store_payloads", "latest") != "failed"
+        self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
+            "runner.matched_keys", set()
+        )
         self.fixed_chunk = option.chunk_size
         self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK
@@ -365,6 +391,7 @@ class Runner:
         processor = plan.processor
         keyfunc = plan.keyfunc
         seen = KeySet(spill=self.session.control)
+        self.firsts: dict[str, tuple[str | None, str]] = {}
         self.rerun_keys: set[str] = set()
         position = 0
         record_bytes = 0  # an estimate, from the chunk before
@@ -393,6 +420,8 @@ class Runner:
             if processor.source is not None:
                 for item, first in zip(items, seen.add_all([it.key for it in items]), strict=True):
                     item.duplicate = not first
+                    if first and len(self.firsts) < FIRSTS_KEPT:  # for the duplicate-key message
+                        self.firsts[item.key] = (item.content_hash, item.location)
             self.run_items(plan, items, len(batch))
         if broken is not None and not self.session.shouldstop:
             self._source_error(processor, broken)
@@ -426,8 +455,12 @@ class Runner:
                 key = (
                     keyfunc(entry.record, position) if entry.record is not None else f"#{position}"
                 )
+                if sources.storable_key(key) != key:  # its key could not be read either
+                    key = f"#{position}"
             except Exception:
                 key = f"#{position}"
+            if _undecodable(entry.record):  # no payload: --lf cannot replay what was not read
+                item.record = None
         else:
             try:
                 key = keyfunc(entry.record, position)
@@ -439,8 +472,10 @@ class Runner:
                 item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
         if entry.key is None:  # a key from a source's record, not one already stored
             key = sources.storable_key(key)
-        if processor.selected_keys is not None and key not in processor.selected_keys:
-            return None
+        if processor.selected_keys is not None:
+            if key not in processor.selected_keys:
+                return None
+            self.matched_keys.add((processor.nodeid, key))  # see lastfailed.not_found
         if entry.rerun:
             self.rerun_keys.add(key)
             item.rerun = True
@@ -488,10 +523,8 @@ class Runner:
             if item.duplicate:
                 report = self._report(item, "failed", None, 0.0)
                 report.error_type = "DuplicateKey"
-                report.error_message = (
-                    f"duplicate key {item.key!r} in this batch ({item.location}); "
-                    "the first record with this key was already processed"
-                )
+                report.error_message = _duplicate_message(item, getattr(self, "firsts", {}))
+                report.location = item.location
                 report.track = False
                 chunk.reports.append(report)
                 continue

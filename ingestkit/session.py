@@ -104,9 +104,9 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--store-payloads",
-        choices=("all", "failed"),
+        choices=("latest", "all", "failed"),
         default=None,
-        help="store records of all items, or of failed ones",
+        help="records kept: each key's latest (default), all items', or failed ones'",
     )
     add(
         "--chunk-size",
@@ -232,6 +232,8 @@ class Session:
     def exitstatus(self) -> ExitCode:
         if self.shouldstop or self.interrupted or self.fatal:
             return ExitCode.INTERRUPTED
+        if self.config.stash.get("lastfailed.not_found"):  # a node id's key matched no record
+            return ExitCode.USAGE_ERROR
         if (
             self.counts["failed"]
             or self.counts["error"]

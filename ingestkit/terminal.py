@@ -251,7 +251,8 @@ class TerminalReporter:
                 f"!!! {session.shouldstop}: the rest of the batch was not processed !!!"
             )
         self._final_line(session)
-        if session.counts["failed"] or session.counts["error"]:
+        if (session.counts["failed"] or session.counts["error"]) and not session.batch.dry_run:
+            # after a dry run --lf has nothing to rerun: nothing of it was recorded
             self.write_line(f"rerun the failures: {self.rerun_command()}")
         if session.batch.dry_run:
             self.write_line("dry run: every write was rolled back; nothing counts as ingested")
