@@ -150,8 +150,16 @@ class FileReader(Reader):
             with raw:
                 self._current = raw
                 try:
+                    shown = str(path)
                     for entry in self.read_file(raw, path, key):
                         count += 1
+                        if (
+                            key is not None
+                            and entry.record is None
+                            and entry.key is None
+                            and entry.location.startswith(shown)
+                        ):  # an unreadable record of a glob: keyed by its file and place
+                            entry.key = key + entry.location[len(shown) :]
                         yield entry
                 except SourceUnreadable as exc:
                     if not many:
@@ -577,10 +585,10 @@ class read_json(FileReader):  # noqa: N801
                 skip_ws()
                 if member == name:
                     return None
-                end = value_end()
-                if end is None:
+                skipped = value_end()
+                if skipped is None:
                     return "invalid JSON"
-                pos = end
+                pos = skipped
                 sep = skip_ws()
                 if sep == ",":
                     pos += 1
