@@ -325,3 +325,31 @@ def test_damaged_xlsx_is_not_a_zip(project):
     (error,) = items(project, "error")
     assert "data/a.xlsx" in error["error_message"]
     assert "Traceback" not in result.output
+
+
+# -- progress by bytes -----------------------------------------------------------
+
+
+def test_file_reader_gives_a_byte_total_and_position(tmp_path):
+    import ingestkit
+
+    for n in range(3):
+        (tmp_path / f"{n}.csv").write_text(csv_file(*((n * 100 + i, "x" * 50) for i in range(100))))
+    reader = ingestkit.read_csv(str(tmp_path / "*.csv"))
+    total = sum(p.stat().st_size for p in tmp_path.glob("*.csv"))
+    seen = []
+    for _ in reader.entries():
+        seen.append(reader.bytes_read)
+    assert reader.bytes_total == total
+    assert seen == sorted(seen) and 0 < seen[0] and seen[-1] <= total
+    assert reader.bytes_read == total
+
+
+def test_terminal_progress_line_for_a_file_source():
+    from ingestkit.terminal import _bytes_progress
+
+    class Source:
+        bytes_read, bytes_total = 25_000_000, 100_000_000
+
+    line = _bytes_progress("ingest_x.py::process_row", 1234, Source(), 10.0)
+    assert line == "ingest_x.py::process_row 25.0/100.0 MB, 1,234 items, ETA 0:30"
