@@ -56,6 +56,7 @@ class read_xlsx(FileReader):  # noqa: N801 - public API reads like a function
                 names = ", ".join(repr(n) for n in book.sheetnames)
                 raise SourceUnreadable(f"{path}: no sheet {self.sheet!r} (sheets: {names})")
             title = sheet.title
+            prefix = f"{path}:{title}!"
             number = self.header_row
             header: list[str] | None = None
             width = 0
@@ -70,17 +71,16 @@ class read_xlsx(FileReader):  # noqa: N801 - public API reads like a function
                         ]
                         width = len(header)
                         continue
-                    if all(v is None for v in row):
+                    if row.count(None) == len(row):
                         continue
                     record: dict[str, Any] = dict(zip(header, row, strict=False))
-                    if len(row) < width:
+                    if len(row) != width:
                         for name in header[len(row) :]:
                             record[name] = None
-                    elif len(row) > width:
                         for i, value in enumerate(row[width:], width + 1):
                             if value is not None:
                                 record[get_column_letter(i)] = value
-                    yield Entry(record, f"{path}:{title}!{number}")
+                    yield Entry(record, f"{prefix}{number}")
             except SourceUnreadable:
                 raise
             except Exception as exc:  # the sheet's XML breaks off

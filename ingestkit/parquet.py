@@ -43,10 +43,12 @@ class read_parquet(FileReader):  # noqa: N801 - public API reads like a function
         number = 0
         shown = str(path)
         try:
+            prefix = f"{shown}:row "
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-                for record in batch.to_pylist():
-                    number += 1
-                    yield Entry(record, f"{shown}:row {number}")
+                records = batch.to_pylist()
+                places = [f"{prefix}{n}" for n in range(number + 1, number + 1 + len(records))]
+                number += len(records)
+                yield from map(Entry, records, places)
         except Exception as exc:  # a damaged row group: the rows before it are read
             raise SourceUnreadable(
                 f"{path}, after row {number}: the file cannot be read on "
