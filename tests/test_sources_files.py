@@ -353,3 +353,16 @@ def test_terminal_progress_line_for_a_file_source():
 
     line = _bytes_progress("ingest_x.py::process_row", 1234, Source(), 10.0)
     assert line == "ingest_x.py::process_row 25.0/100.0 MB, 1,234 items, ETA 0:30"
+
+
+def test_ledger_under_workers(project):
+    project.write("drops/a.csv", csv_file(*((i, "a") for i in range(1, 40)), ("x", "bad")))
+    project.write("drops/b.csv", csv_file(*((i, "b") for i in range(100, 140))))
+    project.write("ingest_x.py", pipeline('ingestkit.read_csv("drops/*.csv")'))
+    first = project.run("-n", "2")
+    assert first.exit_code == 1, first.output
+    assert ledger(project) == {"drops/a.csv": (40, "failed"), "drops/b.csv": (40, "complete")}
+    second = project.run("-n", "2")
+    assert second.exit_code == 1
+    assert "1 file skipped" in second.output
+    assert second.counts == {"failed": 1, "unchanged": 79}
