@@ -551,12 +551,38 @@ class read_json(FileReader):  # noqa: N801
                 if not fill():
                     return ""
 
-        def value_end() -> int | None:
-            """Where the value at ``pos`` ends, reading on as needed."""
-            while (end := _value_end(buf, pos)) is None or (end == len(buf) and not eof):
+        def skip_value() -> bool:
+            """Move ``pos`` past the value there, reading on and dropping what was
+            read (a large member before the array is never held whole); False at
+            the end of the file."""
+            nonlocal pos
+            depth, in_string, escaped = 0, False, False
+            while True:
+                while pos < len(buf):
+                    c = buf[pos]
+                    if in_string:
+                        if escaped:
+                            escaped = False
+                        elif c == "\\":
+                            escaped = True
+                        elif c == '"':
+                            in_string = False
+                    elif c == '"':
+                        in_string = True
+                    elif c in "[{":
+                        depth += 1
+                    elif c in "]}":
+                        if depth == 0:
+                            return True
+                        depth -= 1
+                        if depth == 0:
+                            pos += 1
+                            return True
+                    elif c == "," and depth == 0:
+                        return True
+                    pos += 1
                 if not fill():
-                    return end
-            return end
+                    return False
 
         def find(name: str) -> str | None:
             """Move into the object at ``pos`` to the value of member ``name``;
@@ -585,10 +611,8 @@ class read_json(FileReader):  # noqa: N801
                 skip_ws()
                 if member == name:
                     return None
-                skipped = value_end()
-                if skipped is None:
+                if not skip_value():
                     return "invalid JSON"
-                pos = skipped
                 sep = skip_ws()
                 if sep == ",":
                     pos += 1

@@ -366,3 +366,17 @@ def test_ledger_under_workers(project):
     assert second.exit_code == 1
     assert "1 file skipped" in second.output
     assert second.counts == {"failed": 1, "unchanged": 79}
+
+
+def test_read_json_at_skips_large_members_with_brackets_in_strings(project):
+    doc = {
+        "meta": {"big": ['x\\"]}' * 5] * 20_000, "s": 'q"}]'},
+        "n": -1.5e3,
+        "data": {"x": [1, [2, {"y": "]"}]], "items": [{"id": 1, "name": "a"}]},
+        "after": 3,
+    }
+    project.write("doc.json", json.dumps(doc))  # ~780 KB before the array: many reads
+    project.write("ingest_x.py", pipeline('ingestkit.read_json("doc.json", at="data.items")'))
+    result = project.run()
+    assert result.exit_code == 0, result.output
+    assert ids(project) == [1]
