@@ -245,9 +245,10 @@ class _Lines:
             if self.again:
                 last, line = self.again.pop()
             else:
-                line = next(self.text, None)
-                if line is None:
+                more: str | None = next(self.text, None)
+                if more is None:
                     return last
+                line = more
                 self.read += 1
                 last = self.read
             if line.count(quotechar) % 2:
@@ -364,6 +365,7 @@ class read_csv(FileReader):  # noqa: N801 - public API reads like a function
         while True:
             lines.start()
             error: str | None = None
+            row: list[str] | None
             try:
                 row = self._next_row(reader)
             except StopIteration:
@@ -406,11 +408,12 @@ class read_csv(FileReader):  # noqa: N801 - public API reads like a function
                 return
             if error is None and not row:  # blank line
                 continue
-            if len(span) > 1 and (error is not None or len(row) != width):
+            cells = row if row is not None else []
+            if len(span) > 1 and (error is not None or len(cells) != width):
                 # a quoted field ran over line ends and the record does not parse:
                 # its first line is the error, the others are read again
                 lines.read_again(span[1:])
-                reason = error or f"expected {width} fields, got {len(row)}"
+                reason = error or f"expected {width} fields, got {len(cells)}"
                 yield Entry(
                     None,
                     where,
@@ -418,22 +421,22 @@ class read_csv(FileReader):  # noqa: N801 - public API reads like a function
                     "the line end; the lines after it are read as records of their own)",
                 )
                 continue
-            bad = [f"line {n}: {p}" for n, _, p in span if p]
-            if bad:
+            bad_lines = [f"line {n}: {p}" for n, _, p in span if p]
+            if bad_lines:
                 named = "" if len(span) == 1 else f"{_lines_named(first, end)}: "
-                yield Entry(None, where, f"{path}, {named}{'; '.join(bad)}")
+                yield Entry(None, where, f"{path}, {named}{'; '.join(bad_lines)}")
                 continue
             if error is not None:
                 yield Entry(None, where, f"{path}, line {first}: {error}")
                 continue
-            if len(row) != width:
+            if len(cells) != width:
                 yield Entry(
-                    dict(zip(header, row, strict=False)),
+                    dict(zip(header or (), cells, strict=False)),
                     where,
-                    f"{path}, line {first}: expected {width} fields, got {len(row)}",
+                    f"{path}, line {first}: expected {width} fields, got {len(cells)}",
                 )
                 continue
-            yield Entry(dict(zip(header, row, strict=True)), where, flat=True)
+            yield Entry(dict(zip(header or (), cells, strict=True)), where, flat=True)
 
 
 class read_jsonl(FileReader):  # noqa: N801
