@@ -128,6 +128,8 @@ class FileReader(Reader):
     ) -> Iterator[Entry]:
         key = _file_key(path, ledger) if many else None
         size, sha = 0, ""
+        if ledger is not None and not os.path.isfile(path):
+            ledger = None  # a pipe or a device: read once, as it comes, and not recorded
         if ledger is not None:
             try:
                 size, sha = file_sha256(path)
