@@ -18,12 +18,13 @@ import csv
 import datetime
 import decimal
 import io
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
@@ -650,6 +651,7 @@ def typed_overhead(server: str, rows: int) -> list[str]:
         )
     return lines
 
+
 # -- history: bookkeeping bytes per outcome --------------------------------------
 
 #: Bytes of ingestkit's history tables, indexes and TOAST included (a partitioned
@@ -689,6 +691,248 @@ def history_bytes(server: str, rows: int) -> tuple[float, float]:
     return per["ingestkit.items"], per["ingestkit.latest"]
 
 
+# -- files: a folder of drops, Excel, Parquet, nested JSON (issue #17) ---------
+
+FILES_PIPELINE = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS drops (id int PRIMARY KEY, name text, amount text)")
+
+@ingestkit.source(ingestkit.read_csv("drops/*.csv"), key="id")
+def process_drop(record, db):
+    db.upsert("drops", {"id": int(record["id"]), "name": record["name"],
+                        "amount": record["amount"]}, conflict=("id",))
+"""
+
+
+def write_drop(path: Path, first: int, rows: int, tag: str = "") -> None:
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "name", "amount"])
+        for i in range(first, first + rows):
+            out.writerow([i, f"customer {i}{tag}", f"{i % 1000}.{i % 100:02d}"])
+
+
+def files_folder(server: str, count: int, rows: int) -> list[str]:
+    """A folder of ``count`` CSV drops: a first load, an unchanged rerun, one file changed."""
+    per = max(1, rows // count)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        folder = Path(tmp)
+        (folder / "ingestkit.toml").write_text("")
+        (folder / "drops").mkdir()
+        for n in range(count):
+            write_drop(folder / "drops" / f"drop-{n:05d}.csv", n * per, per)
+        (folder / "ingest_drops.py").write_text(FILES_PIPELINE)
+        total = count * per
+        first, _ = run_ingestkit(folder, dsn, expect=0)
+        record(f"first load: {count:,} files", total, first)
+        again, _ = run_ingestkit(folder, dsn, expect=0)
+        record(f"unchanged rerun: {count:,} files", total, again)
+        counts = outcome_counts_last(dsn)
+        skipped = _files_skipped(dsn)
+        print(f"    unchanged rerun: counts {counts}, files not parsed again: {skipped:,}")
+        changed = count // 2
+        write_drop(folder / "drops" / f"drop-{changed:05d}.csv", changed * per, per, " (new)")
+        one, _ = run_ingestkit(folder, dsn, expect=0)
+        record("one file changed", total, one)
+        print(f"    one file changed: counts {outcome_counts_last(dsn)}")
+    lines.append(
+        f"unchanged rerun / first load, {count:,} files       {again / first:6.1%}   [< 3%]"
+    )
+    lines.append(f"one file changed / first load                    {one / first:6.1%}")
+    return lines
+
+
+def outcome_counts_last(dsn: str) -> dict[str, int]:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT counts FROM ingestkit.batches ORDER BY started_at DESC LIMIT 1")
+        counts = {k: v for k, v in cur.fetchone()[0].items() if v}
+    conn.close()
+    return counts
+
+
+def _files_skipped(dsn: str) -> int:
+    """Files of the last batch's processor whose ledger row is older than the batch."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM ingestkit.files WHERE status = 'complete' AND batch_id <> "
+            "(SELECT id FROM ingestkit.batches ORDER BY started_at DESC LIMIT 1)"
+        )
+        skipped = cur.fetchone()[0]
+    conn.close()
+    return skipped
+
+
+def write_xlsx(path: Path, rows: int) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook(write_only=True)
+    sheet = book.create_sheet("Data")
+    sheet.append(["id", "name", "amount", "when"])
+    day = datetime.date(2026, 1, 1)
+    for i in range(rows):
+        sheet.append([i, f"customer {i}", i * 0.25, day])
+    book.save(path)
+
+
+def write_parquet(path: Path, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "name": pa.array([f"customer {i}" for i in range(rows)]),
+            "amount": pa.array([i * 0.25 for i in range(rows)]),
+        }
+    )
+    pq.write_table(table, path, row_group_size=50_000)
+
+
+def write_nested_json(path: Path, rows: int) -> None:
+    with open(path, "w") as f:
+        f.write('{"meta": {"source": "vendor"}, "data": {"items": [')
+        for i in range(rows):
+            f.write(("," if i else "") + json.dumps({"id": i, "name": f"c {i}", "amount": i / 4}))
+        f.write("]}}")
+
+
+def _library_xlsx(path: Path) -> int:
+    import openpyxl
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    rows = book.worksheets[0].iter_rows(values_only=True)
+    header = [str(v) for v in next(rows)]
+    n = 0
+    for row in rows:
+        dict(zip(header, row, strict=False))
+        n += 1
+    book.close()
+    return n
+
+
+def _library_parquet(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        for _ in batch.to_pylist():
+            n += 1
+    return n
+
+
+def _generator_count(library: Callable[[Path], int], path: Path) -> int:
+    """The library loop written as a user's generator source, read as ingestkit reads
+    any iterable (an entry per record)."""
+    from ingestkit.sources import iter_entries
+
+    if library is _library_parquet:
+        import pyarrow.parquet as pq
+
+        def rows() -> Iterator[dict]:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+                yield from batch.to_pylist()
+    else:
+        import openpyxl
+
+        def rows() -> Iterator[dict]:
+            book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+            it = book.worksheets[0].iter_rows(values_only=True)
+            header = [str(v) for v in next(it)]
+            for row in it:
+                yield dict(zip(header, row, strict=False))
+            book.close()
+
+    return sum(1 for _ in iter_entries(rows(), None))
+
+
+def _reader_count(reader: object) -> int:
+    return sum(1 for _ in reader.entries())  # type: ignore[attr-defined]
+
+
+def _best_of(runs: int, func: Callable[[], int]) -> tuple[float, int]:
+    best, n = float("inf"), 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        n = func()
+        best = min(best, time.perf_counter() - start)
+    return best, n
+
+
+def reader_throughput(rows: int) -> list[str]:
+    """read_xlsx / read_parquet against the libraries' own read loops (best of 3)."""
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        xlsx, parquet = Path(tmp) / "data.xlsx", Path(tmp) / "data.parquet"
+        write_xlsx(xlsx, rows)
+        write_parquet(parquet, rows)
+        for name, path, library, reader in (
+            ("xlsx", xlsx, _library_xlsx, ingestkit.read_xlsx(xlsx)),
+            ("parquet", parquet, _library_parquet, ingestkit.read_parquet(parquet)),
+        ):
+            lib_s, lib_n = _best_of(3, lambda p=path, f=library: f(p))
+            ours_s, ours_n = _best_of(3, lambda r=reader: _reader_count(r))
+            assert lib_n == ours_n == rows, (lib_n, ours_n)
+            gen_s, gen_n = _best_of(3, lambda p=path, f=library: _generator_count(f, p))
+            lib_rate = record(f"{name}: the library's read loop (rows as dicts)", rows, lib_s)
+            gen_rate = record(f"{name}: that loop as a generator source, as entries", gen_n, gen_s)
+            ours_rate = record(f"{name}: read_{name} entries", rows, ours_s)
+            lines.append(
+                f"{f'read_{name} / its library read loop':<49}{ours_rate / lib_rate:6.2f}x"
+                "   [>= 0.8x]"
+            )
+            lines.append(
+                f"{f'read_{name} / the loop as a generator source':<49}{ours_rate / gen_rate:6.2f}x"
+            )
+    return lines
+
+
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak at the fork
+RSS_READER = (
+    "import re, sys, ingestkit\n"
+    "reader = getattr(ingestkit, sys.argv[1])(sys.argv[2], **eval(sys.argv[3]))\n"
+    "n = sum(1 for _ in reader.entries())\n"
+    "status = open('/proc/self/status').read()\n"
+    "print(n, re.search(r'VmHWM:\\s*(\\d+)', status).group(1))\n"
+)
+
+
+def reader_rss(rows: int) -> list[str]:
+    """Peak RSS of a process reading a file of ``rows`` and of 4x ``rows`` records."""
+    lines = []
+    writers = (
+        ("read_xlsx", "xlsx", write_xlsx, "{}"),
+        ("read_parquet", "parquet", write_parquet, "{}"),
+        ("read_json", "json", write_nested_json, "{'at': 'data.items'}"),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ext, write, kwargs in writers:
+            peaks = []
+            for size in (rows, rows * 4):
+                path = Path(tmp) / f"{size}.{ext}"
+                write(path, size)
+                done = subprocess.run(
+                    [sys.executable, "-c", RSS_READER, name, str(path), kwargs],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                n, peak = done.stdout.split()
+                assert int(n) == size, (name, n, size)
+                mb = path.stat().st_size / 2**20
+                peaks.append(int(peak) / 1024)
+                print(f"  {name:<13} {size:>9,} records ({mb:7.1f} MB file): {peaks[-1]:6.1f} MB")
+            lines.append(
+                f"{f'{name}: peak RSS 4x / 1x records':<49}{peaks[1] / peaks[0]:6.2f}x   [~1x]"
+            )
+    return lines
+
+
 def _numprocesses_list(value: str) -> list[int]:
     try:
         ns = [int(n) for n in value.split(",")]
@@ -709,6 +953,7 @@ SECTIONS = (
     "upsert",
     "typed",
     "history",
+    "files",
 )
 
 
@@ -763,6 +1008,18 @@ def main() -> None:
         type=int,
         default=100_000,
         help="flights rows in the history section (default: 100,000)",
+    )
+    parser.add_argument(
+        "--files", type=int, default=1_000, help="files in the folder of drops (files section)"
+    )
+    parser.add_argument(
+        "--files-rows", type=int, default=300_000, help="rows in all the drops (files section)"
+    )
+    parser.add_argument(
+        "--reader-rows",
+        type=int,
+        default=100_000,
+        help="rows of the xlsx/parquet/json files of the files section (default: 100,000)",
     )
     parser.add_argument(
         "--only",
@@ -914,6 +1171,15 @@ def main() -> None:
             f"ingestkit.items bytes per outcome row            {items:6.1f}   [<= 150]",
             f"ingestkit.latest bytes per key                   {latest:6.1f}",
         ]
+
+    if "files" in only:
+        print(
+            f"\nfiles: a folder of {args.files:,} CSV drops ({args.files_rows:,} rows), "
+            "then read_xlsx / read_parquet / read_json(at=)"
+        )
+        ratios += files_folder(args.dsn, args.files, args.files_rows)
+        ratios += reader_throughput(args.reader_rows)
+        ratios += reader_rss(args.reader_rows // 4)
 
     print("\nratios (goal in brackets)")
     for line in ratios:

@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "builtin",
     "state",
     "http",
+    "files",
     "runner",
     "recorder",
     "keyword",

@@ -54,6 +54,16 @@ def printable(text: str) -> str:
     return text.translate(_ESCAPE_CONTROLS)
 
 
+def _bytes_progress(nodeid: str, done: int, src: Any, elapsed: float) -> str:
+    """``nodeid 12.0/48.0 MB, 1,234 items, ETA 0:42`` for a file source."""
+    read, total = src.bytes_read, src.bytes_total
+    text = f"{nodeid} {read / 1e6:,.1f}/{total / 1e6:,.1f} MB, {done:,} items"
+    if 0 < read < total and elapsed > 0:
+        left = int(elapsed * (total - read) / read)
+        text += f", ETA {left // 60}:{left % 60:02d}"
+    return text
+
+
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
 
@@ -72,6 +82,7 @@ class TerminalReporter:
         self.last_plain = 0.0
         self.current: Processor | None = None
         self.total: int | None = None
+        self.file_source: Any = None  # a file reader, whose progress is by bytes
         self.isatty = bool(getattr(self.file, "isatty", lambda: False)())
         self._line_open = False
 
@@ -149,6 +160,8 @@ class TerminalReporter:
         self.current = processor
         src = processor.source.src if processor.source else None
         self.total = len(src) if isinstance(src, Sized) and not isinstance(src, str) else None
+        # a file reader's progress is by bytes (readers.FileReader.bytes_total/bytes_read)
+        self.file_source = src if hasattr(src, "bytes_read") else None
         self.proc_counts = {}
         self.proc_failed = 0
         self.proc_started = self.last_plain = time.perf_counter()
@@ -181,6 +194,11 @@ class TerminalReporter:
             share = min(done / self.total, 1.0)
             bar = f" [{'#' * int(share * 20):<20}] {share:4.0%}" if self.isatty else ""
             parts = [f"{nodeid}{bar} {done:,}/{self.total:,}"]
+        elif self.file_source is not None and self.file_source.bytes_total:
+            parts = [_bytes_progress(nodeid, done, self.file_source, now - self.proc_started)]
+            if self.isatty:
+                share = min(self.file_source.bytes_read / self.file_source.bytes_total, 1.0)
+                parts[0] = parts[0].replace(" ", f" [{'#' * int(share * 20):<20}] {share:4.0%} ", 1)
         else:
             parts = [f"{nodeid} {done:,} items"]
         parts.append(_rate(done, now - self.proc_started))

@@ -633,3 +633,20 @@ GROUP BY processor ORDER BY processor;
 SELECT status, attempt, retired_batch, record, payload
 FROM ingestkit.latest
 WHERE processor = %(processor)s AND key = %(key)s;
+
+-- == the file ledger (ingestkit/files.py) ==
+
+-- name: files-complete
+-- The files a processor read completely: their content is not parsed again.
+SELECT sha256, items FROM ingestkit.files
+WHERE processor = %(processor)s AND status = 'complete';
+
+-- name: files-record
+-- The files a batch read, one row per (processor, path), the latest reading.
+INSERT INTO ingestkit.files (processor, path, size, sha256, items, status, batch_id, finished_at)
+SELECT %(processor)s, f.path, f.size, f.sha256, f.items, f.status, %(batch_id)s, now()
+FROM unnest(%(paths)s::text[], %(sizes)s::bigint[], %(shas)s::text[], %(items)s::int[],
+            %(statuses)s::text[]) AS f(path, size, sha256, items, status)
+ON CONFLICT (processor, path) DO UPDATE
+SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, items = EXCLUDED.items,
+    status = EXCLUDED.status, batch_id = EXCLUDED.batch_id, finished_at = EXCLUDED.finished_at;

@@ -246,3 +246,18 @@ CREATE TABLE ingestkit.state (
     batch_id    uuid,                        -- the batch that wrote it last
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The file ledger (ingestkit/files.py): every file a reader read, per processor.
+-- A file whose sha256 was read completely (status 'complete') is not parsed again.
+CREATE TABLE ingestkit.files (
+    processor   text NOT NULL,               -- node id
+    path        text NOT NULL,               -- relative to the rootdir
+    size        bigint NOT NULL,
+    sha256      text NOT NULL,
+    items       int NOT NULL,                -- records read from it
+    status      text NOT NULL,               -- complete | failed | partial
+    batch_id    uuid,                        -- the batch that read it last
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (processor, path)
+);
+CREATE INDEX files_processor_sha256_idx ON ingestkit.files (processor, sha256);
