@@ -18,6 +18,7 @@ import pluggy
 
 from . import hookspec
 from .outcomes import UsageError
+from .stash import Stash
 
 #: Built-in plugins, registered in this order. Those in ESSENTIAL cannot be blocked.
 BUILTIN_PLUGINS = (
@@ -28,6 +29,7 @@ BUILTIN_PLUGINS = (
     "http",
     "runner",
     "recorder",
+    "batches",
     "keyword",
     "lastfailed",
     "terminal",
@@ -37,7 +39,20 @@ BUILTIN_PLUGINS = (
     "html",
     "workers",
 )
-ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
+ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
+#: The built-in plugins a worker of a shared batch loads: its leader keeps the
+#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
+WORKER_PLUGINS = (
+    "session",
+    "collection",
+    "builtin",
+    "state",
+    "http",
+    "runner",
+    "recorder",
+    "terminal",
+    "workers",
+)
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {
@@ -206,7 +221,7 @@ class Config:
         self.argv: list[str] = []
         self.config_keys = dict(CONFIG_KEYS)
         self.secrets: list[str] = []
-        self.stash: dict[str, Any] = {}
+        self.stash = Stash()
 
     # -- values ------------------------------------------------------------
 
@@ -290,6 +305,16 @@ class Config:
         self.argv = [*addopts, *args]
         self.option = parser.parse_args(self.argv)
         self.args = list(self.option.file_or_dir)
+        if getattr(self.option, "worker", False) or getattr(self.option, "join_batch", None):
+            self._keep_builtins(WORKER_PLUGINS)
+
+    def _keep_builtins(self, names: tuple[str, ...]) -> None:
+        """Unregister the built-in plugins not in ``names`` (a worker's run)."""
+        pm = self.pluginmanager
+        for name in BUILTIN_PLUGINS:
+            plugin = pm.get_plugin(name)
+            if name not in names and plugin is not None:
+                pm.unregister(plugin)
 
     def _load_plugins(self, specs: list[str], builtins: bool = True) -> None:
         pm = self.pluginmanager

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
+    from .chunks import Chunk
     from .collection import CollectReport, Processor
     from .config import Config
     from .reports import ItemReport
-    from .runner import Chunk, Item
+    from .runner import Item, Plan, Runner
     from .session import Session
     from .sources import Entry, SourceSpec
     from .terminal import TerminalReporter
@@ -196,6 +197,25 @@ def ingestkit_runtest_makereport(item: Item, report: ItemReport) -> None:
 @hookspec
 def ingestkit_runtest_logreport(report: ItemReport) -> None:
     """Receive each item's final report, after its chunk committed."""
+
+
+@hookspec(firstresult=True)
+def ingestkit_chunk_run(runner: Runner, plan: Plan, items: list[Item], read: int) -> bool | None:
+    """Run a chunk of a processor's items: the run mode (see :mod:`ingestkit.chunks`).
+
+    Called by the runner for each chunk read from a processor's source. The
+    in-process runner's implementation (``trylast``) runs the items and commits
+    them with their outcome rows; the leader of ``-n`` queues them for its
+    workers instead.
+
+    :param runner: the batch's :class:`~ingestkit.runner.Runner`.
+    :param plan: how the processor's items are called (fixtures, key, model).
+    :param items: the chunk's items, keyed and de-duplicated.
+    :param read: how many entries of the source made them.
+    :return: True once the chunk is taken care of (firstresult).
+
+    Use in conftest.py: no; a run mode is a plugin (``-p``, an entry point).
+    """
 
 
 @hookspec(firstresult=True)

@@ -119,7 +119,7 @@ def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
 @hookimpl
 def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
     """A source read to its end resolves its last "could not be read" error."""
-    if processor.source is None or session.role == "worker" or session.shouldstop:
+    if processor.source is None or session.shouldstop:
         return
     state = _source_state(session)
     if processor.nodeid in state["stored"] or processor.nodeid in state["broken"]:

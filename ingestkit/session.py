@@ -125,12 +125,7 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 class Session:
-    """One invocation: what was collected, the database, the counts.
-
-    ``role`` is ``"single"``, or under ``-n`` ``"leader"`` (queues the items,
-    reports) or ``"worker"`` (runs them): plugins whose effect must happen once
-    per batch check it.
-    """
+    """One invocation: what was collected, the database, the counts."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -150,9 +145,6 @@ class Session:
             self.batch.meta["dry_run"] = True
         self.database: tuple[str, str] | None = None  # (masked dsn, origin)
         self.dsn: str | None = None
-        self.queue: Any = None  # a shared batch's queue (workers.py)
-        #: "single"; or, in a batch shared by workers, "leader" or "worker"
-        self.role = "single"
         self.txn: Transaction | None = None
         self.control: Any = None
         self.db: Database | None = None
@@ -161,7 +153,6 @@ class Session:
         self.interrupted_batches: list[str] = []
         self.notes: list[str] = []  # shown in the header
         self.warnings: list[str] = []  # shown in the summary
-        self.new_processors: set[str] = set()  # no outcome recorded before this batch
         self.nothing_to_rerun = False
         self.finished_with: int | None = None  # the exit code the batch row was finished with
         self.timing_item = False  # --item-timeout's alarm is armed
@@ -172,6 +163,17 @@ class Session:
         for name, plugin in config.pluginmanager.list_name_plugin():
             if name not in ("builtin",) and plugin is not None and hasattr(plugin, "__dict__"):
                 self.fixturemanager.parse(plugin, "")
+
+    @property
+    def role(self) -> str:
+        """``"single"``; under ``-n``, ``"leader"`` or ``"worker"``: the mode's plugin registered.
+
+        For plugins whose effect must happen once per batch (see docs/plugins.md).
+        """
+        pm = self.config.pluginmanager
+        if pm.has_plugin("worker"):
+            return "worker"
+        return "leader" if pm.has_plugin("leader") else "single"
 
     def perform_collect(self) -> None:
         self.processors, self.collect_errors = collect(self)
@@ -352,8 +354,10 @@ def record_exit_code(config: Config, code: int) -> None:
     """
     session = getattr(config, "session", None)
     finished_with = getattr(session, "finished_with", None)
-    if finished_with is None or finished_with == code or session.role == "worker":
+    if finished_with is None or finished_with == code:
         return
+    if not config.pluginmanager.has_plugin("batches"):
+        return  # a worker: its leader keeps the batch's row
     if session.dsn is None or session.batch.lock_key is None:
         return  # no batch row was made
     with contextlib.suppress(Exception):  # best effort: the server may be gone
