@@ -44,6 +44,7 @@ def ingestkit_batch_start(session: Session) -> None:
     # The statement that inserts the row takes its lock, on the connection that
     # commits the items (see Transaction.batch_statement): a batch row is never
     # seen running without its lock, and the lock goes with the connection that writes.
+    assert session.txn is not None, "a batch starts with the database open"
     conn = session.txn.conn
     with conn.cursor() as cur:
         cur.execute(
@@ -70,6 +71,7 @@ def ingestkit_processor_start(processor: Processor, session: Session) -> None:
     note whether it has no recorded outcome yet: its chunks need no history."""
     params = {"ns": PROCESSOR_NAMESPACE, "processor": processor.nodeid}
     txn = session.txn
+    assert txn is not None, "processors run with the database open"
     if not txn.batch_statement(q("try-lock-processor"), params)[0][0]:
         with session.control.cursor() as cur:
             cur.execute(q("processor-holder"), params)
@@ -118,7 +120,7 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
             raise
         # the server went away: the next run sees the batch's lock gone and marks it interrupted
     txn = session.txn
-    if txn.aborted is None and not txn.conn.closed:
+    if txn is not None and txn.aborted is None and not txn.conn.closed:
         with contextlib.suppress(psycopg2.Error, BatchAborted):  # closing releases it too
             params = {"ns": LOCK_NAMESPACE, "lock_key": batch.lock_key}
             txn.batch_statement(q("unlock-batch"), params)

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from .queries import q
+from .session import NOTHING_TO_RUN
 from .sources import Entry, Unreplayable, from_payload
+from .stash import StashKey
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -102,11 +104,13 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     return _failed_first(failed, processor, session)
 
 
+#: Per batch: processors fed only from stored records, and those whose source broke.
+_SOURCES = StashKey[dict[str, set[str]]]()
+
+
 def _source_state(session: Session) -> dict[str, set[str]]:
     """Per batch: processors fed only from stored records, and those whose source broke."""
-    return session.config.stash.setdefault(
-        "lastfailed.sources", {"stored": set(), "broken": set()}
-    )
+    return session.config.stash.setdefault(_SOURCES, {"stored": set(), "broken": set()})
 
 
 @hookimpl
@@ -155,7 +159,9 @@ def ingestkit_collection_modifyitems(
         )
     processors[:] = [p for p in processors if p.nodeid in failed]
     if not processors:
-        session.nothing_to_rerun = True
+        session.config.stash[NOTHING_TO_RUN] = (
+            "nothing to rerun (--lf): no selected item's latest outcome is failed or error"
+        )
         outside = len(failed - selected) - len(gone)
         if outside:
             plural = "s have" if outside != 1 else " has"

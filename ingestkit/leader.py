@@ -67,6 +67,8 @@ class Leader:
         self.reported_seconds = 0.0  # and the time the processors spent on them
         self.drained = 0.0  # when the results were last taken
         self.stop_sent = False
+        assert session.batch.lock_key is not None, "the batch row was made"
+        self.lock_key: int = session.batch.lock_key
 
     def run(self) -> None:
         option = self.config.option
@@ -185,7 +187,7 @@ class Leader:
                 return
             self.complete()
             if self.procs and all(p.poll() is not None for p in self.procs):
-                if not self.queue.workers_alive(session.batch.lock_key):
+                if not self.queue.workers_alive(self.lock_key):
                     session.fatal = (
                         f"every worker exited; {items:,} queued items were not processed"
                     )

@@ -20,8 +20,8 @@ from .reports import History, ItemReport
 from .stash import StashKey
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
-    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -52,16 +52,18 @@ def is_new(session: Session, nodeid: str) -> bool:
 @hookimpl(tryfirst=True)
 def ingestkit_batch_start(session: Session) -> None:
     """The outcome rows' staging table, and the guard against a processor's COMMIT."""
-    with session.txn.conn.cursor() as cur:
+    assert session.txn is not None, "a batch starts with the database open"
+    conn = session.txn.conn
+    with conn.cursor() as cur:
         cur.execute(q("create-outcomes-table"))
         cur.execute(q("create-commit-guard"))
-    session.txn.conn.commit()
+    conn.commit()
 
 
 @hookimpl
 def ingestkit_chunk_history(
     session: Session, processor: Processor, keys: list[str]
-) -> dict[str, tuple]:
+) -> dict[str, History]:
     """The latest committed outcomes, read on the control connection.
 
     Committed data is all that matters here: a key seen earlier in this batch

@@ -41,7 +41,7 @@ from .sources import (
     to_json,
     to_payload,
 )
-from .transaction import ConnectionLost, ReplayChunk, TransactionEnded
+from .transaction import ConnectionLost, ReplayChunk, Transaction, TransactionEnded
 from .typed import ModelError, RecordInvalid, model_for
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _record_bytes(batch: list[Entry]) -> int:
 
 #: Formatted frames by where an exception went through (failures repeat: a bad
 #: row fails in the same line as the one before it).
-_FRAMES: dict[tuple, str] = {}
+_FRAMES: dict[tuple[tuple[Any, int], ...], str] = {}
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -180,7 +180,7 @@ def _trim_traceback(exc: BaseException) -> str:
 def _message(exc: BaseException) -> str:
     named = getattr(exc, "ingestkit_message", None)  # a COPY error naming its column
     if named:
-        return named
+        return str(named)
     text = str(exc).strip()
     if "CONTEXT:  COPY " in text:  # "line 1" of ingestkit's own COPY, not of the user's file
         text = "\n".join(
@@ -210,7 +210,9 @@ class Runner:
         self.broken_off = False
         self.config = session.config
         self.hook = session.config.hook
-        self.txn = session.txn
+        if session.txn is None:
+            raise RuntimeError("the runner needs the session's database open")
+        self.txn: Transaction = session.txn
         self.runtime = session.fixtures
         self.capture = session.capture
         option = self.config.option
@@ -310,6 +312,8 @@ class Runner:
     def _bad_header(self, plan: Plan) -> bool:
         """A typed processor's CSV lacks required columns: one error item, no records."""
         spec = plan.processor.source
+        if spec is None:
+            return False
         header = getattr(spec.src, "read_header", None)
         if header is None:
             return False
@@ -546,7 +550,7 @@ class Runner:
                 self._run_item(item, plan)
                 if self.txn.ended_by is not None:
                     self._run_again(ran, plan, regain)
-                if item.report.failed:
+                if item.report is not None and item.report.failed:
                     self.count_failure()
         except KeyboardInterrupt:
             item = ran.pop()
@@ -603,11 +607,13 @@ class Runner:
             if owner.report is None or not owner.report.failed:
                 self.count_failure()
             self._fail_late(owner, exc)
-        chunk.reports.extend(item.report for item in ran)
+        for item in ran:
+            assert item.report is not None, item  # every item that ran has its report
+            chunk.reports.append(item.report)
         chunk.reports.sort(key=lambda r: r.finished_epoch)
         self._commit(chunk)
 
-    def _replay(self, ran: list[Item], plan: Plan) -> list:
+    def _replay(self, ran: list[Item], plan: Plan) -> list[tuple[Item, BaseException]]:
         """Roll the chunk back and run it again, each item writing its own rows."""
         self.txn.rollback()
         self.txn.isolated = True
@@ -616,7 +622,8 @@ class Runner:
                 item.has_statements = False
                 item.statement_error = None
                 self._run_item(item, plan)
-            return self.txn.flush()
+            culprits: list[tuple[Item, BaseException]] = self.txn.flush()
+            return culprits
         finally:
             self.txn.isolated = False
 

@@ -29,6 +29,7 @@ from .runner import Plan, Runner
 if TYPE_CHECKING:
     from .collection import Processor
     from .session import Session
+    from .transaction import Transaction
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
@@ -67,13 +68,15 @@ def join(session: Session, prefix: str) -> Queue:
             + ": start it in the leader's folder, with the leader's paths"
         )
     option = session.config.option
+    txn = session.txn
+    assert txn is not None, "a worker joins with the database open"
     for name in BATCH_OPTIONS:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
-    with session.txn.conn.cursor() as cur:
+    with txn.conn.cursor() as cur:
         cur.execute(q("worker-lease"))
-    session.txn.conn.commit()
+    txn.conn.commit()
     if option.item_timeout:
-        session.txn.bound_statements(option.item_timeout)
+        txn.bound_statements(option.item_timeout)
     queue.join(lock_key)
     return queue
 
@@ -84,13 +87,15 @@ class Worker:
     def __init__(self, session: Session, queue: Queue) -> None:
         self.session = session
         self.queue = queue
-        self.txn = session.txn
+        assert session.txn is not None and session.batch.lock_key is not None, "joined"
+        self.txn: Transaction = session.txn
+        self.lock_key: int = session.batch.lock_key
         self.runner: Runner | None = None  # made when the batch starts (options joined)
         self.by_nodeid = {p.nodeid: p for p in session.processors}
         self.claim_params = {
             "batch_id": queue.batch_id,
             "ns": LOCK_NAMESPACE,
-            "lock_key": session.batch.lock_key,
+            "lock_key": self.lock_key,
         }
 
     @hookimpl
@@ -167,7 +172,7 @@ class Worker:
 
     def _start(self, runner: Runner, processor: Processor) -> Plan:
         # one worker at a time sets up fixtures (their writes commit on their own)
-        with self.queue.setting_up(self.session.batch.lock_key):
+        with self.queue.setting_up(self.lock_key):
             return runner.start_processor(processor)
 
     def _batch_over(self) -> bool:

@@ -91,7 +91,7 @@ def ingestkit_report_header(config: Config) -> str | None:
         return f"worker (pid {os.getpid()}) of a shared batch"
     if option.numprocesses and not option.dry_run:
         n = option.numprocesses
-        batch = str(config.session.batch.id)[:8]  # type: ignore[attr-defined]
+        batch = str(config.session.batch.id)[:8]
         plural = "es" if n != 1 else ""
         join = f"ingestkit worker --batch {batch}"
         return f"workers: {n} process{plural} (-n {n}); more join with: {join}"
