@@ -159,9 +159,7 @@ def split_nodeid(arg: str) -> tuple[str, str]:
 VCS_MARKERS = (".git", ".hg")
 
 
-def find_rootdir(
-    args: list[str], invocation_dir: Path
-) -> tuple[Path, Path | None, dict[str, Any]]:
+def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     """Return (rootdir, config file or None, config values).
 
     Going up from the common ancestor of the path arguments, the first

@@ -502,28 +502,28 @@ class Runner:
         ``task`` is the queued task the items came from (a worker's); ``regain``
         takes its claim back after an item's ROLLBACK released it.
         """
-        session = self.session
         processor = plan.processor
         chunk = Chunk(processor, task=task)
         self.txn.begin()
+        to_run = self._triage(chunk, items)
+        ran = self._run_each(to_run, plan, regain)
+        chunk.left = to_run[len(ran) :]
+        self._finish_chunk(chunk, ran, plan)
+
+    def _triage(self, chunk: Chunk, items: list[Item]) -> list[Item]:
+        """The items to run: duplicates fail, unchanged ones count, the rest get their history."""
+        processor = chunk.processor
         # a re-fed (--lf) item carries its own history; the others need theirs
         keys = [it.key for it in items if processor.source is not None and not it.rerun]
         history = (
-            self.ihook.ingestkit_chunk_history(session=session, processor=processor, keys=keys)
+            self.ihook.ingestkit_chunk_history(session=self.session, processor=processor, keys=keys)
             if keys
             else None
         ) or {}
         to_run: list[Item] = []
         for item in items:
             if item.duplicate:
-                report = self._report(item, "failed", None, 0.0)
-                report.error_type = "DuplicateKey"
-                report.error_message = (
-                    f"duplicate key {item.key!r} in this batch ({item.location}); "
-                    "the first record with this key was already processed"
-                )
-                report.track = False
-                chunk.reports.append(report)
+                chunk.reports.append(self._duplicate(item))
                 continue
             past = history.get(item.key)
             if past is not None:
@@ -540,7 +540,21 @@ class Runner:
                     item.attempt = past.attempt + 1
                     item.previous_error = past.error_message
             to_run.append(item)
+        return to_run
 
+    def _duplicate(self, item: Item) -> ItemReport:
+        report = self._report(item, "failed", None, 0.0)
+        report.error_type = "DuplicateKey"
+        report.error_message = (
+            f"duplicate key {item.key!r} in this batch ({item.location}); "
+            "the first record with this key was already processed"
+        )
+        report.track = False
+        return report
+
+    def _run_each(self, to_run: list[Item], plan: Plan, regain: Regain | None) -> list[Item]:
+        """Run the items until the batch stops; those that ran (Ctrl-C: without its item)."""
+        session = self.session
         ran: list[Item] = []
         try:
             for item in to_run:
@@ -557,8 +571,7 @@ class Runner:
             self._abandon(item)
             session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
             session.interrupted = True
-        chunk.left = to_run[len(ran) :]
-        self._finish_chunk(chunk, ran, plan)
+        return ran
 
     def _run_again(self, ran: list[Item], plan: Plan, regain: Regain | None) -> None:
         """An item ended the chunk's transaction: what its neighbours wrote went with
