@@ -20,15 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .collection import Processor
     from .reports import ItemReport
     from .runner import Item
 
-#: Takes a chunk's claim back after an item's ROLLBACK released it (a worker's).
-Regain = Callable[[], None]
+
+class Claim(Protocol):
+    """A worker's hold on the queued task a chunk's items came from."""
+
+    def regain(self) -> None:
+        """Take the claim back after an item's ROLLBACK released it."""
+
+    def wait_turn(self) -> None:
+        """Wait, before the chunk's rows are written, for the tasks before it to commit."""
 
 
 @dataclass

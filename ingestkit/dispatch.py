@@ -195,6 +195,15 @@ class Queue:
             row = cur.fetchone()
         return State(*row) if row else None
 
+    def turn(self, processor: str, seq: int, pid: int) -> tuple[bool, bool]:
+        """Whether task ``seq`` waits for earlier tasks, and whether it gives way to them.
+
+        ``pid`` is the backend of the worker's chunk connection (``earlier-tasks``).
+        """
+        with self._run("earlier-tasks", processor=processor, seq=seq, pid=pid) as cur:
+            wait, give_way = cur.fetchone()
+        return bool(wait), bool(give_way)
+
     def problem(self, problem: dict[str, Any]) -> None:
         self._run("add-problem", problem=Json([problem])).close()
 

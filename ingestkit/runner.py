@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import sources
-from .chunks import Chunk, Regain
+from .chunks import Chunk, Claim
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import ItemTimeout, RecordError, Skipped, TeardownErrors
@@ -495,19 +495,21 @@ class Runner:
         self._commit(chunk)
 
     def run_chunk(
-        self, plan: Plan, items: list[Item], task: Any = None, regain: Regain | None = None
+        self, plan: Plan, items: list[Item], task: Any = None, claim: Claim | None = None
     ) -> None:
         """Run a chunk of items in this process and commit it with its outcomes.
 
-        ``task`` is the queued task the items came from (a worker's); ``regain``
-        takes its claim back after an item's ROLLBACK released it.
+        ``task`` is the queued task the items came from (a worker's), ``claim``
+        the worker's hold on it.
         """
         processor = plan.processor
         chunk = Chunk(processor, task=task)
         self.txn.begin()
         to_run = self._triage(chunk, items)
-        ran = self._run_each(to_run, plan, regain)
+        ran = self._run_each(to_run, plan, claim)
         chunk.left = to_run[len(ran) :]
+        if claim is not None:
+            claim.wait_turn()
         self._finish_chunk(chunk, ran, plan)
 
     def _triage(self, chunk: Chunk, items: list[Item]) -> list[Item]:
@@ -552,7 +554,7 @@ class Runner:
         report.track = False
         return report
 
-    def _run_each(self, to_run: list[Item], plan: Plan, regain: Regain | None) -> list[Item]:
+    def _run_each(self, to_run: list[Item], plan: Plan, claim: Claim | None) -> list[Item]:
         """Run the items until the batch stops; those that ran (Ctrl-C: without its item)."""
         session = self.session
         ran: list[Item] = []
@@ -563,7 +565,7 @@ class Runner:
                 ran.append(item)
                 self._run_item(item, plan)
                 if self.txn.ended_by is not None:
-                    self._run_again(ran, plan, regain)
+                    self._run_again(ran, plan, claim)
                 if item.report is not None and item.report.failed:
                     self.count_failure()
         except KeyboardInterrupt:
@@ -573,7 +575,7 @@ class Runner:
             session.interrupted = True
         return ran
 
-    def _run_again(self, ran: list[Item], plan: Plan, regain: Regain | None) -> None:
+    def _run_again(self, ran: list[Item], plan: Plan, claim: Claim | None) -> None:
         """An item ended the chunk's transaction: what its neighbours wrote went with
         it, so they run again in a new one; the item itself fails."""
         while (culprit := self.txn.ended_by) is not None:
@@ -584,8 +586,8 @@ class Runner:
                     self.count_failure()
                 culprit.report = self._report(culprit, "failed", TransactionEnded(), 0.0)
             self.txn.rollback()
-            if regain is not None:
-                regain()
+            if claim is not None:
+                claim.regain()
             for item in ran:
                 if item.ended_transaction or (
                     item.report is not None and item.report.status != "succeeded"

@@ -41,6 +41,47 @@ class TaskTaken(Exception):
     """A processor's ROLLBACK freed this worker's claim, and another worker took the task."""
 
 
+class GaveWay(Exception):
+    """A chunk waiting for its turn holds a row an earlier task's worker waits for
+    (or an earlier task lies unclaimed): it is undone, its task runs again later."""
+
+
+class TaskClaim:
+    """A worker's hold on a claimed task (:class:`ingestkit.chunks.Claim`).
+
+    A chunk's rows are written, and the chunk committed, only after every
+    earlier task of its processor committed: of two records whose writes
+    conflict, the first in the source wins, as in one process. The wait is in
+    the worker's main thread, before the chunk's buffered rows are written, so
+    Ctrl-C and a stopping batch end it.
+    """
+
+    def __init__(self, worker: Worker, task: Task) -> None:
+        self.worker = worker
+        self.task = task
+
+    def regain(self) -> None:
+        worker = self.worker
+        params = {"batch_id": worker.queue.batch_id, "seq": self.task.seq}
+        if worker.txn.claim(q("reclaim-task"), params) is None:
+            raise TaskTaken()  # another worker runs it all again: leave it
+
+    def wait_turn(self) -> None:
+        worker = self.worker
+        if worker.session.shouldstop:
+            return  # stopping: what ran commits now, in any order
+        pid = worker.txn.conn.get_backend_pid()
+        pause = POLL / 8
+        while True:
+            wait, give_way = worker.queue.turn(self.task.processor, self.task.seq, pid)
+            if not wait:
+                return
+            if give_way:
+                raise GaveWay(f"task {self.task.seq} gave way to an earlier task")
+            time.sleep(pause)
+            pause = min(pause * 2, IDLE_MAX)
+
+
 def join(session: Session, prefix: str) -> Queue:
     """Take the batch's identity and options from the leader's rows; its queue."""
     with session.control.cursor() as cur:
@@ -158,17 +199,17 @@ class Worker:
         else:
             fresh.discard(task.processor)
         items = items_from_json(plan.processor, task.items)
+        failures = runner.failures
         try:
-            runner.run_chunk(plan, items, task, regain=lambda: self._regain(task))
+            runner.run_chunk(plan, items, task, TaskClaim(self, task))
         except TaskTaken:
             self.txn.release()
+        except GaveWay:
+            self.txn.release()  # the task goes back to the queue, to run again
+            runner.failures = failures  # its failures count when it runs again
+            time.sleep(POLL)
         if session.shouldstop:
             self.queue.stop(str(session.shouldstop))
-
-    def _regain(self, task: Task) -> None:
-        params = {"batch_id": self.queue.batch_id, "seq": task.seq}
-        if self.txn.claim(q("reclaim-task"), params) is None:
-            raise TaskTaken()  # another worker runs it all again: leave it
 
     def _start(self, runner: Runner, processor: Processor) -> Plan:
         # one worker at a time sets up fixtures (their writes commit on their own)

@@ -529,3 +529,30 @@ SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.
 -- The batch's argv masked again: a credential became known after it was stored
 -- (a read_http made by a source callable).
 UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
+
+-- -- the turn of a worker's chunk (worker.py) ------------------------------------
+
+-- name: earlier-tasks
+-- A worker commits a task's chunk after the processor's earlier tasks, as one
+-- process does, so that of two records whose writes conflict the first in the
+-- source wins. Run on the worker's control connection before the chunk's
+-- buffered rows are written. ``wait``: an earlier task is not committed yet and
+-- the batch is not stopping. ``give_way``: the chunk should roll back and run
+-- again later, because a session waits for a row it wrote (an earlier task's
+-- worker, blocked by it) or an earlier task lies unclaimed (given back).
+SELECT EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s)
+       AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
+       AS wait,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_stat_activity a
+           WHERE a.datname = pg_catalog.current_database()
+             AND %(pid)s = ANY (pg_catalog.pg_blocking_pids(a.pid)))
+       OR EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s
+           FOR KEY SHARE SKIP LOCKED)
+       AS give_way;
