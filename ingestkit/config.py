@@ -12,12 +12,16 @@ import shlex
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspec
 from .outcomes import UsageError
+from .stash import Stash
+
+if TYPE_CHECKING:
+    from .session import Session
 
 #: Built-in plugins, registered in this order. Those in ESSENTIAL cannot be blocked.
 BUILTIN_PLUGINS = (
@@ -29,6 +33,7 @@ BUILTIN_PLUGINS = (
     "files",
     "runner",
     "recorder",
+    "batches",
     "keyword",
     "lastfailed",
     "terminal",
@@ -39,7 +44,20 @@ BUILTIN_PLUGINS = (
     "html",
     "workers",
 )
-ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
+ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
+#: The built-in plugins a worker of a shared batch loads: its leader keeps the
+#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
+WORKER_PLUGINS = (
+    "session",
+    "collection",
+    "builtin",
+    "state",
+    "http",
+    "runner",
+    "recorder",
+    "terminal",
+    "workers",
+)
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {
@@ -83,8 +101,8 @@ def _toml(value: Any) -> str:
 
 
 def validate_inicfg(
-    inicfg: dict, where: Path | None, parser: argparse.ArgumentParser | None = None
-) -> dict:
+    inicfg: dict[str, Any], where: Path | None, parser: argparse.ArgumentParser | None = None
+) -> dict[str, Any]:
     """Check every built-in config value's type and, where the option of the same
     name has choices, its choice; return the values with a single string for a
     list made a list of one. A bad value raises UsageError naming it and the fix.
@@ -143,7 +161,7 @@ def split_nodeid(arg: str) -> tuple[str, str]:
 VCS_MARKERS = (".git", ".hg")
 
 
-def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict]:
+def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     """Return (rootdir, config file or None, config values).
 
     Going up from the common ancestor of the path arguments, the first
@@ -185,7 +203,7 @@ def _marker_stops() -> set[Path]:
     return stops
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -196,19 +214,22 @@ def _read_toml(path: Path) -> dict:
 class Config:
     """Parsed options, config values, rootdir and the plugin manager of one run."""
 
+    #: the run's Session, once it exists (set by it)
+    session: Session
+
     def __init__(self, pluginmanager: pluggy.PluginManager, invocation_dir: Path) -> None:
         self.pluginmanager = pluginmanager
         self.hook = pluginmanager.hook
         self.invocation_dir = invocation_dir
         self.rootdir = invocation_dir
         self.inipath: Path | None = None
-        self.inicfg: dict = {}
+        self.inicfg: dict[str, Any] = {}
         self.option = argparse.Namespace()
         self.args: list[str] = []
         self.argv: list[str] = []
         self.config_keys = dict(CONFIG_KEYS)
         self.secrets: list[str] = []
-        self.stash: dict[str, Any] = {}
+        self.stash = Stash()
 
     # -- values ------------------------------------------------------------
 
@@ -292,6 +313,16 @@ class Config:
         self.argv = [*addopts, *args]
         self.option = parser.parse_args(self.argv)
         self.args = list(self.option.file_or_dir)
+        if getattr(self.option, "worker", False) or getattr(self.option, "join_batch", None):
+            self._keep_builtins(WORKER_PLUGINS)
+
+    def _keep_builtins(self, names: tuple[str, ...]) -> None:
+        """Unregister the built-in plugins not in ``names`` (a worker's run)."""
+        pm = self.pluginmanager
+        for name in BUILTIN_PLUGINS:
+            plugin = pm.get_plugin(name)
+            if name not in names and plugin is not None:
+                pm.unregister(plugin)
 
     def _load_plugins(self, specs: list[str], builtins: bool = True) -> None:
         pm = self.pluginmanager

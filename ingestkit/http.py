@@ -549,9 +549,9 @@ def register_secrets(session: Session, reader: read_http) -> None:
 
 
 def _argv_stored(session: Session) -> bool:
-    """Whether this process may update the stored batch row (a worker does not)."""
+    """Whether this process keeps the stored batch row (a worker does not)."""
     return (
-        session.role != "worker"
+        session.config.pluginmanager.has_plugin("batches")
         and session.batch.lock_key is not None
         and session.control is not None
     )

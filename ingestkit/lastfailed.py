@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .queries import q
+from .session import NOTHING_TO_RUN
 from .sources import Entry, Unreplayable, from_payload
+from .stash import StashKey
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -105,12 +107,13 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     return _failed_first(failed, processor, session)
 
 
+#: Per batch: processors fed only from stored records, and those whose source broke.
+_SOURCES = StashKey[dict[str, set[str]]]()
+
+
 def _source_state(session: Session) -> dict[str, set[str]]:
     """Per batch: processors fed only from stored records, and those whose source broke."""
-    state: dict[str, set[str]] = session.config.stash.setdefault(
-        "lastfailed.sources", {"stored": set(), "broken": set()}
-    )
-    return state
+    return session.config.stash.setdefault(_SOURCES, {"stored": set(), "broken": set()})
 
 
 @hookimpl
@@ -124,7 +127,7 @@ def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
 def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
     """A source read to its end resolves its last "could not be read" error, and
     retires the failed keys it no longer yields."""
-    if processor.source is None or session.role == "worker" or session.shouldstop:
+    if processor.source is None or session.shouldstop:
         return
     state = _source_state(session)
     if processor.nodeid in state["stored"] or processor.nodeid in state["broken"]:
@@ -280,7 +283,9 @@ def ingestkit_collection_modifyitems(
         )
     processors[:] = [p for p in processors if p.nodeid in failed]
     if not processors:
-        session.nothing_to_rerun = True
+        session.config.stash[NOTHING_TO_RUN] = (
+            "nothing to rerun (--lf): no selected item's latest outcome is failed or error"
+        )
         outside = len(failed - selected) - len(gone)
         if outside:
             plural = "s have" if outside != 1 else " has"

@@ -26,6 +26,7 @@ import pluggy
 from .fixtures import FixtureRequest, argnames_of, fixture
 from .outcomes import UsageError
 from .queries import q
+from .stash import StashKey
 from .transaction import Listener
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
 _DELETED = object()
-_STASH = "state"
+_STASH = StashKey["dict[str, State]"]()
 
 
 def _default(value: Any) -> Any:

@@ -650,3 +650,30 @@ FROM unnest(%(paths)s::text[], %(sizes)s::bigint[], %(shas)s::text[], %(items)s:
 ON CONFLICT (processor, path) DO UPDATE
 SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, items = EXCLUDED.items,
     status = EXCLUDED.status, batch_id = EXCLUDED.batch_id, finished_at = EXCLUDED.finished_at;
+
+-- -- the turn of a worker's chunk (worker.py) ------------------------------------
+
+-- name: earlier-tasks
+-- A worker commits a task's chunk after the processor's earlier tasks, as one
+-- process does, so that of two records whose writes conflict the first in the
+-- source wins. Run on the worker's control connection before the chunk's
+-- buffered rows are written. ``wait``: an earlier task is not committed yet and
+-- the batch is not stopping. ``give_way``: the chunk should roll back and run
+-- again later, because a session waits for a row it wrote (an earlier task's
+-- worker, blocked by it) or an earlier task lies unclaimed (given back).
+SELECT EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s)
+       AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
+       AS wait,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_stat_activity a
+           WHERE a.datname = pg_catalog.current_database()
+             AND %(pid)s = ANY (pg_catalog.pg_blocking_pids(a.pid)))
+       OR EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s
+           FOR KEY SHARE SKIP LOCKED)
+       AS give_way;
