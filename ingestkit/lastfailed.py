@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .queries import q
+from .runner import MATCHED_KEYS
 from .session import NOTHING_TO_RUN
 from .sources import Entry, Unreplayable, from_payload
 from .stash import StashKey
@@ -25,7 +26,7 @@ from .stash import StashKey
 if TYPE_CHECKING:
     from .collection import Processor
     from .config import Config
-    from .runner import Chunk
+    from .chunks import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -109,6 +110,12 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
 
 #: Per batch: processors fed only from stored records, and those whose source broke.
 _SOURCES = StashKey[dict[str, set[str]]]()
+#: Node ids with a key that no record of their source had.
+NOT_FOUND = StashKey[list[str]]()
+#: Processors read in full under -n whose keys are retired when the batch ends.
+RETIRING = StashKey[list[str]]()
+#: The keys retired in this batch, by processor.
+RETIRED = StashKey[dict[str, list[str]]]()
 
 
 def _source_state(session: Session) -> dict[str, set[str]]:
@@ -147,7 +154,7 @@ def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
 def not_found(config: Config) -> list[str]:
     """Node ids with a key that no record of their source had (exit 4, as pytest's
     ``not found``)."""
-    nodeids: list[str] = config.stash.setdefault("lastfailed.not_found", [])
+    nodeids: list[str] = config.stash.setdefault(NOT_FOUND, [])
     return nodeids
 
 
@@ -157,7 +164,7 @@ def _check_selected_keys(processor: Processor, session: Session) -> None:
         return
     if session.shouldstop or session.interrupted:
         return
-    matched: set[tuple[str, str]] = session.config.stash.get("runner.matched_keys", set())
+    matched: set[tuple[str, str]] = session.config.stash.get(MATCHED_KEYS, set())
     for key in sorted(processor.selected_keys):
         if (processor.nodeid, key) not in matched:
             not_found(session.config).append(f"{processor.nodeid}[{key}]")
@@ -178,13 +185,13 @@ def _full_read(processor: Processor, session: Session) -> bool:
 
 
 def _retiring(session: Session) -> list[str]:
-    nodeids: list[str] = session.config.stash.setdefault("lastfailed.retiring", [])
+    nodeids: list[str] = session.config.stash.setdefault(RETIRING, [])
     return nodeids
 
 
 def retired(config: Config) -> dict[str, list[str]]:
     """Per processor, the keys this batch retired."""
-    keys: dict[str, list[str]] = config.stash.setdefault("lastfailed.retired", {})
+    keys: dict[str, list[str]] = config.stash.setdefault(RETIRED, {})
     return keys
 
 

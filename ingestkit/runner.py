@@ -41,6 +41,7 @@ from .sources import (
     to_json,
     to_payload,
 )
+from .stash import StashKey
 from .transaction import ConnectionLost, ReplayChunk, Transaction, TransactionEnded
 from .typed import ModelError, RecordInvalid, model_for
 
@@ -202,6 +203,9 @@ def _convert(item: Item, model: Any) -> bool:
 #: How many keys' first records the duplicate-key message can name (bounded memory).
 FIRSTS_KEPT = 100_000
 
+#: The (processor, key) pairs of node ids with a key that a record matched.
+MATCHED_KEYS = StashKey[set[tuple[str, str]]]()
+
 
 def _duplicate_message(item: Item, firsts: dict[str, tuple[str | None, str]]) -> str:
     """Whether a duplicate's content differs from the first record's, and where that was."""
@@ -243,7 +247,7 @@ class Runner:
         # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
         self.store_all = self.config.get("store_payloads", "latest") != "failed"
         self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
-            "runner.matched_keys", set()
+            MATCHED_KEYS, set()
         )
         self.fixed_chunk = option.chunk_size
         self.item_timeout = option.item_timeout

@@ -238,7 +238,9 @@ class Session:
     def exitstatus(self) -> ExitCode:
         if self.shouldstop or self.interrupted or self.fatal:
             return ExitCode.INTERRUPTED
-        if self.config.stash.get("lastfailed.not_found"):  # a node id's key matched no record
+        from .lastfailed import NOT_FOUND
+
+        if self.config.stash.get(NOT_FOUND, None):  # a node id's key matched no record
             return ExitCode.USAGE_ERROR
         if (
             self.counts["failed"]
