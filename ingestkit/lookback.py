@@ -268,7 +268,7 @@ def _look_back(config: Config) -> int:
         look = LookBack(config)
         try:
             batch = look.find_batch(option.show)
-            write_html(look.conn, batch["id"], option.html, config.mask)
+            write_html(look.conn, batch["id"], option.html, config.mask, option.html_template)
             look.write(f"wrote {option.html} for batch {batch['id']}")
             return 0
         finally:

@@ -290,14 +290,19 @@ class TerminalReporter:
         self.section(f"{', '.join(parts)} in {elapsed:.2f}s ({rate})")
 
     def rerun_command(self) -> str:
-        option = self.config.option
-        words = ["ingestkit", "--lf"]
-        if option.dsn:
-            words += ["--dsn", self.config.mask(option.dsn)]
-        if option.keyword:
-            words += ["-k", option.keyword]
-        words += [a.split("::", 1)[0] for a in self.config.args]
-        return " ".join(shlex.quote(w) for w in dict.fromkeys(words))
+        return rerun_command(self.config)
+
+
+def rerun_command(config: Config) -> str:
+    """The command that reruns this batch's failures (``ingestkit --lf`` and its selection)."""
+    option = config.option
+    words = ["ingestkit", "--lf"]
+    if option.dsn:
+        words += ["--dsn", config.mask(option.dsn)]
+    if option.keyword:
+        words += ["-k", option.keyword]
+    words += [a.split("::", 1)[0] for a in config.args]
+    return " ".join(shlex.quote(w) for w in dict.fromkeys(words))
 
 
 def show_collected(session: Session) -> None:

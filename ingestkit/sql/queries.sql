@@ -529,3 +529,19 @@ SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.
 -- The batch's argv masked again: a credential became known after it was stored
 -- (a read_http made by a source callable).
 UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
+
+-- Reports (html.py, notify.py) -----------------------------------------------
+
+-- name: report-failed-items
+SELECT processor, key, status, error_type, error_message, location, payload::text AS payload
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND status IN ('failed', 'error')
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
+
+-- name: report-logs
+SELECT processor, key, status, log
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND log IS NOT NULL
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
