@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "prune",
     "html",
     "workers",
+    "notify",
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
 
