@@ -14,7 +14,6 @@ jinja2 is the ``html`` extra: only ``--html`` needs it.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from .queries import q
 from .reports import COUNTED
 
 if TYPE_CHECKING:
+    from .config import ArgumentParser as Parser
     from .config import Config
     from .runner import Chunk
     from .session import Session
@@ -42,7 +42,7 @@ COLORS = {
     "skipped": "#757575",
     "unchanged": "#90a4ae",
 }
-#: Failed items embedded in the page (the rest: ``ingestkit --show BATCH --csv``).
+#: Failed items embedded in the page (the rest: ``ingestkit --export BATCH``).
 MAX_ITEMS = 20000
 MAX_LOGS = 200
 PAGE_SIZE = 50
@@ -239,11 +239,12 @@ def write_html(
 
 
 @hookimpl
-def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def ingestkit_addoption(parser: Parser) -> None:
+    group = parser.getgroup("reporting")
+    group.addoption(
         "--html", metavar="PATH", help="write an HTML report of the batch (with --show: a past one)"
     )
-    parser.add_argument(
+    group.addoption(
         "--html-template",
         metavar="PATH",
         help="your own jinja2 template for --html (same context as ingestkit/templates/)",

@@ -14,7 +14,6 @@ case each, they are counted in the summary case.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -28,6 +27,7 @@ import pluggy
 from .reports import COUNTED, ItemReport
 
 if TYPE_CHECKING:
+    from .config import ArgumentParser as Parser
     from .config import Config
     from .runner import Chunk
     from .session import Session
@@ -39,8 +39,9 @@ MAX_CASES = 1000
 
 
 @hookimpl
-def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--junitxml", metavar="PATH", help="write the batch as JUnit XML")
+def ingestkit_addoption(parser: Parser) -> None:
+    group = parser.getgroup("reporting")
+    group.addoption("--junitxml", metavar="PATH", help="write the batch as JUnit XML")
 
 
 @hookimpl

@@ -41,7 +41,7 @@ STATUSES = ("succeeded", "failed", "error", "skipped")
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("looking back (no run; reads ingestkit.batches/items)")
+    group = parser.add_argument_group("lookback")
     add = group.add_argument
     add("--batches", action="store_true", help="list recent batches with their counts")
     add("--show", nargs="?", const="last", metavar="BATCH", help="show a batch's items")
