@@ -158,7 +158,7 @@ def context(
         "colors": COLORS,
         "headline": _headline(batch, counts),
         "command": mask(" ".join(batch["argv"] or [])),
-        "rerun": mask(rerun) if rerun and failures_total else None,
+        "rerun": mask(rerun or "ingestkit --lf") if failures_total else None,
         "chart": _chart(per_processor),
         "durations": list(durations.values()),
         "groups": groups,

@@ -132,3 +132,13 @@ def test_the_failed_items_table_renders_in_chromium(project, tmp_path):
     )
     assert shot.exists() and shot.stat().st_size > 5000
     shutil.copy(shot, "/tmp/ingestkit-report-failed.png")
+
+
+def test_a_past_batchs_page_has_the_headline_and_a_rerun_command(project, tmp_path):
+    project.write("ingest_money.py", LOAD)
+    batch = project.run().batch_id
+    past = tmp_path / "past.html"
+    assert project.run("--show", batch, "--html", str(past)).exit_code == 0
+    page = past.read_text()
+    assert "FAILED: 1 of 1,002 items failed" in page
+    assert '<code class="cmd" id="rerun">ingestkit --lf</code>' in page
