@@ -42,7 +42,7 @@ STATUSES = ("succeeded", "failed", "error", "skipped")
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("looking back (no run; reads ingestkit.batches/items)")
+    group = parser.add_argument_group("lookback")
     add = group.add_argument
     add("--batches", action="store_true", help="list recent batches with their counts")
     add("--show", nargs="?", const="last", metavar="BATCH", help="show a batch's items")
@@ -303,7 +303,7 @@ def _look_back(config: Config) -> int:
         look = LookBack(config)
         try:
             batch = look.find_batch(option.show)
-            write_html(look.conn, batch["id"], option.html, config.mask)
+            write_html(look.conn, batch["id"], option.html, config.mask, option.html_template)
             look.write(f"wrote {option.html} for batch {batch['id']}")
             return 0
         finally:

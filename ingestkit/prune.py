@@ -43,7 +43,7 @@ MAX_DAYS = 1_000_000
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("pruning history (no run)")
+    group = parser.add_argument_group("prune")
     group.add_argument(
         "--prune",
         action="store_true",

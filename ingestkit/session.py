@@ -76,7 +76,7 @@ class Batch:
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file_or_dir", nargs="*", help="paths or node ids (path::process_x[KEY])")
-    parser.add_argument("--version", action="version", version=f"ingestkit {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"ingestkit {__version__}")
     add = parser.add_argument
     add("--dsn", help="target database (else INGESTKIT_DSN, DATABASE_URL, dsn in config, embedded)")
     add("-k", dest="keyword", metavar="EXPR", help="only processors matching the expression")
@@ -153,7 +153,7 @@ class Session:
         self.control: Any = None
         self.db: Database | None = None
         self.lookup: Lookup | None = None
-        self.capture = LogCapture()
+        self.capture = LogCapture(config.getoption("log_level") or config.inicfg.get("log_level"))
         self.interrupted_batches: list[str] = []
         self.notes: list[str] = []  # shown in the header
         self.warnings: list[str] = []  # shown in the summary

@@ -996,12 +996,15 @@ def test_progress_bar_on_a_terminal(project):
         os.close(main_fd)
     out = b"".join(chunks).decode("utf-8", "replace")
     assert "\r" in out and "\x1b[K" in out  # the progress line is redrawn in place
-    assert re.search(r"ingest_p\.py::process_known \[#{10} {10}\]  50% 20/40 · \S+/s", out), out
-    assert re.search(r"ingest_p\.py::process_known \[#{20}\] 100% 40/40 · \S+ · 6 failed", out)
+    # as wide as the terminal (80 columns here): the bar takes the room the text leaves
+    assert re.search(r"ingest_p\.py::process_known \[#+ +\]  50% 20/40 · \S+/s", out), out
+    assert re.search(r"ingest_p\.py::process_known \[#+\] 100% 40/40 · \S+ · 6 failed", out)
     assert re.search(r"ingest_p\.py::process_unknown 40 items · \S+/s", out), out
     # the final lines replace the progress line instead of following it
     assert "\r\x1b[Kingest_p.py::process_known 34 succeeded, 6 failed in " in out
-    assert "34 succeeded" in out and "rerun the failures: ingestkit --lf" in out
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # a terminal gets colour
+    assert "34 succeeded" in plain and "rerun the failures: ingestkit --lf" in plain
+    assert "\x1b[31m" in out
 
 
 def test_periodic_plain_progress_lines_when_not_a_terminal(project, monkeypatch):
@@ -1012,7 +1015,7 @@ def test_periodic_plain_progress_lines_when_not_a_terminal(project, monkeypatch)
     result = project.run("--chunk-size", "10")
     assert result.exit_code == 1, out_of(result)
     lines = result.output.splitlines()
-    known = r"ingest_p\.py::process_known {}/20 · \S+/s · {} failed"
+    known = r"ingest_p\.py::process_known {}/20 · \S+/s(?: · ETA \S+)? · {} failed"
     assert any(re.fullmatch(known.format(10, 1), x) for x in lines), result.output
     assert any(re.fullmatch(known.format(20, 3), x) for x in lines), result.output
     assert any(re.fullmatch(r"ingest_p\.py::process_unknown 20 items · \S+/s", x) for x in lines)

@@ -677,3 +677,19 @@ SELECT EXISTS (
              AND t.seq < %(seq)s
            FOR KEY SHARE SKIP LOCKED)
        AS give_way;
+
+-- Reports (html.py, notify.py) -----------------------------------------------
+
+-- name: report-failed-items
+SELECT processor, key, status, error_type, error_message, location, payload::text AS payload
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND status IN ('failed', 'error')
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
+
+-- name: report-logs
+SELECT processor, key, status, log
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND log IS NOT NULL
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
