@@ -63,6 +63,22 @@ class FileLedger:
         self.skipped_items = 0
         self.unplaced = False  # a failure whose file is not known: no file is complete
 
+    def header_problem(self, path: Path, columns: list[str]) -> str | None:
+        """Why a typed processor cannot read a file with these columns, or None."""
+        from .typed import MissingColumns, ModelError, model_for
+
+        try:
+            model = model_for(self.processor.func)
+        except ModelError:  # the runner reports it for the processor
+            return None
+        if model is None:
+            return None
+        try:
+            model.check_header(columns, str(path))
+        except MissingColumns as exc:
+            return str(exc)
+        return None
+
     def _relative(self, path: Path) -> str:
         absolute = Path(os.path.normpath(path.absolute()))
         try:

@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -42,6 +42,10 @@ class Ledger(Protocol):
 
     def skip(self, path: Path, size: int, sha256: str) -> bool:
         """Whether the file was read completely already (it is not parsed again)."""
+
+    def header_problem(self, path: Path, columns: list[str]) -> str | None:
+        """Why the processor cannot read a file with these columns (a typed record's
+        required columns are missing), or None."""
 
     def read(self, path: Path, size: int, sha256: str, items: int, complete: bool) -> None:
         """The file was read: ``items`` entries, to its end when ``complete``."""
@@ -69,6 +73,8 @@ class FileReader(Reader):
         self.bytes_total: int | None = None
         self._bytes_done = 0
         self._current: IO[bytes] | None = None
+        #: for a glob: checks each file's columns (see Ledger.header_problem)
+        self._header_check: Callable[[Path, list[str]], str | None] | None = None
 
     @property
     def is_glob(self) -> bool:
@@ -127,6 +133,7 @@ class FileReader(Reader):
         self, path: Path, base: Path | None, ledger: Ledger | None, many: bool
     ) -> Iterator[Entry]:
         key = _file_key(path, ledger) if many else None
+        self._header_check = ledger.header_problem if ledger is not None and many else None
         size, sha = 0, ""
         if ledger is not None and not os.path.isfile(path):
             ledger = None  # a pipe or a device: read once, as it comes, and not recorded
@@ -397,6 +404,11 @@ class read_csv(FileReader):  # noqa: N801 - public API reads like a function
                 if error is None and not bad:
                     if row:
                         header, width = row, len(row)
+                        check = self._header_check
+                        problem = check(path, row) if check is not None else None
+                        if problem is not None:  # a typed record's columns are missing
+                            yield Entry(None, where, problem, key=file_key)
+                            return
                     continue
                 lines.drain()  # no record can be read: the error covers the whole file
                 rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""

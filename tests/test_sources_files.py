@@ -380,3 +380,35 @@ def test_read_json_at_skips_large_members_with_brackets_in_strings(project):
     result = project.run()
     assert result.exit_code == 0, result.output
     assert ids(project) == [1]
+
+
+def test_typed_glob_checks_each_files_header(project):
+    project.write("drops/a.csv", csv_file((1, "a")))
+    project.write("drops/b.csv", "id,nom\n2,b\n")
+    project.write(
+        "ingest_x.py",
+        """
+        from dataclasses import dataclass
+        import ingestkit
+
+        @dataclass
+        class Row:
+            id: int
+            name: str
+
+        @ingestkit.fixture(scope="batch", autouse=True)
+        def schema(db):
+            db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, name text NOT NULL)")
+
+        @ingestkit.source(ingestkit.read_csv("drops/*.csv"), key="id")
+        def process_row(record: Row, db):
+            db.insert("t", record)
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1, result.output
+    assert ids(project) == [1]
+    (error,) = items(project, "error")
+    assert error["key"] == "drops/b.csv"
+    assert "missing column name" in error["error_message"], error
+    assert "the header has: id, nom" in error["error_message"]
