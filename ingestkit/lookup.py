@@ -16,6 +16,7 @@ from .outcomes import LookupMissing
 from .transaction import Listener, Transaction, bare_name, table_identifier
 
 _MISSING = object()
+_NOTHING: frozenset[str] = frozenset()
 
 
 def _cache_key(table: str, returning: str, match: dict) -> tuple:
@@ -38,11 +39,14 @@ class Lookup(Listener):
         txn.listeners.append(self)  # the cache follows the transaction's commits and rollbacks
         self._cache: dict[tuple, Any] = {}
         self._preloaded: set[tuple[str, str, str]] = set()
+        self._preloaded_names: set[str] = set()  # their bare table names
         # entries added in the chunk in flight, with the item whose own writes
         # they may show (None: they show only what others wrote)
         self._journal: list[tuple[tuple, Any]] = []
         self._misses: dict[str, set[tuple]] = {}  # cached misses by bare table name
         self._writers: dict[Any, set[str] | None] = {}  # in this chunk: owner -> tables
+        #: in this chunk: owner -> tables (as named) whose writes were taken into account
+        self._settled: dict[Any, frozenset[str]] = {}
         self._creating = False  # get_or_create's own INSERT is under way
 
     def __call__(self, table: str, returning: str = "id", **match: Any) -> Any:
@@ -154,6 +158,7 @@ class Lookup(Listener):
         for k, v in rows:
             self._cache[_cache_key(table, returning, {key: k})] = v
         self._preloaded.add((table, key, returning))
+        self._preloaded_names.add(bare_name(table))
         return len(rows)
 
     # -- transaction events (see Transaction.listeners) ----------------------
@@ -170,30 +175,49 @@ class Lookup(Listener):
 
     def on_write(self, owner: Any, tables: set[str] | None) -> None:
         """``owner`` writes ``tables`` (None: perhaps any): cached misses of them are over."""
+        if (
+            tables is not None
+            and tables <= self._settled.get(owner, _NOTHING)
+            and not any(
+                bare_name(t) in self._misses or bare_name(t) in self._preloaded_names
+                for t in tables
+            )
+        ):
+            # the usual db.insert of an item that wrote this table before: what
+            # its first write invalidated is still gone, and nothing came back since
+            return
         wrote = self._writers.get(owner, set())
         bare = set() if tables is None else {bare_name(t) for t in tables}
         if tables is None or wrote is None:
             self._writers[owner] = None
         elif not bare <= wrote:
             self._writers[owner] = wrote | bare
-        if self._creating or not (self._misses or self._preloaded):
+        if self._creating:
+            return  # its own row is all it writes: other cached entries stay true
+        if tables is not None:
+            self._settled[owner] = self._settled.get(owner, _NOTHING) | tables
+        if not (self._misses or self._preloaded):
             return
         names = list(self._misses) if tables is None else [n for n in bare if n in self._misses]
         for name in names:
             for key in self._misses.pop(name, ()):
                 if self._cache.get(key) is _MISSING:
                     del self._cache[key]
-        if self._preloaded:  # a written dimension is no longer known complete
+        if self._preloaded and (tables is None or bare & self._preloaded_names):
+            # a written dimension is no longer known complete
             self._preloaded = {
                 p for p in self._preloaded if tables is not None and bare_name(p[0]) not in bare
             }
+            self._preloaded_names = {bare_name(p[0]) for p in self._preloaded}
 
     def on_commit(self) -> None:
         self._journal.clear()
         self._writers.clear()
+        self._settled.clear()
 
     def on_rollback(self) -> None:
         for key, _who in self._journal:
             self._cache.pop(key, None)
         self._journal.clear()
         self._writers.clear()
+        self._settled.clear()

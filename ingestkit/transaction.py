@@ -269,6 +269,8 @@ class Transaction:
         self._loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # committed ones
         self._new_loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # this transaction's
         self._loader_seq = 0
+        #: (table, columns) of rows whose last flush had rows rejected (see _flush_protected)
+        self._rejecting: set[tuple[str, tuple[str, ...]]] = set()
         self._fk_parents: dict[int, set[int]] = {}
         #: per table: its columns and whether each is of a text type (None: unknown)
         self._columns: dict[str, dict[str, bool] | None] = {}
@@ -680,6 +682,18 @@ class Transaction:
     def _flush_protected(self, rows: list) -> list[tuple[Any, BaseException]]:
         if not rows:
             return []
+        group = rows[0][1]
+        if group in self._rejecting:
+            # this table rejected rows in the chunk before: rather than a COPY
+            # that fails again (and the rows encoded and sent twice), straight
+            # to the row-by-row loader, which costs the same whatever the share
+            owners = list(dict.fromkeys(r[0] for r in rows))
+            if self._loadable(rows, owners):
+                culprits = self._load_row_by_row(rows)
+                if culprits is not None:
+                    if not culprits:  # clean again: the next chunk tries a COPY
+                        self._rejecting.discard(group)
+                    return culprits
         self._raw("SAVEPOINT ingestkit_flush")
         try:
             self._copy(rows)
@@ -696,6 +710,7 @@ class Transaction:
             if isinstance(exc, psycopg2.Error) and self._loadable(rows, owners):
                 culprits = self._load_row_by_row(rows)
                 if culprits is not None:
+                    self._rejecting.add(group)
                     return culprits
             half = set(owners[: len(owners) // 2])
             first = [r for r in rows if r[0] in half]

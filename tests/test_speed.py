@@ -1,0 +1,80 @@
+"""Issue 16: the fast paths keep every guarantee (exact outcome per item, rows with it)."""
+
+import json
+
+import pytest
+
+CHECKED = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, n int CHECK (n > 0), v text)")
+
+@ingestkit.source(ingestkit.read_jsonl("data/rows.jsonl"), key="id")
+def process_row(record, db):
+    db.insert("t", record)
+"""
+
+
+def test_rejected_rows_are_pinned_in_every_chunk_as_the_shares_change(project):
+    """After a chunk with rejected rows, the next chunks of that table go straight
+    to the row-by-row loader; each rejected row still fails its own item, with
+    the server's message, and a clean chunk is written by COPY again."""
+    rows = []
+    for i in range(1, 41):
+        n = -i if i in (2, 3, 9, 14, 15, 16) else i  # chunks of 5: bad, bad, clean, bad...
+        v = "nul\x00here" if i == 17 else "ok"  # a value not even text can hold
+        rows.append({"id": i, "n": n, "v": v})
+    project.write("ingest_rows.py", CHECKED)
+    project.write("data/rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    result = project.run("--chunk-size", "5")
+    assert result.exit_code == 1
+    failed = {k: i for k, i in result.by_key().items() if i["status"] == "failed"}
+    assert sorted(failed, key=int) == ["2", "3", "9", "14", "15", "16", "17"], result.output
+    for key in ("2", "3", "9", "14", "15", "16"):
+        assert failed[key]["error_type"] == "CheckViolation", failed[key]
+        assert "t_n_check" in failed[key]["error_message"]
+    assert "0x00" in failed["17"]["error_message"] or "NUL" in failed["17"]["error_message"]
+    written = [r["id"] for r in project.query("SELECT id FROM t ORDER BY id")]
+    assert written == [i for i in range(1, 41) if str(i) not in failed]
+
+
+LOOKUPS = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db, lookup):
+    db.execute("CREATE TABLE IF NOT EXISTS dim (id serial PRIMARY KEY, code text UNIQUE)")
+    db.execute("CREATE TABLE IF NOT EXISTS fact (id int PRIMARY KEY, dim_id int)")
+    PRELOAD
+
+@ingestkit.source(ingestkit.read_jsonl("data/x.jsonl"), key="id")
+def process_fact(record, db, lookup):
+    db.insert("dim", {"code": record["id"] + "-first"})
+    assert lookup.get("dim", code=record["code"]) is None  # a miss, after a write to dim
+    WRITE
+    db.insert("fact", {"id": record["id"], "dim_id": lookup("dim", code=record["code"])})
+"""
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        'db.insert("dim", {"code": record["code"]})',
+        'lookup.get_or_create("dim", code=record["id"] + "-other"); '
+        'db.insert("dim", {"code": record["code"]})',
+    ],
+    ids=["insert", "get_or_create-then-insert"],
+)
+@pytest.mark.parametrize("preload", ["pass", 'lookup.preload("dim", "code")'])
+def test_a_second_write_to_a_table_forgets_a_miss_cached_since_the_first(
+    project, write, preload
+):
+    project.write(
+        "ingest_x.py", LOOKUPS.replace("PRELOAD", preload).replace("WRITE", write)
+    )
+    project.write("data/x.jsonl", '{"id": "1", "code": "a"}\n{"id": "2", "code": "b"}\n')
+    result = project.run()
+    assert result.statuses() == {"1": "succeeded", "2": "succeeded"}, result.output
+    assert project.scalar("SELECT count(*) FROM fact WHERE dim_id IS NOT NULL") == 2
