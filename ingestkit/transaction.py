@@ -567,6 +567,9 @@ class Transaction:
             if not row:
                 raise ValueError("db.upsert got an empty row")
             self._rows.append((owner, (table, tuple(row), conflict), tuple(row.values())))
+        self._row_tables.add(table)  # a read of the table writes them first, as inserts
+        if self.listeners:
+            self._wrote(owner, {table})
 
     @_critical
     def discard(self, owner: Any) -> None:

@@ -68,13 +68,33 @@ def process_fact(record, db, lookup):
     ids=["insert", "get_or_create-then-insert"],
 )
 @pytest.mark.parametrize("preload", ["pass", 'lookup.preload("dim", "code")'])
-def test_a_second_write_to_a_table_forgets_a_miss_cached_since_the_first(
-    project, write, preload
-):
-    project.write(
-        "ingest_x.py", LOOKUPS.replace("PRELOAD", preload).replace("WRITE", write)
-    )
+def test_a_second_write_to_a_table_forgets_a_miss_cached_since_the_first(project, write, preload):
+    project.write("ingest_x.py", LOOKUPS.replace("PRELOAD", preload).replace("WRITE", write))
     project.write("data/x.jsonl", '{"id": "1", "code": "a"}\n{"id": "2", "code": "b"}\n')
+    result = project.run()
+    assert result.statuses() == {"1": "succeeded", "2": "succeeded"}, result.output
+    assert project.scalar("SELECT count(*) FROM fact WHERE dim_id IS NOT NULL") == 2
+
+
+def test_a_lookup_sees_the_row_its_item_upserted_just_before(project):
+    """db.upsert is buffered as db.insert is: a lookup of that table writes it first."""
+    project.write(
+        "ingest_x.py",
+        """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS dim (id serial PRIMARY KEY, code text UNIQUE)")
+    db.execute("CREATE TABLE IF NOT EXISTS fact (id int PRIMARY KEY, dim_id int)")
+
+@ingestkit.source([{"id": 1, "code": "a"}, {"id": 2, "code": "b"}], key="id")
+def process_x(record, db, lookup):
+    assert lookup.get("dim", code=record["code"]) is None
+    db.upsert("dim", {"code": record["code"]}, conflict=("code",))
+    db.insert("fact", {"id": record["id"], "dim_id": lookup("dim", code=record["code"])})
+""",
+    )
     result = project.run()
     assert result.statuses() == {"1": "succeeded", "2": "succeeded"}, result.output
     assert project.scalar("SELECT count(*) FROM fact WHERE dim_id IS NOT NULL") == 2
