@@ -13,10 +13,15 @@ from typing import Any
 from psycopg2 import sql
 
 from .outcomes import LookupMissing
+from .queries import q
 from .transaction import Listener, Transaction, bare_name, table_identifier
 
 _MISSING = object()
 _NOTHING: frozenset[str] = frozenset()
+#: After this many values of one column of a table were queried, the table is
+#: loaded whole when that is exact and small (see Lookup._auto_preload).
+AUTO_PRELOAD_AFTER = 32
+AUTO_PRELOAD_ROWS = 100_000
 
 
 def _cache_key(table: str, returning: str, match: dict) -> tuple:
@@ -48,6 +53,9 @@ class Lookup(Listener):
         #: in this chunk: owner -> tables (as named) whose writes were taken into account
         self._settled: dict[Any, frozenset[str]] = {}
         self._creating = False  # get_or_create's own INSERT is under way
+        self._queried: dict[tuple[str, str, str], int] = {}  # values queried, per column
+        self._decided: set[tuple[str, str, str]] = set()  # loaded whole, or not to be
+        self._auto: set[tuple[str, str, str]] = set()  # loaded whole by _auto_preload
 
     def __call__(self, table: str, returning: str = "id", **match: Any) -> Any:
         value = self._value(table, returning, match)
@@ -71,10 +79,15 @@ class Lookup(Listener):
 
     def _fetch(self, table: str, returning: str, match: dict, key: tuple) -> Any:
         if len(match) == 1:
-            (column,) = match
-            if (table, column, returning) in self._preloaded:
+            ((column, wanted),) = match.items()
+            probe = (table, column, returning)
+            if probe in self._preloaded and (probe not in self._auto or type(wanted) is str):
                 self._remember(key, _MISSING)  # a preloaded dimension is complete
                 return _MISSING
+            if probe not in self._decided:
+                queried = self._queried[probe] = self._queried.get(probe, 0) + 1
+                if queried >= AUTO_PRELOAD_AFTER and self._auto_preload(probe):
+                    return self._value(table, returning, match)  # from the copy now
         statement = sql.SQL("SELECT {} FROM {} WHERE {} LIMIT 2").format(
             sql.Identifier(returning),
             table_identifier(table),
@@ -92,6 +105,40 @@ class Lookup(Listener):
         value = rows[0][0] if rows else _MISSING
         self._remember(key, value)
         return value
+
+    def _auto_preload(self, probe: tuple[str, str, str]) -> bool:
+        """Load the table whole, as ``preload`` does, when that gives the answers the
+        queries would: the column is unique by itself and compared as Python compares
+        strings (text or varchar, a deterministic collation; only ``str`` values are
+        answered from the copy), no row has a NULL ``returning``, the table has at
+        most AUTO_PRELOAD_ROWS rows, and nothing in this chunk wrote it (what the
+        copy holds is committed: a rollback leaves it true). After that, as after a
+        ``preload``, a write to the table makes its misses be asked again."""
+        table, column, returning = probe
+        name = bare_name(table)
+        if any(tables is None or name in tables for tables in self._writers.values()):
+            return False  # asked again at the next value
+        self._decided.add(probe)
+        oid = self._txn.table_oid(table)
+        if oid is None:
+            return False
+        found = self._txn.catalog(q("lookup-preloadable"), {"oid": oid, "column": column})
+        if not found or not found[0][0] or found[0][1] > AUTO_PRELOAD_ROWS:
+            return False
+        statement = sql.SQL("SELECT {0}, {1} FROM {2} WHERE {0} IS NOT NULL LIMIT %s").format(
+            sql.Identifier(column), sql.Identifier(returning), table_identifier(table)
+        )
+        cur = self._txn.execute(statement, (AUTO_PRELOAD_ROWS + 1,), reads_only=True, reads=table)
+        rows = cur.fetchall()
+        cur.close()
+        if len(rows) > AUTO_PRELOAD_ROWS or any(value is None for _, value in rows):
+            return False
+        for k, value in rows:
+            self._cache[_cache_key(table, returning, {column: k})] = value
+        self._preloaded.add(probe)
+        self._preloaded_names.add(name)
+        self._auto.add(probe)
+        return True
 
     def _remember(self, key: tuple, value: Any) -> None:
         self._cache[key] = value

@@ -986,6 +986,19 @@ class Transaction:
         rank = {t: i for i, t in enumerate(ordered)}
         return sorted(groups.items(), key=lambda kv: rank[kv[0][0]])
 
+    def table_oid(self, table: str) -> int | None:
+        """The oid of ``table`` (a ``db.insert``/``lookup`` name), None if there is none."""
+        return self._oid(table)
+
+    @_critical
+    def catalog(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows of a query of the system catalogs (which the items' data cannot
+        make fail): no flush, no savepoint."""
+        self.wait()
+        with self.conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
+
     def _oid(self, table: str) -> int | None:
         if table not in self._table_oids:
             self.wait()

@@ -2,6 +2,7 @@
 
 import json
 
+import psycopg2
 import pytest
 
 CHECKED = """
@@ -98,3 +99,73 @@ def process_x(record, db, lookup):
     result = project.run()
     assert result.statuses() == {"1": "succeeded", "2": "succeeded"}, result.output
     assert project.scalar("SELECT count(*) FROM fact WHERE dim_id IS NOT NULL") == 2
+
+
+AUTO = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS dim (id int PRIMARY KEY, code text UNIQUE, num int UNIQUE)"
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS fact (id int PRIMARY KEY, dim_id int)")
+    db.execute("INSERT INTO dim SELECT n, 'c' || n, n FROM generate_series(1, 60) n"
+               " WHERE NOT EXISTS (SELECT FROM dim)")
+
+@ingestkit.source(ingestkit.read_jsonl("data/x.jsonl"), key="id")
+def process_fact(record, db, lookup):
+    if "add" in record:
+        db.insert("dim", record["add"])
+    if "num" in record:
+        dim_id = lookup("dim", num=record["num"])
+    else:
+        dim_id = lookup("dim", code=record["code"])
+    db.insert("fact", {"id": record["id"], "dim_id": dim_id})
+"""
+
+
+def test_many_lazy_lookups_give_the_answers_of_one_query_each(project):
+    """Past a few dozen values, a small dimension with a unique text column is loaded
+    whole (issue 16); every answer stays the one its own query gives: hits, misses,
+    rows the batch adds, and a column whose values PostgreSQL casts (int)."""
+    records = [{"id": i, "code": f"c{i}" if i % 4 else f"zz{i}"} for i in range(1, 121)]
+    records.append({"id": 200, "code": "new", "add": {"id": 100, "code": "new", "num": 100}})
+    records.append({"id": 201, "code": "new"})
+    records += [{"id": 300 + n, "num": f"0{n}"} for n in range(1, 41)]  # '07' = 7 for an int
+    project.write("ingest_x.py", AUTO)
+    project.write("data/x.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+    def scans() -> int:
+        return project.scalar(
+            "SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relname = 'dim'"
+        )
+
+    result = project.run("--chunk-size", "50")
+    items = result.by_key()
+    for r in records:
+        key = str(r["id"])
+        code = r.get("code", "")
+        expected = (
+            "failed"
+            if code.startswith("zz") or (r["id"] <= 120 and int(code[1:]) > 60)
+            else "succeeded"
+        )
+        assert items[key]["status"] == expected, (r, items[key])
+        if expected == "failed":
+            assert items[key]["error_type"] == "LookupMissing"
+    facts = {r["id"]: r["dim_id"] for r in project.query("SELECT id, dim_id FROM fact")}
+    assert all(facts[i] == i for i in range(1, 61) if i % 4)
+    assert facts[200] == facts[201] == 100
+    assert all(facts[300 + n] == n for n in range(1, 41))
+    conn = psycopg2.connect(project.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM fact; DELETE FROM dim WHERE id = 100")
+    conn.close()
+    before = scans()
+    again = project.run("--reprocess", "--chunk-size", "50")
+    assert again.counts == result.counts
+    # 161 without the copy: 120 code values, 40 num values (never from a copy: an
+    # int column), and the fixture's own; with it, 32 code values, the copy, "new"
+    assert scans() - before < 100

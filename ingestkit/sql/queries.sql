@@ -529,3 +529,22 @@ SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.
 -- The batch's argv masked again: a credential became known after it was stored
 -- (a read_http made by a source callable).
 UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
+
+-- Speed (issue 16): lookups (lookup.py) -----------------------------------------
+
+-- name: lookup-preloadable
+-- Can lookups of one column be answered from a copy of the whole table, loaded
+-- once (Lookup._auto_preload)? The column is text or varchar with a deterministic
+-- collation (equal means the same string, as a Python dict compares keys), unique
+-- by itself (one row per value); and about how many rows the table has.
+SELECT a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+       AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co
+                     WHERE co.oid = a.attcollation), true)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid
+                     AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+                     AND i.indpred IS NULL AND i.indexprs IS NULL),
+       c.reltuples
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND a.attnum > 0
+  AND NOT a.attisdropped;
