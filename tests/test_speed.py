@@ -3,6 +3,7 @@
 import json
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 CHECKED = """
@@ -169,3 +170,39 @@ def test_many_lazy_lookups_give_the_answers_of_one_query_each(project):
     # 161 without the copy: 120 code values, 40 num values (never from a copy: an
     # int column), and the fixture's own; with it, 32 code values, the copy, "new"
     assert scans() - before < 100
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+def _with_note() -> Exception:
+    exc = ValueError("with a note")
+    exc.add_note("the note")
+    return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("x"),
+        ValueError(),
+        KeyError("k"),
+        _Unprintable("q"),
+        _with_note(),
+        SyntaxError("bad", ("f.py", 1, 2, "x = ")),
+        psycopg2.errors.CheckViolation("new row violates\nDETAIL:  x"),
+        ExceptionGroup("group", [ValueError(1)]),
+    ],
+    ids=repr,
+)
+def test_the_stored_exception_line_is_the_traceback_modules(exc):
+    import traceback
+
+    from ingestkit.outcomes import LookupMissing
+    from ingestkit.runner import _exception_line
+
+    assert _exception_line(exc) == "".join(traceback.format_exception_only(type(exc), exc))
+    missing = LookupMissing("dim", {"code": "a"})
+    assert _exception_line(missing) == "".join(traceback.format_exception_only(missing))
