@@ -536,8 +536,10 @@ UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
 -- Can lookups of one column be answered from a copy of the whole table, loaded
 -- once (Lookup._auto_preload)? The column is text or varchar with a deterministic
 -- collation (equal means the same string, as a Python dict compares keys), unique
--- by itself (one row per value); and about how many rows the table has.
+-- by itself (one row per value; an inheritance parent's index does not cover its
+-- children, a partitioned table's does); and about how many rows the table has.
 SELECT a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+       AND (c.relkind = 'p' OR NOT c.relhassubclass)
        AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co
                      WHERE co.oid = a.attcollation), true)
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
