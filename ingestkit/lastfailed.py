@@ -24,9 +24,9 @@ from .sources import Entry, Unreplayable, from_payload
 from .stash import StashKey
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
     from .config import Config
-    from .chunks import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")

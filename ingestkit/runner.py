@@ -175,7 +175,23 @@ def _trim_traceback(exc: BaseException) -> str:
         if len(_FRAMES) > 1000:
             _FRAMES.clear()
         _FRAMES[key] = frames
-    return frames + "".join(traceback.format_exception_only(type(exc), exc))
+    return frames + _exception_line(exc)
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``traceback.format_exception_only(exc)``, without building a TracebackException
+    in the usual case (no notes, not a SyntaxError): the same text."""
+    kind = type(exc)
+    if getattr(exc, "__notes__", None) is not None or issubclass(kind, SyntaxError):
+        return "".join(traceback.format_exception_only(kind, exc))
+    name, module = kind.__qualname__, kind.__module__
+    if module not in ("__main__", "builtins"):
+        name = f"{module}.{name}" if isinstance(module, str) else f"<unknown>.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        return "".join(traceback.format_exception_only(kind, exc))
+    return f"{name}: {text}\n" if text else f"{name}\n"
 
 
 def _message(exc: BaseException) -> str:

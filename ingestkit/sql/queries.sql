@@ -693,3 +693,24 @@ FROM ingestkit.items
 WHERE batch_id = %(batch_id)s AND log IS NOT NULL
 ORDER BY processor, finished_at
 LIMIT %(limit)s;
+
+-- Speed (issue 16): lookups (lookup.py) -----------------------------------------
+
+-- name: lookup-preloadable
+-- Can lookups of one column be answered from a copy of the whole table, loaded
+-- once (Lookup._auto_preload)? The column is text or varchar with a deterministic
+-- collation (equal means the same string, as a Python dict compares keys), unique
+-- by itself (one row per value; an inheritance parent's index does not cover its
+-- children, a partitioned table's does); and about how many rows the table has.
+SELECT a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+       AND (c.relkind = 'p' OR NOT c.relhassubclass)
+       AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co
+                     WHERE co.oid = a.attcollation), true)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid
+                     AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+                     AND i.indpred IS NULL AND i.indexprs IS NULL),
+       c.reltuples
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND a.attnum > 0
+  AND NOT a.attisdropped;
