@@ -11,11 +11,13 @@ A failed key that a full read of its source no longer yields is *retired*
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import psycopg2
 
 from .queries import q
 from .runner import MATCHED_KEYS
@@ -240,9 +242,16 @@ def _summarize_changes(terminalreporter: Any, config: Config) -> None:
         return
     if session.control.closed or session.role == "worker":
         return
-    with session.control.cursor() as cur:
-        cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
-        rows = cur.fetchall()
+    try:
+        with session.control.cursor() as cur:
+            cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
+            rows = cur.fetchall()
+    except psycopg2.Error as exc:  # a lock or a timeout: the summary says so, the batch stands
+        with contextlib.suppress(psycopg2.Error):
+            session.control.rollback()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        terminalreporter.write_line(f"(the changed records could not be read: {first})")
+        return
     shown: dict[str, int] = {}
     for processor, key, changes, n in rows:
         if processor not in shown:
