@@ -685,6 +685,7 @@ class Transaction:
     def _flush_protected(self, rows: list) -> list[tuple[Any, BaseException]]:
         if not rows:
             return []
+        self.wait()  # the chunk before may still be committing on this connection
         group = rows[0][1]
         if group in self._rejecting:
             # this table rejected rows in the chunk before: rather than a COPY

@@ -202,3 +202,36 @@ def test_idle_session_timeout_of_the_database_does_not_end_a_batch(project):
         "SELECT status, exit_code FROM ingestkit.batches ORDER BY started_at DESC LIMIT 1"
     )[0]
     assert batch == {"status": "finished", "exit_code": 0}
+
+
+REJECTING = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY CHECK (id % 7 <> 0))")
+
+@ingestkit.source(ingestkit.read_csv("data/x.csv"), key="id")
+def process_row(record, db):
+    db.insert("t", {"id": int(record["id"])})
+"""
+
+
+def test_rows_of_a_rejecting_table_wait_for_the_chunk_committing_before(project):
+    """A table that rejected rows in one chunk goes straight to the row-by-row
+    loader in the next: that loader must wait for the chunk still committing in the
+    background, or two threads talk on one connection (seen: a hang for good)."""
+    project.write("ingest_x.py", REJECTING)
+    project.write("data/x.csv", "id\n" + "".join(f"{i}\n" for i in range(1, 301)))
+    proc = project.spawn("--chunk-size", "10")
+    wait_for_rows(project, 20)
+    locker = lock_items_meanwhile(project, 1.0)  # the next commits are slow
+    out, _ = proc.communicate(timeout=120)
+    locker.join()
+    assert proc.returncode == 1, out
+    failed = {
+        int(r["key"])
+        for r in project.query("SELECT key FROM ingestkit.items WHERE status = 'failed'")
+    }
+    assert failed == set(range(7, 301, 7)), out
+    assert_exactly_once(project)
