@@ -296,7 +296,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
     def first_url(self) -> str:
         return with_params(self.url, self.params)
 
-    def resolve(self, base: Path | None = None) -> str:  # type: ignore[override]
+    def resolve(self, base: Path | None = None) -> str:  # type: ignore[override]  # a URL, not a Path
         """The first page's URL, as shown (credentials masked)."""
         return shown_url(self.first_url)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -36,18 +37,41 @@ class FixtureLookupError(LookupError):
     """A processor or fixture requested a fixture that does not exist."""
 
 
-class TeardownErrors(ExceptionGroup):
+class TeardownErrors(ExceptionGroup[Exception]):
     """Several finalizers of one item raised; all of them are reported, as in pytest."""
 
     def __str__(self) -> str:
-        parts = "; ".join(f"{type(e).__name__}: {e}" for e in self.exceptions)
+        parts = "; ".join(f"{type(_unwrapped(e)).__name__}: {e}" for e in self.exceptions)
         return f"{len(self.exceptions)} errors while tearing down fixtures: {parts}"
 
-    def __new__(cls, errors: list[Exception]) -> TeardownErrors:  # noqa: D102
-        return super().__new__(cls, "errors while tearing down fixtures", errors)
+    def __new__(cls, errors: Sequence[BaseException]) -> TeardownErrors:  # noqa: D102
+        return super().__new__(cls, "errors while tearing down fixtures", _members(errors))
 
-    def __init__(self, errors: list[Exception]) -> None:
-        super().__init__("errors while tearing down fixtures", errors)
+    def __init__(self, errors: Sequence[BaseException]) -> None:
+        super().__init__("errors while tearing down fixtures", _members(errors))
+
+
+class TeardownExit(Exception):
+    """A finalizer's ``sys.exit()`` among other teardown errors: an ExceptionGroup
+    holds no SystemExit, so this carries it (as its ``__cause__``)."""
+
+
+def _members(errors: Sequence[BaseException]) -> list[Exception]:
+    members: list[Exception] = []
+    for error in errors:
+        if isinstance(error, Exception):
+            members.append(error)
+        else:
+            wrapper = TeardownExit(str(error))
+            wrapper.__cause__ = error
+            members.append(wrapper)
+    return members
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    if isinstance(error, TeardownExit) and error.__cause__ is not None:
+        return error.__cause__
+    return error
 
 
 class ScopeMismatch(Exception):

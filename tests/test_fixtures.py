@@ -962,6 +962,49 @@ def test_item_fixture_teardown_raising_is_an_error(project, events):
     assert sorted(r["id"] for r in project.query("SELECT id FROM t")) == [1, 3]
 
 
+def test_sys_exit_among_several_failing_teardowns_is_an_error_of_the_item(project):
+    # SystemExit is no Exception: the group of teardown errors once refused to
+    # hold it, and the run ended in an INTERNAL ERROR with nothing recorded
+    project.query("CREATE TABLE t (id int)")
+    project.write(
+        "ingest_td.py",
+        """
+        import sys
+
+        import ingestkit
+
+
+        @ingestkit.fixture
+        def first():
+            yield
+            raise ValueError("first broke")
+
+
+        @ingestkit.fixture
+        def second(record):
+            yield
+            if record["id"] == 2:
+                sys.exit(3)
+
+
+        @ingestkit.source([{"id": 1}, {"id": 2}, {"id": 3}], key="id")
+        def process_td(record, first, second, db):
+            db.insert("t", {"id": record["id"]})
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1, ok(result)
+    assert "INTERNAL ERROR" not in result.output
+    assert result.statuses() == {"1": "error", "2": "error", "3": "error"}
+    two = result.by_key()["2"]
+    assert two["error_type"] == "TeardownErrors"
+    assert two["error_message"] == (
+        "2 errors while tearing down fixtures: SystemExit: 3; ValueError: first broke"
+    )
+    assert result.by_key()["1"]["error_message"] == "first broke"
+    assert project.query("SELECT id FROM t") == []
+
+
 def test_wider_fixture_teardown_raising_is_reported_and_fails_the_batch(project):
     project.write(
         "ingest_td.py",
