@@ -528,21 +528,22 @@ class Runner:
                 chunk.reports.append(self._duplicate(item))
                 continue
             past = history.get(item.key)
-            if past is not None:
-                if (
-                    past.succeeded_hash == item.content_hash
-                    and not self.reprocess
-                    and item.entry_error is None
-                ):
-                    chunk.unchanged += 1
-                    if past.status != "succeeded":  # content went back to what succeeded
-                        chunk.restored.append(item.key)
-                    continue
-                if past.status in ("failed", "error") and item.attempt == 1:
-                    item.attempt = past.attempt + 1
-                    item.previous_error = past.error_message
-            to_run.append(item)
+            if past is None or self._runs_again(chunk, item, past):
+                to_run.append(item)
         return to_run
+
+    def _runs_again(self, chunk: Chunk, item: Item, past: Any) -> bool:
+        """Whether an item with a recorded outcome runs; it is unchanged otherwise."""
+        same = past.succeeded_hash == item.content_hash and item.entry_error is None
+        if same and not self.reprocess:
+            chunk.unchanged += 1
+            if past.status != "succeeded":  # content went back to what succeeded
+                chunk.restored.append(item.key)
+            return False
+        if past.status in ("failed", "error") and item.attempt == 1:
+            item.attempt = past.attempt + 1
+            item.previous_error = past.error_message
+        return True
 
     def _duplicate(self, item: Item) -> ItemReport:
         report = self._report(item, "failed", None, 0.0)
