@@ -43,19 +43,13 @@ BUILTIN_PLUGINS = (
     "workers",
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
-#: The built-in plugins a worker of a shared batch loads: its leader keeps the
+#: The built-in plugins a worker of a shared batch does without: its leader keeps the
 #: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
-WORKER_PLUGINS = (
-    "session",
-    "collection",
-    "builtin",
-    "state",
-    "http",
-    "runner",
-    "recorder",
-    "terminal",
-    "workers",
+LEADER_ONLY = frozenset(
+    {"batches", "keyword", "lastfailed", "junitxml", "lookback", "prune", "html"}
 )
+#: The built-in plugins a worker loads.
+WORKER_PLUGINS = tuple(name for name in BUILTIN_PLUGINS if name not in LEADER_ONLY)
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {
