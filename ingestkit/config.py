@@ -11,6 +11,7 @@ import os
 import shlex
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +47,13 @@ BUILTIN_PLUGINS = (
     "notify",
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
-#: The built-in plugins a worker of a shared batch loads: its leader keeps the
+#: The built-in plugins a worker of a shared batch does without: its leader keeps the
 #: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
-WORKER_PLUGINS = (
-    "session",
-    "collection",
-    "builtin",
-    "state",
-    "http",
-    "runner",
-    "recorder",
-    "terminal",
-    "workers",
+LEADER_ONLY = frozenset(
+    {"batches", "keyword", "lastfailed", "junitxml", "lookback", "forget", "prune", "html", "notify"}
 )
+#: The built-in plugins a worker loads.
+WORKER_PLUGINS = tuple(name for name in BUILTIN_PLUGINS if name not in LEADER_ONLY)
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {
@@ -122,17 +117,9 @@ def validate_inicfg(
     }
     for name, value in inicfg.items():
         kind, example = CONFIG_TYPES.get(name, ("", ""))
-        problem = None
-        is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if kind == "str" and not isinstance(value, str):
-            problem = "is not a string"
-        elif kind == "list":
-            if isinstance(value, str):
-                values[name] = [value]
-            elif not is_list:
-                problem = "is not a list of strings"
-        elif kind == "str or list" and not (isinstance(value, str) or is_list):
-            problem = "is not a string or a list of strings"
+        if kind == "list" and isinstance(value, str):
+            values[name] = [value]
+        problem = _type_problem(kind, value)
         if problem is None and name in choices and value not in choices[name]:
             allowed = ", ".join(_toml(c) for c in choices[name])
             default = DEFAULTS.get(name)
@@ -144,6 +131,30 @@ def validate_inicfg(
                 f"write e.g. {name} = {example}"
             )
     return values
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: For each kind of config value (CONFIG_TYPES): whether a value is of it, and what
+#: the message says when not. A single string is a list of one.
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "is not a string"),
+    "list": (lambda v: isinstance(v, str) or _strings(v), "is not a list of strings"),
+    "str or list": (
+        lambda v: isinstance(v, str) or _strings(v),
+        "is not a string or a list of strings",
+    ),
+}
+
+
+def _type_problem(kind: str, value: Any) -> str | None:
+    """What is wrong with the type of a config value of ``kind``, or None."""
+    check = _KINDS.get(kind)
+    if check is None or check[0](value):
+        return None
+    return check[1]
 
 
 #: Option groups of ``--help``, in this order (pytest's ``parser.getgroup``).

@@ -583,21 +583,22 @@ class Runner:
                 chunk.reports.append(self._duplicate(item))
                 continue
             past = history.get(item.key)
-            if past is not None:
-                if (
-                    past.succeeded_hash == item.content_hash
-                    and not self.reprocess
-                    and item.entry_error is None
-                ):
-                    chunk.unchanged += 1
-                    if past.status != "succeeded":  # content went back to what succeeded
-                        chunk.restored.append(item.key)
-                    continue
-                if past.status in ("failed", "error") and item.attempt == 1:
-                    item.attempt = past.attempt + 1
-                    item.previous_error = past.error_message
-            to_run.append(item)
+            if past is None or self._runs_again(chunk, item, past):
+                to_run.append(item)
         return to_run
+
+    def _runs_again(self, chunk: Chunk, item: Item, past: Any) -> bool:
+        """Whether an item with a recorded outcome runs; it is unchanged otherwise."""
+        same = past.succeeded_hash == item.content_hash and item.entry_error is None
+        if same and not self.reprocess:
+            chunk.unchanged += 1
+            if past.status != "succeeded":  # content went back to what succeeded
+                chunk.restored.append(item.key)
+            return False
+        if past.status in ("failed", "error") and item.attempt == 1:
+            item.attempt = past.attempt + 1
+            item.previous_error = past.error_message
+        return True
 
     def _duplicate(self, item: Item) -> ItemReport:
         report = self._report(item, "failed", None, 0.0)
@@ -788,33 +789,55 @@ class Runner:
         txn.owner = item
         self.capture.handler.start()
         started = time.perf_counter()
-        status, exc = "succeeded", None
-        if item.entry_error is not None:
-            status, exc = "error", RecordError(item.entry_error)
-        elif plan.setup_error is not None:
-            skipped = isinstance(plan.setup_error, Skipped)  # a wider fixture's ingestkit.skip()
-            status, exc = "skipped" if skipped else "error", plan.setup_error
-        elif plan.model is not None and not _convert(item, plan.model):
-            status, exc = "error", item.value
-        else:
-            if self.item_timeout:
-                self.session.timing_item = True
-                signal.setitimer(signal.ITIMER_REAL, self.item_timeout)
-            try:
-                status, exc = self._call(item, plan)
-                if plan.model is not None:  # the typed record was the processor's: free it
-                    item.value = None
-            except ItemTimeout as e:  # it went off between two of ingestkit's own steps
-                status, exc = "failed", e
-            finally:
-                if self.item_timeout:
-                    self.session.timing_item = False
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+        status, exc = self._outcome(item, plan)
         if txn.ended_by is not None and txn.ended_by is not item:
             item.report = None  # it found a neighbour's doing: it runs again (_run_again)
             txn.owner = None
             self.capture.handler.stop()
             return
+        status, exc = self._settle(item, status, exc)
+        txn.owner = None
+        log = self.capture.handler.stop()
+        report = self._report(item, status, exc, (time.perf_counter() - started) * 1000.0)
+        report.log = log
+        if active["ingestkit_runtest_makereport"]:
+            self.ihook.ingestkit_runtest_makereport(item=item, report=report)
+        item.report = report
+
+    def _outcome(self, item: Item, plan: Plan) -> tuple[str, BaseException | None]:
+        """The item's status and exception: from its record, its fixtures, or its call."""
+        if item.entry_error is not None:
+            return "error", RecordError(item.entry_error)
+        if plan.setup_error is not None:
+            skipped = isinstance(plan.setup_error, Skipped)  # a wider fixture's ingestkit.skip()
+            return "skipped" if skipped else "error", plan.setup_error
+        if plan.model is not None and not _convert(item, plan.model):
+            return "error", item.value
+        return self._timed_call(item, plan)
+
+    def _timed_call(self, item: Item, plan: Plan) -> tuple[str, BaseException | None]:
+        """:meth:`_call`, bounded by --item-timeout."""
+        if self.item_timeout:
+            self.session.timing_item = True
+            signal.setitimer(signal.ITIMER_REAL, self.item_timeout)
+        try:
+            status, exc = self._call(item, plan)
+            if plan.model is not None:  # the typed record was the processor's: free it
+                item.value = None
+        except ItemTimeout as e:  # it went off between two of ingestkit's own steps
+            status, exc = "failed", e
+        finally:
+            if self.item_timeout:
+                self.session.timing_item = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        return status, exc
+
+    def _settle(
+        self, item: Item, status: str, exc: BaseException | None
+    ) -> tuple[str, BaseException | None]:
+        """The status once the transaction had its say: a lost transaction, a failed
+        statement or the item's end fail it; a failed item's writes are discarded."""
+        txn = self.txn
         if (item.has_statements or txn.ended_by is item) and txn.lost_by(item, item.uses_raw):
             if not isinstance(exc, TransactionEnded):
                 exc = TransactionEnded()
@@ -830,13 +853,7 @@ class Runner:
                 status, exc = "failed", e
         if status != "succeeded":
             txn.discard(item)
-        txn.owner = None
-        log = self.capture.handler.stop()
-        report = self._report(item, status, exc, (time.perf_counter() - started) * 1000.0)
-        report.log = log
-        if active["ingestkit_runtest_makereport"]:
-            self.ihook.ingestkit_runtest_makereport(item=item, report=report)
-        item.report = report
+        return status, exc
 
     def _report(
         self, item: Item, status: str, exc: BaseException | None, duration_ms: float

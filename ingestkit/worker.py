@@ -100,14 +100,7 @@ def join(session: Session, prefix: str) -> Queue:
     state = queue.state()
     if state is None:
         raise UsageError(f"the batch {prefix!r} has no queue: it was not started with -n")
-    have = {p.nodeid for p in session.processors}
-    missing = [nodeid for nodeid in state.options.get("processors", ()) if nodeid not in have]
-    if missing:
-        raise UsageError(
-            f"this worker has no processor {missing[0]}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + ": start it in the leader's folder, with the leader's paths"
-        )
+    _check_processors(session, state.options.get("processors", ()))
     option = session.config.option
     txn = session.txn
     assert txn is not None, "a worker joins with the database open"
@@ -120,6 +113,18 @@ def join(session: Session, prefix: str) -> Queue:
         txn.bound_statements(option.item_timeout)
     queue.join(lock_key)
     return queue
+
+
+def _check_processors(session: Session, wanted: list[str]) -> None:
+    """A worker must have every processor of the batch it joins."""
+    have = {p.nodeid for p in session.processors}
+    missing = [nodeid for nodeid in wanted if nodeid not in have]
+    if missing:
+        raise UsageError(
+            f"this worker has no processor {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + ": start it in the leader's folder, with the leader's paths"
+        )
 
 
 class Worker:
