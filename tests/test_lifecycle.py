@@ -91,6 +91,11 @@ def test_changed_records_are_summarized_and_traced(project):
     assert 'w: "99" → "100"' in trace.output
     as_json = json.loads(project.run("--trace", f"{NODE}[1]", "--json").output)
     assert as_json[-1]["changes"] == {"w": ["99", "100"]}
+    # --reprocess runs the same records again: the kept records stay, unchanged
+    assert project.run("--reprocess").counts == {"succeeded": 3}
+    kept = project.query("SELECT key, record FROM ingestkit.latest ORDER BY key")
+    assert [r["record"]["w"] for r in kept] == ["100", "20", "30"]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE changes IS NOT NULL") == 1
 
 
 def test_store_payloads_failed_keeps_no_succeeded_record(project):
