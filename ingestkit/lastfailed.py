@@ -278,7 +278,7 @@ def ingestkit_collection_modifyitems(
         session.notes.append(
             f"--lf: {nodeid} has failed items but no longer exists; they are not rerun"
         )
-    processors[:] = [p for p in processors if p.nodeid in failed]
+    processors[:] = [p for p in processors if p.nodeid in failed and _has_failed_keys(p, session)]
     if not processors:
         session.nothing_to_rerun = True
         outside = len(failed - selected) - len(gone)
@@ -288,6 +288,16 @@ def ingestkit_collection_modifyitems(
                 f"--lf: {outside} processor{plural} failed items outside this selection;"
                 " they are not rerun"
             )
+
+
+def _has_failed_keys(processor: Processor, session: Session) -> bool:
+    """Whether a processor narrowed to keys (node ids) has a failure among them."""
+    if processor.selected_keys is None:
+        return True
+    with session.control.cursor() as cur:
+        params = {"processor": processor.nodeid, "keys": sorted(processor.selected_keys)}
+        cur.execute(q("failed-among-keys"), params)
+        return bool(cur.fetchone()[0])
 
 
 def _gone(nodeid: str, processors: list[Processor], config: Config) -> bool:

@@ -364,3 +364,15 @@ def test_the_incident_is_resolved_in_four_commands_and_nothing_changes_silently(
         )
         == 0
     )
+
+
+def test_lf_on_node_ids_with_nothing_to_rerun_says_so_and_exits_0(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    project.run()
+    ok_key = project.run("--lf", f"{NODE}[1]")
+    assert ok_key.exit_code == 0
+    assert "nothing to rerun" in ok_key.output
+    assert project.scalar("SELECT count(*) FROM ingestkit.batches") == 1  # no batch ran
+    assert "nothing to rerun" in project.run("--lf", "-k", "nomatch").output
+    assert [i["key"] for i in project.run("--lf", f"{NODE}[2]").items] == ["2"]

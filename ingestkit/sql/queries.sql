@@ -637,3 +637,11 @@ GROUP BY processor ORDER BY processor;
 SELECT status, attempt, retired_batch, record, payload
 FROM ingestkit.latest
 WHERE processor = %(processor)s AND key = %(key)s;
+
+-- name: failed-among-keys
+-- --lf with node ids: does one of these keys have a failure to rerun?
+SELECT EXISTS (
+    SELECT 1 FROM ingestkit.latest
+    WHERE processor = %(processor)s AND key = ANY(%(keys)s) AND status IN ('failed', 'error')
+      AND retired_batch IS NULL
+);
