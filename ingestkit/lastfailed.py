@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+import psycopg2
 
 from .queries import q
 from .sources import Entry, Unreplayable, from_payload
@@ -187,9 +188,14 @@ def retired(config: Config) -> dict[str, list[str]]:
 
 def retire_gone(session: Session, nodeid: str) -> None:
     """Retire the failed keys of ``nodeid`` that got no outcome in this batch."""
-    with session.control.cursor() as cur:
-        cur.execute(q("retire-gone"), {"processor": nodeid, "batch_id": session.batch.id})
-        keys = sorted(row[0] for row in cur.fetchall())
+    try:
+        with session.control.cursor() as cur:
+            cur.execute(q("retire-gone"), {"processor": nodeid, "batch_id": session.batch.id})
+            keys = sorted(row[0] for row in cur.fetchall())
+    except psycopg2.Error:  # e.g. a statement_timeout on a busy table: a later full read retires
+        if session.control.closed:
+            raise
+        return
     if keys:
         retired(session.config)[nodeid] = keys
 
@@ -228,11 +234,16 @@ def _summarize_changes(terminalreporter: Any, config: Config) -> None:
     session = getattr(config, "session", None)
     if session is None or session.batch.dry_run or session.control is None:
         return
-    if session.control.closed or session.role == "worker":
+    if session.control.closed or session.role == "worker" or session.fatal:
         return
-    with session.control.cursor() as cur:
-        cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
-        rows = cur.fetchall()
+    try:
+        with session.control.cursor() as cur:
+            cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
+            rows = cur.fetchall()
+    except psycopg2.Error as exc:  # the summary goes on without it (a lock, a timeout)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        terminalreporter.write_line(f"(changed records not shown: {first})")
+        return
     shown: dict[str, int] = {}
     for processor, key, changes, n in rows:
         if processor not in shown:
