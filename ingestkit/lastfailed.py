@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import psycopg2
 
+from .fixtures import argnames_of
 from .queries import q
 from .sources import Entry, Unreplayable, from_payload
 
@@ -166,13 +167,25 @@ def _full_read(processor: Processor, session: Session) -> bool:
     not narrowed to keys, fed from stored records (``--lf``/``--ff``), stopped, or rolled back."""
     option = session.config.option
     return not (
-        processor.selected_keys is not None
+        _incremental(processor)
+        or processor.selected_keys is not None
         or option.last_failed
         or option.failed_first
         or session.batch.dry_run
         or session.shouldstop
         or session.interrupted
     )
+
+
+def _incremental(processor: Processor) -> bool:
+    """A source factory that takes ``state`` yields what is new, not every record."""
+    src = processor.source.src if processor.source is not None else None
+    if not callable(src) or hasattr(src, "__iter__") or hasattr(src, "entries"):
+        return False
+    try:
+        return "state" in argnames_of(src)
+    except (TypeError, ValueError):
+        return True  # cannot tell: do not retire
 
 
 def _retiring(session: Session) -> list[str]:

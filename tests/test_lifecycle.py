@@ -376,3 +376,30 @@ def test_lf_on_node_ids_with_nothing_to_rerun_says_so_and_exits_0(project):
     assert project.scalar("SELECT count(*) FROM ingestkit.batches") == 1  # no batch ran
     assert "nothing to rerun" in project.run("--lf", "-k", "nomatch").output
     assert [i["key"] for i in project.run("--lf", f"{NODE}[2]").items] == ["2"]
+
+
+def test_an_incremental_source_retires_nothing(project):
+    """A source that takes ``state`` yields what is new: old failures are not gone."""
+    project.write("data.json", json.dumps([{"id": i} for i in range(1, 6)]))
+    project.write(
+        "ingest_inc.py",
+        """
+        import json, pathlib
+        import ingestkit
+
+        def new_rows(state):
+            since = state.get("last_id", 0)
+            rows = json.loads((pathlib.Path(__file__).parent / "data.json").read_text())
+            return [r for r in rows if r["id"] > since]
+
+        @ingestkit.source(new_rows, key="id")
+        def process_inc(record, state):
+            state["last_id"] = max(state.get("last_id", 0), record["id"])
+            if record["id"] == 3:
+                raise ValueError("three")
+        """,
+    )
+    assert project.run().statuses()["3"] == "failed"
+    project.write("data.json", json.dumps([{"id": i} for i in range(1, 8)]))
+    assert project.run().statuses() == {"6": "succeeded", "7": "succeeded"}
+    assert latest(project)["3"] == ("failed", False)
