@@ -11,7 +11,6 @@ A failed key that a full read of its source no longer yields is *retired*
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import psycopg2
 
+from .fixtures import argnames_of
 from .queries import q
 from .runner import MATCHED_KEYS
 from .session import NOTHING_TO_RUN
@@ -177,13 +177,25 @@ def _full_read(processor: Processor, session: Session) -> bool:
     not narrowed to keys, fed from stored records (``--lf``/``--ff``), stopped, or rolled back."""
     option = session.config.option
     return not (
-        processor.selected_keys is not None
+        _incremental(processor)
+        or processor.selected_keys is not None
         or option.last_failed
         or option.failed_first
         or session.batch.dry_run
         or session.shouldstop
         or session.interrupted
     )
+
+
+def _incremental(processor: Processor) -> bool:
+    """A source factory that takes ``state`` yields what is new, not every record."""
+    src = processor.source.src if processor.source is not None else None
+    if not callable(src) or hasattr(src, "__iter__") or hasattr(src, "entries"):
+        return False
+    try:
+        return "state" in argnames_of(src)
+    except (TypeError, ValueError):
+        return True  # cannot tell: do not retire
 
 
 def _retiring(session: Session) -> list[str]:
@@ -199,9 +211,14 @@ def retired(config: Config) -> dict[str, list[str]]:
 
 def retire_gone(session: Session, nodeid: str) -> None:
     """Retire the failed keys of ``nodeid`` that got no outcome in this batch."""
-    with session.control.cursor() as cur:
-        cur.execute(q("retire-gone"), {"processor": nodeid, "batch_id": session.batch.id})
-        keys = sorted(row[0] for row in cur.fetchall())
+    try:
+        with session.control.cursor() as cur:
+            cur.execute(q("retire-gone"), {"processor": nodeid, "batch_id": session.batch.id})
+            keys = sorted(row[0] for row in cur.fetchall())
+    except psycopg2.Error:  # e.g. a statement_timeout on a busy table: a later full read retires
+        if session.control.closed:
+            raise
+        return
     if keys:
         retired(session.config)[nodeid] = keys
 
@@ -240,17 +257,15 @@ def _summarize_changes(terminalreporter: Any, config: Config) -> None:
     session = getattr(config, "session", None)
     if session is None or session.batch.dry_run or session.control is None:
         return
-    if session.control.closed or session.role == "worker":
+    if session.control.closed or session.role == "worker" or session.fatal:
         return
     try:
         with session.control.cursor() as cur:
             cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
             rows = cur.fetchall()
-    except psycopg2.Error as exc:  # a lock or a timeout: the summary says so, the batch stands
-        with contextlib.suppress(psycopg2.Error):
-            session.control.rollback()
+    except psycopg2.Error as exc:  # the summary goes on without it (a lock, a timeout)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        terminalreporter.write_line(f"(the changed records could not be read: {first})")
+        terminalreporter.write_line(f"(changed records not shown: {first})")
         return
     shown: dict[str, int] = {}
     for processor, key, changes, n in rows:
@@ -297,7 +312,7 @@ def ingestkit_collection_modifyitems(
         session.notes.append(
             f"--lf: {nodeid} has failed items but no longer exists; they are not rerun"
         )
-    processors[:] = [p for p in processors if p.nodeid in failed]
+    processors[:] = [p for p in processors if p.nodeid in failed and _has_failed_keys(p, session)]
     if not processors:
         session.config.stash[NOTHING_TO_RUN] = (
             "nothing to rerun (--lf): no selected item's latest outcome is failed or error"
@@ -309,6 +324,16 @@ def ingestkit_collection_modifyitems(
                 f"--lf: {outside} processor{plural} failed items outside this selection;"
                 " they are not rerun"
             )
+
+
+def _has_failed_keys(processor: Processor, session: Session) -> bool:
+    """Whether a processor narrowed to keys (node ids) has a failure among them."""
+    if processor.selected_keys is None:
+        return True
+    with session.control.cursor() as cur:
+        params = {"processor": processor.nodeid, "keys": sorted(processor.selected_keys)}
+        cur.execute(q("failed-among-keys"), params)
+        return bool(cur.fetchone()[0])
 
 
 def _gone(nodeid: str, processors: list[Processor], config: Config) -> bool:

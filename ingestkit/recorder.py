@@ -103,14 +103,16 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
     plain = []
     escaped: dict[str, str] = {}
     for seq, r in enumerate(reports):
-        if r.error_type is None and r.log is None and r.payload is None and r.location is None:
+        if r.error_type is None and r.log is None and r.location is None:
+            # a plain success (with its record, store_payloads = latest): no per-field work
             proc = escaped.get(r.processor)
             if proc is None:
                 proc = escaped[r.processor] = copy_field(r.processor)
+            payload = NULL if r.payload is None else copy_field(r.payload)
             lines.append(
                 f"{seq}\t{proc}\t{copy_field(r.key)}\t{r.status}\t{r.attempt}\t"
                 f"{r.content_hash or NULL}\t{r.duration_ms!r}\t{NULL}\t{NULL}\t{NULL}\t{NULL}\t"
-                f"{NULL}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\n"
+                f"{payload}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\n"
             )
         else:
             plain.append(

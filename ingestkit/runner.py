@@ -87,6 +87,7 @@ class Item:
         "ended_transaction",
         "report",
         "value",
+        "record_kept",
     )
 
     def __init__(self, processor: Processor, record: Any, location: str) -> None:
@@ -107,6 +108,7 @@ class Item:
         self.ended_transaction = False  # its own COMMIT or ROLLBACK ended the chunk's
         self.report: ItemReport | None = None
         self.value: Any = record  # what the processor's ``record`` gets (a typed record)
+        self.record_kept = False  # ingestkit.latest holds this very record already
 
     def __repr__(self) -> str:
         return f"<Item {self.nodeid}>"
@@ -262,6 +264,7 @@ class Runner:
         self.reprocess = option.reprocess
         # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
         self.store_all = self.config.get("store_payloads", "latest") != "failed"
+        self.latest_only = self.config.get("store_payloads", "latest") == "latest"
         self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
             MATCHED_KEYS, set()
         )
@@ -595,6 +598,7 @@ class Runner:
             if past.status != "succeeded":  # content went back to what succeeded
                 chunk.restored.append(item.key)
             return False
+        item.record_kept = past.succeeded_hash == item.content_hash
         if past.status in ("failed", "error") and item.attempt == 1:
             item.attempt = past.attempt + 1
             item.previous_error = past.error_message
@@ -867,7 +871,9 @@ class Runner:
             duration_ms,
             finished_epoch=time.time(),
         )
-        if status in ("failed", "error") or self.store_all:
+        if status in ("failed", "error") or (
+            self.store_all and not (item.record_kept and status == "succeeded" and self.latest_only)
+        ):
             payload = None
             if item.record is not None or item.processor.source is not None:
                 payload = to_payload(item.record)  # lossless: --lf gets the record back

@@ -91,6 +91,11 @@ def test_changed_records_are_summarized_and_traced(project):
     assert 'w: "99" → "100"' in trace.output
     as_json = json.loads(project.run("--trace", f"{NODE}[1]", "--json").output)
     assert as_json[-1]["changes"] == {"w": ["99", "100"]}
+    # --reprocess runs the same records again: the kept records stay, unchanged
+    assert project.run("--reprocess").counts == {"succeeded": 3}
+    kept = project.query("SELECT key, record FROM ingestkit.latest ORDER BY key")
+    assert [r["record"]["w"] for r in kept] == ["100", "20", "30"]
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE changes IS NOT NULL") == 1
 
 
 def test_store_payloads_failed_keeps_no_succeeded_record(project):
@@ -359,3 +364,42 @@ def test_the_incident_is_resolved_in_four_commands_and_nothing_changes_silently(
         )
         == 0
     )
+
+
+def test_lf_on_node_ids_with_nothing_to_rerun_says_so_and_exits_0(project):
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 10), (2, "x")])
+    project.run()
+    ok_key = project.run("--lf", f"{NODE}[1]")
+    assert ok_key.exit_code == 0
+    assert "nothing to rerun" in ok_key.output
+    assert project.scalar("SELECT count(*) FROM ingestkit.batches") == 1  # no batch ran
+    assert "nothing to rerun" in project.run("--lf", "-k", "nomatch").output
+    assert [i["key"] for i in project.run("--lf", f"{NODE}[2]").items] == ["2"]
+
+
+def test_an_incremental_source_retires_nothing(project):
+    """A source that takes ``state`` yields what is new: old failures are not gone."""
+    project.write("data.json", json.dumps([{"id": i} for i in range(1, 6)]))
+    project.write(
+        "ingest_inc.py",
+        """
+        import json, pathlib
+        import ingestkit
+
+        def new_rows(state):
+            since = state.get("last_id", 0)
+            rows = json.loads((pathlib.Path(__file__).parent / "data.json").read_text())
+            return [r for r in rows if r["id"] > since]
+
+        @ingestkit.source(new_rows, key="id")
+        def process_inc(record, state):
+            state["last_id"] = max(state.get("last_id", 0), record["id"])
+            if record["id"] == 3:
+                raise ValueError("three")
+        """,
+    )
+    assert project.run().statuses()["3"] == "failed"
+    project.write("data.json", json.dumps([{"id": i} for i in range(1, 8)]))
+    assert project.run().statuses() == {"6": "succeeded", "7": "succeeded"}
+    assert latest(project)["3"] == ("failed", False)

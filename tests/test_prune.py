@@ -339,7 +339,7 @@ def test_a_version_3_history_is_partitioned_without_losing_a_row(project):
         r["indexname"]
         for r in project.query("SELECT indexname FROM pg_indexes WHERE tablename = 'items'")
     }
-    assert indexes == {"items_batch_status_idx", "items_key_idx"}, indexes
+    assert indexes == {"items_batch_status_idx", "items_key_idx", "items_changes_idx"}, indexes
     # the trace reads the old rows; the run after the migration writes into the new month
     trace = json.loads(project.run("--trace", f"{NODE}[7]", "--json").output)
     assert [t["status"] for t in trace] == ["succeeded", "failed"]

@@ -187,7 +187,11 @@ SET batch_id = excluded.batch_id, status = excluded.status, attempt = excluded.a
     content_hash = excluded.content_hash, error_message = excluded.error_message,
     payload = excluded.payload, finished_at = excluded.finished_at,
     succeeded_hash = coalesce(excluded.succeeded_hash, l.succeeded_hash),
-    record = CASE WHEN excluded.succeeded_hash IS NULL THEN l.record ELSE excluded.record END,
+    -- a success with the record already kept sends none (runner: Item.record_kept)
+    record = CASE WHEN excluded.succeeded_hash IS NULL THEN l.record
+                  WHEN excluded.succeeded_hash = l.succeeded_hash
+                      THEN coalesce(excluded.record, l.record)
+                  ELSE excluded.record END,
     retired_batch = NULL;
 
 -- name: truncate-outcomes
@@ -714,3 +718,11 @@ SELECT a.atttypid IN ('text'::regtype, 'varchar'::regtype)
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND a.attnum > 0
   AND NOT a.attisdropped;
+
+-- name: failed-among-keys
+-- --lf with node ids: does one of these keys have a failure to rerun?
+SELECT EXISTS (
+    SELECT 1 FROM ingestkit.latest
+    WHERE processor = %(processor)s AND key = ANY(%(keys)s) AND status IN ('failed', 'error')
+      AND retired_batch IS NULL
+);
