@@ -345,14 +345,16 @@ def test_file_reader_gives_a_byte_total_and_position(tmp_path):
     assert reader.bytes_read == total
 
 
-def test_terminal_progress_line_for_a_file_source():
-    from ingestkit.terminal import _bytes_progress
+def test_terminal_progress_share_for_a_file_source():
+    from types import SimpleNamespace
 
-    class Source:
-        bytes_read, bytes_total = 25_000_000, 100_000_000
+    from ingestkit.terminal import TerminalReporter
 
-    line = _bytes_progress("ingest_x.py::process_row", 1234, Source(), 10.0)
-    assert line == "ingest_x.py::process_row 25.0/100.0 MB, 1,234 items, ETA 0:30"
+    source = SimpleNamespace(bytes_read=25_000_000, bytes_total=100_000_000)
+    reporter = SimpleNamespace(total=None, src=source)
+    share, count = TerminalReporter._share(reporter, 1234)  # type: ignore[arg-type]
+    assert share == 0.25
+    assert count == "1,234 items, 25.0/100.0 MB"
 
 
 def test_ledger_under_workers(project):
