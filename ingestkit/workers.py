@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .dispatch import BatchOver, Queue, Task, items_from_json, reports_from_json
+from .lease import LEASE, Lease
 from .outcomes import UsageError
 from .queries import q
 from .recorder import LOCK_NAMESPACE
@@ -48,7 +49,7 @@ POLL, IDLE_MAX = 0.01, 0.05
 #: The leader takes the workers' results at least this often (seconds) while feeding.
 DRAIN_EVERY = 0.1
 #: Options a worker takes from the batch it joins, whatever its own command line says.
-BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size")
+BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size", "lease")
 
 
 def _numprocesses(value: str) -> int:
@@ -80,7 +81,26 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="with 'ingestkit worker': the running batch (id or prefix) to work for",
     )
+    parser.add_argument(
+        "--lease",
+        dest="lease",
+        type=_lease,
+        default=LEASE,
+        metavar="SECONDS",
+        help=f"a worker that stops beating (paused, cut off) loses its claims after "
+        f"SECONDS (default {LEASE:g}; docs/workers.md)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def _lease(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 1 <= seconds <= 86400:  # (nan fails both)
+        raise argparse.ArgumentTypeError("expected between 1 and 86400 seconds")
+    return seconds
 
 
 @hookimpl(tryfirst=True)
@@ -151,9 +171,6 @@ def _join(session: Session) -> None:
     option = session.config.option
     for name in BATCH_OPTIONS:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
-    with session.txn.conn.cursor() as cur:
-        cur.execute(q("worker-lease"))
-    session.txn.conn.commit()
     if option.item_timeout:
         session.txn.bound_statements(option.item_timeout)
     queue.join(lock_key)
@@ -214,6 +231,7 @@ class Leader(Runner):
         )
         if self.session.processors:  # (none: only collection errors to report)
             self.spawn()
+        lease = Lease(self.session.dsn, self.session.batch.id, option.lease).start()
         try:
             super().run()
             if not self.session.shouldstop:
@@ -223,7 +241,10 @@ class Leader(Runner):
                 self.queue.stop("the leader stopped")
             raise
         finally:
-            self.wait_for_workers()
+            try:
+                self.wait_for_workers()
+            finally:
+                lease.stop()
 
     def spawn(self) -> None:
         config = self.config
@@ -379,12 +400,18 @@ class Worker(Runner):
         }
 
     def run(self) -> None:
+        session = self.session
+        held = (self.txn.conn, session.control)
+        lease = Lease(session.dsn, self.queue.batch_id, session.config.option.lease, held)
         try:
+            lease.start()
             self._take_tasks()
         except BatchOver as exc:
             self.txn.release()
             self.session.shouldstop = str(exc)
             self.session.interrupted = True
+        finally:
+            lease.stop()
 
     def _take_tasks(self) -> None:
         current: Processor | None = None
