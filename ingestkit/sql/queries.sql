@@ -269,7 +269,8 @@ LIMIT %(limit)s;
 SELECT i.batch_id, b.started_at AS batch_started_at, i.status, i.attempt, i.error_type,
        i.error_message, i.finished_at, i.location
 FROM ingestkit.items i JOIN ingestkit.batches b ON b.id = i.batch_id
-WHERE i.processor = %(processor)s AND i.key = %(key)s
+WHERE hashtextextended(i.key, 0) = hashtextextended(%(key)s, 0)  -- items_key_idx
+  AND i.key = %(key)s AND i.processor = %(processor)s
 ORDER BY i.finished_at;
 
 -- name: processor-summary
