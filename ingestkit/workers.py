@@ -229,9 +229,9 @@ class Leader(Runner):
             | {"store_payloads": self.config.get("store_payloads", "failed")}
             | {"processors": [p.nodeid for p in self.session.processors]}
         )
+        lease = Lease(self.session.dsn, self.session.batch.id, option.lease).start()
         if self.session.processors:  # (none: only collection errors to report)
             self.spawn()
-        lease = Lease(self.session.dsn, self.session.batch.id, option.lease).start()
         try:
             super().run()
             if not self.session.shouldstop:
