@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
 from .database import connect
 from .queries import q
+
+if TYPE_CHECKING:
+    from .session import Session
 
 #: Default lease, in seconds (``--lease``).
 LEASE = 30.0
@@ -81,6 +84,34 @@ class Lease:
             try:
                 self.ended += sweep(self._conn, self.batch_id, self.seconds)
             except psycopg2.Error:
-                return  # the server is out of reach or ended this lease
+                if self._conn.closed:
+                    return  # the server is out of reach, or ended this lease
+                # an error answered is a beat still: the server heard from us
             if self._stopped.wait(interval):
                 return
+
+
+@contextlib.contextmanager
+def hold_lease(session: Session) -> Iterator[Lease | None]:
+    """A lease for the run of a shared batch's leader or worker; none otherwise.
+
+    A worker's lease covers its write and control connections; the leader's
+    covers nothing it holds, but its beats end the workers' expired leases.
+    """
+    option = session.config.option
+    txn, dsn = session.txn, session.dsn
+    if txn is None or dsn is None:  # (no database: nothing to hold)
+        yield None
+        return
+    if option.worker:
+        held: tuple[Any, ...] = (txn.conn, session.control)
+    elif option.numprocesses and not option.dry_run:
+        held = ()
+    else:
+        yield None
+        return
+    lease = Lease(dsn, session.batch.id, option.lease, held).start()
+    try:
+        yield lease
+    finally:
+        lease.stop()

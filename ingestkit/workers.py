@@ -21,12 +21,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from .dispatch import BatchOver, Queue, Task, items_from_json, reports_from_json
-from .lease import LEASE, Lease
+from .lease import LEASE, hold_lease
 from .outcomes import UsageError
 from .queries import q
 from .recorder import LOCK_NAMESPACE
@@ -189,6 +190,13 @@ def ingestkit_runtestloop(session: Session) -> bool | None:
     return None
 
 
+@hookimpl(hookwrapper=True, specname="ingestkit_runtestloop")
+def _with_lease(session: Session) -> Iterator[None]:
+    """The leader and each worker hold a lease while the batch runs (lease.py)."""
+    with hold_lease(session):
+        yield
+
+
 @hookimpl
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     if chunk.task is not None:
@@ -229,7 +237,6 @@ class Leader(Runner):
             | {"store_payloads": self.config.get("store_payloads", "failed")}
             | {"processors": [p.nodeid for p in self.session.processors]}
         )
-        lease = Lease(self.session.dsn, self.session.batch.id, option.lease).start()
         if self.session.processors:  # (none: only collection errors to report)
             self.spawn()
         try:
@@ -241,10 +248,7 @@ class Leader(Runner):
                 self.queue.stop("the leader stopped")
             raise
         finally:
-            try:
-                self.wait_for_workers()
-            finally:
-                lease.stop()
+            self.wait_for_workers()
 
     def spawn(self) -> None:
         config = self.config
@@ -400,18 +404,12 @@ class Worker(Runner):
         }
 
     def run(self) -> None:
-        session = self.session
-        held = (self.txn.conn, session.control)
-        lease = Lease(session.dsn, self.queue.batch_id, session.config.option.lease, held)
         try:
-            lease.start()
             self._take_tasks()
         except BatchOver as exc:
             self.txn.release()
             self.session.shouldstop = str(exc)
             self.session.interrupted = True
-        finally:
-            lease.stop()
 
     def _take_tasks(self) -> None:
         current: Processor | None = None

@@ -544,21 +544,25 @@ SELECT set_config('tcp_user_timeout', %s::text, false);
 -- 'ik-lease:BATCH:PID:PID', the pids of the connections it holds claims and locks
 -- on) idle for longer than the lease. Its held connections are terminated, which
 -- frees their claims and rejects their late commit, and so is the beat connection,
--- so a pid the server later reuses is never mistaken for one it held.
+-- so a pid the server later reuses is never mistaken for one it held. Sessions of
+-- roles this one may not signal are left alone (their own peers end them).
 WITH stale AS (
-    SELECT pid, backend_start, substr(application_name, length(%(prefix)s) + 1) AS held
+    SELECT pid, usesysid, backend_start,
+           substr(application_name, length(%(prefix)s) + 1) AS held
     FROM pg_stat_activity
     WHERE application_name LIKE %(prefix)s || '%%'
       AND pid <> pg_backend_pid()
       AND state = 'idle'
       AND state_change < now() - make_interval(secs => %(seconds)s)
 ), doomed AS (
-    SELECT holder.pid
+    SELECT holder.pid, holder.usesysid
     FROM stale
     CROSS JOIN LATERAL unnest(string_to_array(stale.held, ':')) AS held(pid)
     JOIN pg_stat_activity AS holder ON holder.pid = held.pid::int
     WHERE holder.backend_start <= stale.backend_start
     UNION
-    SELECT pid FROM stale
+    SELECT pid, usesysid FROM stale
 )
-SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM doomed;
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+FROM doomed
+WHERE pg_has_role(usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER');
