@@ -14,9 +14,11 @@ import pluggy
 from .api import BatchResult, Failure, run
 from .collection import Processor
 from .config import Config
+from .excel import read_xlsx
 from .fixtures import fixture
 from .http import read_http
 from .outcomes import LookupMissing, Skipped, UsageError, skip
+from .parquet import read_parquet
 from .readers import read_csv, read_json, read_jsonl
 from .reports import ItemReport
 from .runner import Chunk, Item
@@ -28,7 +30,7 @@ from .typed import MissingColumns, RecordInvalid
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
 
-def main(args: list[str] | None = None, plugins: list | None = None) -> int:
+def main(args: list[str] | None = None, plugins: list[object] | None = None) -> int:
     """Run ingestkit in-process, as the ``ingestkit`` command would; return the exit code."""
     from .cli import main as _main
 
@@ -61,6 +63,8 @@ __all__ = [
     "read_http",
     "read_json",
     "read_jsonl",
+    "read_parquet",
+    "read_xlsx",
     "run",
     "skip",
     "source",

@@ -31,18 +31,35 @@ class ItemLogHandler(logging.Handler):
 
 
 class LogCapture:
-    """Installs the handler for the batch and removes it after."""
+    """Installs the handler for the batch and removes it after.
 
-    def __init__(self) -> None:
+    ``level`` (``--log-level``, default INFO) is the lowest level stored; the
+    root logger is lowered to it for the batch, as pytest's log capture does,
+    else Python's default (WARNING) would drop INFO lines before any handler.
+    """
+
+    def __init__(self, level: int | str | None = None) -> None:
+        name = level or "INFO"
+        self.level: int = (
+            logging.getLevelNamesMapping()[name.upper()] if isinstance(name, str) else name
+        )
         self.handler = ItemLogHandler()
+        self.handler.setLevel(self.level)
         self.logger = logging.getLogger(ITEM_LOGGER)
         self._old_level = self.logger.level
+        self._old_root = logging.getLogger().level
 
     def __enter__(self) -> LogCapture:
-        logging.getLogger().addHandler(self.handler)
+        root = logging.getLogger()
+        root.addHandler(self.handler)
+        self._old_root = root.level
+        if root.level == logging.NOTSET or root.level > self.level:
+            root.setLevel(self.level)
         self.logger.setLevel(logging.DEBUG)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger().removeHandler(self.handler)
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        root.setLevel(self._old_root)
         self.logger.setLevel(self._old_level)

@@ -51,11 +51,12 @@ def _run(config: Config) -> int:
         )
         return ExitCode.USAGE_ERROR
     except psycopg2.OperationalError as exc:
-        if resource_problem(exc) is None:  # e.g. disk full before the batch started
+        problem = resource_problem(exc)
+        if problem is None:  # e.g. disk full before the batch started
             print(config.mask(traceback.format_exc()), file=sys.stderr)
             print(INTERNAL, file=sys.stderr)
             return ExitCode.INTERNAL_ERROR
-        print(f"ERROR: {config.mask(resource_problem(exc))}", file=sys.stderr)
+        print(f"ERROR: {config.mask(problem)}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -26,6 +26,7 @@ from .sources import SOURCE_ATTR, SourceSpec
 from .typed import PIP_PYDANTIC
 
 if TYPE_CHECKING:
+    from .config import Config
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -196,17 +197,7 @@ class _HookProxy:
 
 def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectReport:
     relpath = _relpath(path, rootdir)
-    lineno = None
-    where = path
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where, lineno = Path(exc.filename), exc.lineno
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        user = [
-            f for f in frames if "importlib" not in f.filename and "/ingestkit/" not in f.filename
-        ]
-        if user:
-            where, lineno = Path(user[-1].filename), user[-1].lineno
+    where, lineno = _error_location(path, exc)
     message = f"{type(exc).__name__}: {exc}".strip()
     if isinstance(exc, ModuleNotFoundError) and exc.name == "pydantic":
         message += f" (typed records with pydantic models need it: {PIP_PYDANTIC})"
@@ -218,6 +209,18 @@ def collection_error(path: Path, rootdir: Path, exc: BaseException) -> CollectRe
         )
     )
     return CollectReport(relpath, path, lineno, header, tb)
+
+
+def _error_location(path: Path, exc: BaseException) -> tuple[Path, int | None]:
+    """Where importing ``path`` failed: the line of a syntax error, else the last
+    frame of the user's code (not importlib's or ingestkit's); else ``path``."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return Path(exc.filename), exc.lineno
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if "importlib" not in f.filename and "/ingestkit/" not in f.filename]
+    if user:
+        return Path(user[-1].filename), user[-1].lineno
+    return path, None
 
 
 def processors_in(module: ModuleType, path: Path, session: Session) -> list[Processor]:
@@ -299,62 +302,87 @@ def _parse_selector(rest: str) -> tuple[str, str | None]:
 def collect(session: Session) -> tuple[list[Processor], list[CollectReport]]:
     """Collect the processors of ``session.config.args`` in pytest's order."""
     config = session.config
-    if config.args:
-        args = config.args
-    elif config.getini("paths"):
-        args = [str(config.rootdir / p) for p in config.getini("paths")]
-    else:
-        args = [str(config.invocation_dir)]
-    hook = config.hook
     processors: list[Processor] = []
     errors: list[CollectReport] = []
     done: dict[Path, list[Processor]] = {}
     whole: set[int] = set()  # processors some argument selected without a key
-    for arg in args:
+    for arg in _args(config):
         path_part, rest = split_nodeid(arg)
         path = (config.invocation_dir / path_part).resolve()
-        if not path.exists():
-            raise UsageError(f"file or directory not found: {arg}")
-        if path.is_dir():
-            try:  # so that --fixtures sees them even where nothing is collected yet
-                session.collector.load_conftests(path)
-            except Exception:
-                pass  # reported with the files below it
         selected: list[Processor] = []
-        for file_path in _walk(path, session):
-            if file_path in done:
-                found = done[file_path]
-            else:
-                try:
-                    session.collector.load_conftests(file_path.parent)
-                    results = session.collector.hook_for(file_path).ingestkit_collect_file(
-                        file_path=file_path, session=session
-                    )
-                except Exception as exc:
-                    report = collection_error(file_path, config.rootdir, exc)
-                    errors.append(report)
-                    hook.ingestkit_collectreport(report=report)
-                    results = []
-                found = [p for result in results if result for p in result]
-                done[file_path] = found
-            selected.extend(found)
+        for file_path in _files(path, arg, session):
+            if file_path not in done:
+                done[file_path] = _collect_file(file_path, session, errors)
+            selected.extend(done[file_path])
         if rest:
-            name, key = _parse_selector(rest)
-            matching = [p for p in selected if p.name == name]
-            if not matching and not errors:
+            selected = _select(selected, rest, whole)
+            if not selected and not errors:
+                name = _parse_selector(rest)[0]
                 raise UsageError(f"not found: {arg} (no processor {name!r} in {path_part})")
-            for proc in matching:
-                if key is not None and id(proc) not in whole:
-                    proc.selected_keys = (proc.selected_keys or set()) | {key}
-                elif key is None:
-                    whole.add(id(proc))
-                    proc.selected_keys = None
-            selected = matching
         else:
-            for proc in selected:
-                whole.add(id(proc))
-                proc.selected_keys = None
+            _select_whole(selected, whole)
         for proc in selected:
             if proc not in processors:
                 processors.append(proc)
     return processors, errors
+
+
+def _files(path: Path, arg: str, session: Session) -> list[Path]:
+    """The files to collect for argument ``arg`` (``path``, resolved)."""
+    if not path.exists():
+        raise UsageError(f"file or directory not found: {arg}")
+    if path.is_dir():
+        try:  # so that --fixtures sees them even where nothing is collected yet
+            session.collector.load_conftests(path)
+        except Exception:
+            pass  # reported with the files below it
+    return _walk(path, session)
+
+
+def _args(config: Config) -> list[str]:
+    """What to collect: the arguments, else ``paths`` from config, else the current directory."""
+    if config.args:
+        return list(config.args)
+    if config.getini("paths"):
+        return [str(config.rootdir / p) for p in config.getini("paths")]
+    return [str(config.invocation_dir)]
+
+
+def _collect_file(
+    file_path: Path, session: Session, errors: list[CollectReport]
+) -> list[Processor]:
+    """The processors of one file; a file that fails to import is a report in ``errors``."""
+    try:
+        session.collector.load_conftests(file_path.parent)
+        results = session.collector.hook_for(file_path).ingestkit_collect_file(
+            file_path=file_path, session=session
+        )
+    except Exception as exc:
+        report = collection_error(file_path, session.config.rootdir, exc)
+        errors.append(report)
+        session.config.hook.ingestkit_collectreport(report=report)
+        results = []
+    return [p for result in results if result for p in result]
+
+
+def _select(selected: list[Processor], rest: str, whole: set[int]) -> list[Processor]:
+    """The processors an argument's ``::name`` or ``::name[KEY]`` part names.
+
+    A key narrows a processor to the keys selected, unless an argument has
+    selected it whole (``whole``, ids of processors).
+    """
+    name, key = _parse_selector(rest)
+    matching = [p for p in selected if p.name == name]
+    if key is None:
+        _select_whole(matching, whole)
+        return matching
+    for proc in matching:
+        if id(proc) not in whole:
+            proc.selected_keys = (proc.selected_keys or set()) | {key}
+    return matching
+
+
+def _select_whole(processors: list[Processor], whole: set[int]) -> None:
+    for proc in processors:
+        whole.add(id(proc))
+        proc.selected_keys = None

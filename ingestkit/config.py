@@ -12,12 +12,16 @@ import shlex
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspec
 from .outcomes import UsageError
+from .stash import Stash
+
+if TYPE_CHECKING:
+    from .session import Session
 
 #: Built-in plugins, registered in this order. Those in ESSENTIAL cannot be blocked.
 BUILTIN_PLUGINS = (
@@ -26,18 +30,35 @@ BUILTIN_PLUGINS = (
     "builtin",
     "state",
     "http",
+    "files",
     "runner",
     "recorder",
+    "batches",
     "keyword",
     "lastfailed",
     "terminal",
     "junitxml",
     "lookback",
+    "forget",
     "prune",
     "html",
     "workers",
+    "notify",
 )
-ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder"})
+ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
+#: The built-in plugins a worker of a shared batch loads: its leader keeps the
+#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
+WORKER_PLUGINS = (
+    "session",
+    "collection",
+    "builtin",
+    "state",
+    "http",
+    "runner",
+    "recorder",
+    "terminal",
+    "workers",
+)
 
 #: ``[tool.ingestkit]`` keys ingestkit itself understands.
 CONFIG_KEYS = {
@@ -46,14 +67,15 @@ CONFIG_KEYS = {
     "files": "glob patterns of files to collect (default: ingest_*.py)",
     "functions": "glob patterns of processor functions (default: process_*)",
     "addopts": "extra command-line options, as if typed before the others",
-    "store_payloads": "'failed' (default) or 'all'",
+    "log_level": "lowest level of log lines stored with each item (default: INFO)",
+    "store_payloads": "'latest' (default), 'failed' or 'all'",
 }
 DEFAULTS: dict[str, Any] = {
     "paths": [],
     "files": ["ingest_*.py"],
     "functions": ["process_*"],
     "addopts": [],
-    "store_payloads": "failed",
+    "store_payloads": "latest",
     "dsn": None,
 }
 
@@ -81,8 +103,8 @@ def _toml(value: Any) -> str:
 
 
 def validate_inicfg(
-    inicfg: dict, where: Path | None, parser: argparse.ArgumentParser | None = None
-) -> dict:
+    inicfg: dict[str, Any], where: Path | None, parser: argparse.ArgumentParser | None = None
+) -> dict[str, Any]:
     """Check every built-in config value's type and, where the option of the same
     name has choices, its choice; return the values with a single string for a
     list made a list of one. A bad value raises UsageError naming it and the fix.
@@ -124,11 +146,159 @@ def validate_inicfg(
     return values
 
 
+#: Option groups of ``--help``, in this order (pytest's ``parser.getgroup``).
+OPTION_GROUPS = {
+    "general": "general",
+    "selection": "selecting what runs",
+    "reporting": "reporting",
+    "logging": "logging",
+    "workers": "running in parallel",
+    "lookback": "looking back (no run; reads ingestkit.batches/items)",
+    "prune": "pruning history (no run)",
+    "config": "configuration",
+}
+#: Where the built-in options that their plugins add without a group are shown.
+DEFAULT_GROUPS = {
+    "version": "general",
+    "dsn": "general",
+    "plugins": "general",
+    "dry_run": "general",
+    "reprocess": "selection",
+    "keyword": "selection",
+    "maxfail": "selection",
+    "last_failed": "selection",
+    "failed_first": "selection",
+    "numprocesses": "workers",
+    "join_batch": "workers",
+    "collect_only": "selection",
+    "fixtures": "reporting",
+    "verbose": "reporting",
+    "quiet": "reporting",
+    "tb": "reporting",
+    "store_payloads": "general",
+    "chunk_size": "general",
+    "item_timeout": "general",
+}
+#: Environment variables ingestkit reads, for ``--help``.
+ENV_VARS = {
+    "INGESTKIT_DSN": "the target database (before DATABASE_URL and dsn in config)",
+    "DATABASE_URL": "the target database, when INGESTKIT_DSN is not set",
+    "INGESTKIT_ADDOPTS": "extra command-line options, after addopts from config",
+    "NO_COLOR": "set (to anything): no colour, unless --color=yes",
+    "FORCE_COLOR": "set (to anything): colour even when not on a terminal",
+    "INGESTKIT_NOTIFY_URL": "webhook told of a batch with failures (as notify_url)",
+}
+ENV_ADDOPTS = "INGESTKIT_ADDOPTS"
+
+
+class OptionGroup(argparse._ArgumentGroup):
+    """A ``--help`` section; ``addoption`` is ``add_argument``, as in pytest."""
+
+    def addoption(self, *names: str, **attrs: Any) -> argparse.Action:
+        return self.add_argument(*names, **attrs)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting."""
+    """argparse that raises UsageError instead of exiting, with named option groups."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        self.groups: dict[str, OptionGroup] = {}
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
+
+    def getgroup(self, name: str, description: str = "") -> OptionGroup:
+        """The option group ``name`` (made on first use), as pytest's ``parser.getgroup``."""
+        group = self.groups.get(name)
+        if group is None:
+            title = description or OPTION_GROUPS.get(name, name)
+            group = self.groups[name] = OptionGroup(self, title=title)
+            self._action_groups.append(group)
+        return group
+
+    def addoption(self, *names: str, **attrs: Any) -> argparse.Action:
+        return self.getgroup("general").add_argument(*names, **attrs)
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        """A plugin's own group: the named group of the same title, if there is one."""
+        title = args[0] if args else kwargs.get("title")
+        for name, group in self.groups.items():
+            if title in (name, group.title):
+                return group
+        return super().add_argument_group(*args, **kwargs)
+
+    def place_ungrouped(self) -> None:
+        """Move built-in options added without a group to their group; others stay in "options"."""
+        for action in list(self._optionals._group_actions):
+            name = DEFAULT_GROUPS.get(action.dest)
+            if name is not None:
+                self._optionals._group_actions.remove(action)
+                self.getgroup(name)._group_actions.append(action)
+
+    def describe(self, config_keys: dict[str, str]) -> None:
+        """``--help``'s epilog: the config keys and environment variables."""
+        width = max(len(k) for k in [*config_keys, *ENV_VARS]) + 2
+        keys = "\n".join(f"  {k:<{width}}{v}" for k, v in sorted(config_keys.items()))
+        env = "\n".join(f"  {k:<{width}}{v}" for k, v in ENV_VARS.items())
+        self.epilog = (
+            "[tool.ingestkit] keys in pyproject.toml (or ingestkit.toml; -o KEY=VALUE):\n"
+            f"{keys}\n\nenvironment variables:\n{env}"
+        )
+
+
+def _add_config_options(parser: ArgumentParser) -> None:
+    for name in OPTION_GROUPS:
+        parser.getgroup(name)
+    parser.getgroup("logging").addoption(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        default=None,
+        metavar="LEVEL",
+        help="lowest level of log lines stored with each item (default: INFO; log_level in config)",
+    )
+    group = parser.getgroup("config")
+    group.addoption(
+        "-o",
+        "--override-ini",
+        dest="override_ini",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [tool.ingestkit] value, e.g. -o store_payloads=all",
+    )
+    group.addoption(
+        "--rootdir",
+        metavar="DIR",
+        help="the rootdir (node ids and state are relative to it); its config file is read",
+    )
+
+
+def _overrides(pairs: list[str], inicfg: dict[str, Any]) -> dict[str, Any]:
+    """``inicfg`` with each ``-o KEY=VALUE`` applied (a list key: split like a shell)."""
+    values = dict(inicfg)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"-o {pair!r}: write -o KEY=VALUE, e.g. -o store_payloads=all")
+        name = name.strip()
+        kind = CONFIG_TYPES.get(name, ("str", ""))[0]
+        values[name] = shlex.split(value) if kind == "list" else value
+    return values
+
+
+def _rootdir_config(rootdir: Path) -> tuple[Path | None, dict[str, Any]]:
+    ini = rootdir / "ingestkit.toml"
+    if ini.is_file():
+        return ini, _read_toml(ini)
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        section = _read_toml(pyproject).get("tool", {}).get("ingestkit")
+        if section is not None:
+            return pyproject, section
+    return None, {}
 
 
 def split_nodeid(arg: str) -> tuple[str, str]:
@@ -141,7 +311,7 @@ def split_nodeid(arg: str) -> tuple[str, str]:
 VCS_MARKERS = (".git", ".hg")
 
 
-def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict]:
+def find_rootdir(args: list[str], invocation_dir: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     """Return (rootdir, config file or None, config values).
 
     Going up from the common ancestor of the path arguments, the first
@@ -183,7 +353,7 @@ def _marker_stops() -> set[Path]:
     return stops
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -194,19 +364,22 @@ def _read_toml(path: Path) -> dict:
 class Config:
     """Parsed options, config values, rootdir and the plugin manager of one run."""
 
+    #: the run's Session, once it exists (set by it)
+    session: Session
+
     def __init__(self, pluginmanager: pluggy.PluginManager, invocation_dir: Path) -> None:
         self.pluginmanager = pluginmanager
         self.hook = pluginmanager.hook
         self.invocation_dir = invocation_dir
         self.rootdir = invocation_dir
         self.inipath: Path | None = None
-        self.inicfg: dict = {}
+        self.inicfg: dict[str, Any] = {}
         self.option = argparse.Namespace()
         self.args: list[str] = []
         self.argv: list[str] = []
         self.config_keys = dict(CONFIG_KEYS)
         self.secrets: list[str] = []
-        self.stash: dict[str, Any] = {}
+        self.stash = Stash()
 
     # -- values ------------------------------------------------------------
 
@@ -265,21 +438,34 @@ class Config:
         options parse; the positional arguments then locate the rootdir, whose
         config file may add options (``addopts``) and plugins of its own.
         """
+        args = [*shlex.split(os.environ.get(ENV_ADDOPTS, "")), *args]
         self._load_plugins(_preparse_plugins(args))
         parser = ArgumentParser(prog="ingestkit", add_help=True)
+        _add_config_options(parser)
         self.hook.ingestkit_addoption.call_historic(
             kwargs=dict(parser=parser, config_keys=self.config_keys)
         )
+        parser.place_ungrouped()
+        parser.describe(self.config_keys)
         known, _unknown = parser.parse_known_args(args)
         if known.file_or_dir[:1] == ["worker"]:  # `ingestkit worker --batch ID` (./worker: a path)
             args = list(args)
             args.remove("worker")
             args.append("--worker")
             known, _unknown = parser.parse_known_args(args)
-        self.rootdir, self.inipath, self.inicfg = find_rootdir(
-            list(known.file_or_dir), self.invocation_dir
-        )
+        if known.rootdir:
+            self.rootdir = (self.invocation_dir / known.rootdir).resolve()
+            if not self.rootdir.is_dir():
+                raise UsageError(f"--rootdir {known.rootdir}: no such directory")
+            self.inipath, self.inicfg = _rootdir_config(self.rootdir)
+        else:
+            self.rootdir, self.inipath, self.inicfg = find_rootdir(
+                list(known.file_or_dir), self.invocation_dir
+            )
         self.inicfg = validate_inicfg(self.inicfg, self.inipath, parser)
+        if known.override_ini:
+            self.inicfg = _overrides(known.override_ini, self.inicfg)
+            self.inicfg = validate_inicfg(self.inicfg, self.inipath, parser)
         addopts = self.inicfg.get("addopts", [])
         if isinstance(addopts, str):
             addopts = shlex.split(addopts)
@@ -290,6 +476,16 @@ class Config:
         self.argv = [*addopts, *args]
         self.option = parser.parse_args(self.argv)
         self.args = list(self.option.file_or_dir)
+        if getattr(self.option, "worker", False) or getattr(self.option, "join_batch", None):
+            self._keep_builtins(WORKER_PLUGINS)
+
+    def _keep_builtins(self, names: tuple[str, ...]) -> None:
+        """Unregister the built-in plugins not in ``names`` (a worker's run)."""
+        pm = self.pluginmanager
+        for name in BUILTIN_PLUGINS:
+            plugin = pm.get_plugin(name)
+            if name not in names and plugin is not None:
+                pm.unregister(plugin)
 
     def _load_plugins(self, specs: list[str], builtins: bool = True) -> None:
         pm = self.pluginmanager

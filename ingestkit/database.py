@@ -19,7 +19,7 @@ from .outcomes import UsageError
 from .queries import q
 from .transaction import Transaction, table_identifier
 
-psycopg2.extras.register_uuid()
+psycopg2.extras.register_uuid()  # type: ignore[no-untyped-call]  # untyped in types-psycopg2
 
 if TYPE_CHECKING:
     from .config import Config
@@ -40,11 +40,12 @@ class Database:
         """Run a statement; return the number of rows it affected."""
         cur = self._txn.execute(query, params)
         try:
-            return cur.rowcount
+            rowcount: int = cur.rowcount
+            return rowcount
         finally:
             cur.close()
 
-    def query(self, query: str | sql.Composable, params: Any = None) -> list[dict]:
+    def query(self, query: str | sql.Composable, params: Any = None) -> list[dict[str, Any]]:
         """Run a query; return its rows as dicts."""
         cur = self._txn.execute(query, params)
         try:
@@ -55,7 +56,9 @@ class Database:
         finally:
             cur.close()
 
-    def query_one(self, query: str | sql.Composable, params: Any = None) -> dict | None:
+    def query_one(
+        self, query: str | sql.Composable, params: Any = None
+    ) -> dict[str, Any] | None:
         """The first row of a query as a dict, or None."""
         rows = self.query(query, params)
         return rows[0] if rows else None
@@ -91,7 +94,7 @@ class Database:
             table_identifier(table)  # reject a bad name now, where the caller is
             self._tables.add(table)
 
-    def _adapted(self, table: str, rows: list) -> list:
+    def _adapted(self, table: str, rows: list[Any]) -> list[Any]:
         """Values COPY does not write natively go through psycopg2's adapters (copy.py)."""
         native = NATIVE.issuperset
         return [
@@ -103,12 +106,14 @@ class Database:
 
     def _mogrify(self, value: Any) -> bytes:
         with self._txn.conn.cursor() as cur:
-            return cur.mogrify("%s", (value,))
+            mogrified: bytes = cur.mogrify("%s", (value,))
+            return mogrified
 
     def _evaluate(self, value: Any) -> str | None:
         cur = self._txn.execute("SELECT (%s)::text", (value,), reads_only=True)
         try:
-            return cur.fetchone()[0]
+            text: str | None = cur.fetchone()[0]
+            return text
         finally:
             cur.close()
 
@@ -123,7 +128,7 @@ class Database:
 _FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
-def _rows(row_or_rows: Any) -> list[dict]:
+def _rows(row_or_rows: Any) -> list[Any]:
     """One row or an iterable of rows, as dicts."""
     if isinstance(row_or_rows, dict) or _is_object(row_or_rows):
         return [as_row(row_or_rows)]
@@ -237,7 +242,9 @@ def _tcp_parameters(dsn: str) -> dict[str, str]:
     return {name: value for name, value in wanted.items() if name not in given}
 
 
-def connect(dsn: str, application_name: str = "ingestkit", options: str | None = None) -> Any:
+def connect(
+    dsn: str, application_name: str = "ingestkit", options: str | None = None
+) -> psycopg2.extensions.connection:
     """Open a connection, or raise UsageError with one line naming the problem.
 
     Both ends of a TCP connection drop it when the other stops answering
@@ -245,11 +252,16 @@ def connect(dsn: str, application_name: str = "ingestkit", options: str | None =
     connection to a vanished machine is freed, and no ingestkit process waits
     forever on a server it can no longer reach.
     """
-    extra: dict[str, Any] = {"options": options} if options else {}
-    extra.update(_tcp_parameters(dsn))
     conn = None
     try:
-        conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10, **extra)
+        # psycopg2 leaves out a keyword that is None (no options: the server's own)
+        conn = psycopg2.connect(
+            dsn,
+            application_name=application_name,
+            connect_timeout=10,
+            options=options or None,
+            **_tcp_parameters(dsn),
+        )
         _server_side_lease(conn)
     except psycopg2.Error as exc:
         if conn is not None:
@@ -296,11 +308,13 @@ def resource_problem(exc: BaseException) -> str | None:
     return f"{what} ({first}): {fix}, then run ingestkit again"
 
 
-def check_temp(conn: Any) -> None:
+def check_temp(conn: psycopg2.extensions.connection) -> None:
     """A role that may not create temporary tables cannot record outcomes: say so now."""
     with conn.cursor() as cur:
         cur.execute(q("can-create-temp"))
-        allowed, role, database = cur.fetchone()
+        row = cur.fetchone()
+        assert row is not None  # the query always returns one row
+        allowed, role, database = row
     conn.commit()
     if not allowed:
         ident = psycopg2.extensions.quote_ident

@@ -29,8 +29,8 @@ from .runner import Item
 from .sources import _json_default
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
-    from .runner import Chunk
 
 #: First key of the shared advisory locks each worker of a batch holds.
 WORKER_NAMESPACE = 0x696B_0004
@@ -120,13 +120,13 @@ class Task:
 class State:
     """What a worker with nothing to do checks."""
 
-    options: dict
+    options: dict[str, Any]
     fed: bool
     stop: str | None
     pending: bool
     status: str
     lock_key: int
-    problems: list
+    problems: list[dict[str, Any]]
 
 
 class Queue:
@@ -144,7 +144,7 @@ class Queue:
 
     # -- the leader ----------------------------------------------------------
 
-    def open(self, options: dict) -> None:
+    def open(self, options: dict[str, Any]) -> None:
         self._run("open-dispatch", options=Json(options))
 
     def put(self, processor: str, fresh: bool, items: list[Item]) -> None:
@@ -166,7 +166,8 @@ class Queue:
 
     def take_results(self) -> list[tuple[str, int, str]]:
         with self._run("take-results") as cur:
-            return cur.fetchall()
+            rows: list[tuple[str, int, str]] = cur.fetchall()
+        return rows
 
     def set_fed(self) -> None:
         self._run("set-fed").close()
@@ -194,7 +195,16 @@ class Queue:
             row = cur.fetchone()
         return State(*row) if row else None
 
-    def problem(self, problem: dict) -> None:
+    def turn(self, processor: str, seq: int, pid: int) -> tuple[bool, bool]:
+        """Whether task ``seq`` waits for earlier tasks, and whether it gives way to them.
+
+        ``pid`` is the backend of the worker's chunk connection (``earlier-tasks``).
+        """
+        with self._run("earlier-tasks", processor=processor, seq=seq, pid=pid) as cur:
+            wait, give_way = cur.fetchone()
+        return bool(wait), bool(give_way)
+
+    def problem(self, problem: dict[str, Any]) -> None:
         self._run("add-problem", problem=Json([problem])).close()
 
     def join(self, lock_key: int) -> None:

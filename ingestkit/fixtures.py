@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .outcomes import FixtureLookupError, ScopeMismatch
 
@@ -30,6 +30,8 @@ SCOPE_RANK = {name: rank for rank, name in enumerate(SCOPES)}
 
 FIXTURE_ATTR = "_ingestkit_fixture"
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @dataclass(frozen=True)
 class FixtureMarker:
@@ -37,7 +39,7 @@ class FixtureMarker:
     autouse: bool = False
     name: str | None = None
 
-    def __call__(self, func: Callable) -> Callable:
+    def __call__(self, func: F) -> F:
         name = self.name or getattr(func, "__name__", repr(func))
         where = _def_location(func)
         if self.scope not in SCOPE_RANK:
@@ -65,7 +67,7 @@ def fixture_marker(obj: Any) -> FixtureMarker | None:
 _DEF_LINE = re.compile(r"\s*(async\s+)?(def|class)\s")
 
 
-def def_lineno(func: Callable) -> int | None:
+def def_lineno(func: Callable[..., Any]) -> int | None:
     """The line of ``def`` (not of the first decorator, as ``co_firstlineno``)."""
     code = getattr(func, "__code__", None)
     if code is None:
@@ -83,7 +85,7 @@ def _scan_to_def(filename: str, first: int) -> int:
     return first
 
 
-def _def_location(func: Callable) -> str:
+def _def_location(func: Callable[..., Any]) -> str:
     """``file.py:line`` of a function's ``def``, by file name (rootdir is not known yet)."""
     code = getattr(func, "__code__", None)
     if code is None:
@@ -91,13 +93,23 @@ def _def_location(func: Callable) -> str:
     return f"{Path(code.co_filename).name}:{def_lineno(func)}"
 
 
+@overload
+def fixture(func: F) -> F: ...
+
+
+@overload
 def fixture(
-    func: Callable | None = None,
+    func: None = None, *, scope: str = "item", autouse: bool = False, name: str | None = None
+) -> FixtureMarker: ...
+
+
+def fixture(
+    func: F | None = None,
     *,
     scope: str = "item",
     autouse: bool = False,
     name: str | None = None,
-) -> Any:
+) -> F | FixtureMarker:
     """Mark a function as a fixture: ``@fixture`` or ``@fixture(scope=..., ...)``."""
     marker = FixtureMarker(scope, autouse, name)
     if func is not None:
@@ -105,7 +117,7 @@ def fixture(
     return marker
 
 
-def argnames_of(func: Callable) -> tuple[str, ...]:
+def argnames_of(func: Callable[..., Any]) -> tuple[str, ...]:
     """Names of the parameters a function wants injected (no defaults, no *args)."""
     try:
         params = inspect.signature(func).parameters.values()
@@ -123,7 +135,7 @@ class FixtureDef:
     """One definition of a fixture; ``baseid`` is the node-id prefix it is visible under."""
 
     name: str
-    func: Callable
+    func: Callable[..., Any]
     scope: str
     baseid: str
     autouse: bool = False
@@ -167,7 +179,7 @@ def _members(holder: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _location(func: Callable, rootdir: Path) -> str:
+def _location(func: Callable[..., Any], rootdir: Path) -> str:
     """``file:line`` of a fixture: relative to rootdir, or ``ingestkit/...`` for built-ins."""
     code = getattr(func, "__code__", None)
     if code is not None:
@@ -204,7 +216,7 @@ class FixtureManager:
                 continue
             self.add(
                 FixtureDef(
-                    name=marker.name or getattr(obj, "__name__", attr),
+                    name=marker.name or str(getattr(obj, "__name__", attr)),
                     func=obj,
                     scope=marker.scope,
                     baseid=baseid,
@@ -254,16 +266,7 @@ class FixtureManager:
         for ``request.getfixturevalue``; ``root`` names the requester in errors.
         """
         argnames = list(argnames)
-        auto = []
-        if autouse:
-            # a name made autouse at some level stays autouse below it, in whatever
-            # definition is nearest (pytest #1601): outer levels first, wider scopes first
-            keys = {}
-            for name, ds in self.visible(nodeid).items():
-                first = next((d for d in ds if d.autouse), None)
-                if first is not None:
-                    keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
-            auto = sorted(keys, key=keys.__getitem__)
+        auto = self._autouse_names(nodeid) if autouse else []
         closure = Closure(resolving=list(stack))
         closure.root = root if root is not None else f"{nodeid}({', '.join(argnames)})"
         for name in [*auto, *argnames]:
@@ -277,6 +280,19 @@ class FixtureManager:
             elif fdef is not None and fdef not in closure.autouse:
                 closure.autouse.append(fdef)
         return closure
+
+    def _autouse_names(self, nodeid: str) -> list[str]:
+        """The autouse fixtures at ``nodeid``, in setup order.
+
+        A name made autouse at some level stays autouse below it, in whatever
+        definition is nearest (pytest #1601): outer levels first, wider scopes first.
+        """
+        keys: dict[str, tuple[int, int]] = {}
+        for name, ds in self.visible(nodeid).items():
+            first = next((d for d in ds if d.autouse), None)
+            if first is not None:
+                keys[name] = (-SCOPE_RANK[ds[-1].scope], len(first.baseid))
+        return sorted(keys, key=keys.__getitem__)
 
     def _resolve(
         self,

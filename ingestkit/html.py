@@ -1,16 +1,21 @@
 """``--html PATH`` (plugin ``html``): a batch as one self-contained HTML page.
 
-Counts per processor as a bar chart, durations, and failure groups with a
-sample traceback each; inline CSS and SVG only, so the file opens anywhere
-with no network. Written from the database, so a past batch renders the same
-way (``ingestkit --show BATCH --html PATH``).
+A status headline, the counts, items per processor as a bar chart, failure
+groups with a sample traceback each, every failed item with its key, location,
+message and record values (filterable and paged in the page, downloadable as
+CSV), the rerun command and the items' log lines. Rendered from a jinja2
+template (``ingestkit/templates/report.html.j2``, or ``--html-template``) with
+inline CSS, SVG and script only, so the file opens anywhere with no network.
+Written from the database, so a past batch renders the same way
+(``ingestkit --show BATCH --html PATH``).
+
+jinja2 is the ``html`` extra: only ``--html`` needs it.
 """
 
 from __future__ import annotations
 
-import argparse
-import html
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +27,14 @@ from .queries import q
 from .reports import COUNTED
 
 if TYPE_CHECKING:
+    from .config import ArgumentParser as Parser
     from .config import Config
+    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
+TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 COLORS = {
     "succeeded": "#2e7d32",
     "failed": "#c62828",
@@ -34,138 +42,192 @@ COLORS = {
     "skipped": "#757575",
     "unchanged": "#90a4ae",
 }
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
-table{border-collapse:collapse}
-td,th{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:12px}
-.legend span{display:inline-block;margin-right:1em}.sw{width:.9em;height:.9em;vertical-align:middle}
-.group{border-left:4px solid #c62828;padding-left:1em;margin:1.2em 0}
-"""
+#: Failed items embedded in the page (the rest: ``ingestkit --export BATCH``).
+MAX_ITEMS = 20000
+MAX_LOGS = 200
+PAGE_SIZE = 50
+#: The narrowest bar segment drawn for a non-zero count, so 1 in 10⁶ still shows.
+MIN_SEGMENT = 4.0
 
 
-def _fetch(conn: Any, name: str, **params: Any) -> list[dict]:
+def _fetch(conn: Any, name: str, **params: Any) -> list[dict[str, Any]]:
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         cur.execute(q(name), params)
         return [dict(r) for r in cur.fetchall()]
 
 
-def _bar_chart(per_processor: dict[str, dict[str, int]]) -> str:
-    if not per_processor:
-        return "<p>No items.</p>"
+def plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
+
+
+def _chart(per_processor: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
     label_w, bar_w, row_h = 360, 480, 26
-    most = max(sum(c.values()) for c in per_processor.values()) or 1
+    most = max((sum(c.values()) for c in per_processor.values()), default=0) or 1
     rows = []
     for i, (processor, counts) in enumerate(per_processor.items()):
-        y = i * row_h
-        rows.append(
-            f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" font-size="12">'
-            f"{html.escape(processor)}</text>"
-        )
-        x = float(label_w)
+        x, segments = float(label_w), []
         for status in COUNTED:
             n = counts.get(status, 0)
-            if not n:
-                continue
-            w = bar_w * n / most
-            rows.append(
-                f'<rect x="{x:.1f}" y="{y + 4}" width="{max(w, 1):.1f}" height="{row_h - 8}" '
-                f'fill="{COLORS[status]}"><title>{status}: {n}</title></rect>'
-            )
-            x += w
+            if n:
+                w = max(bar_w * n / most, MIN_SEGMENT)
+                segments.append({"status": status, "n": n, "x": x, "w": w})
+                x += w
         total = sum(counts.values())
-        rows.append(f'<text x="{x + 6:.1f}" y="{y + 17}" font-size="12">{total:,}</text>')
-    height = row_h * len(per_processor)
-    width = label_w + bar_w + 80
-    legend = "".join(
-        f'<span><svg class="sw"><rect width="12" height="12" fill="{c}"/></svg> {s}</span>'
-        for s, c in COLORS.items()
-    )
-    return (
-        f'<svg role="img" aria-label="items per processor" width="{width}" height="{height}" '
-        f'xmlns="http://www.w3.org/2000/svg">{"".join(rows)}</svg><p class="legend">{legend}</p>'
-    )
+        bad = [f"{counts[s]:,} {s}" for s in ("failed", "error") if counts.get(s)]
+        label = f"{total:,}" + (f" ({', '.join(bad)})" if bad else "")
+        rows.append(
+            {"processor": processor, "y": i * row_h, "segments": segments, "end": x, "label": label}
+        )
+    return {
+        "rows": rows,
+        "label_w": label_w,
+        "width": label_w + bar_w + 260,
+        "height": row_h * len(rows),
+    }
 
 
-def render_batch(conn: Any, batch_id: Any, mask: Callable[[str], str] = str) -> str:
-    """The HTML page of one batch, from its rows in the database.
+def _headline(batch: Mapping[str, Any], counts: Mapping[str, int]) -> dict[str, str]:
+    bad = counts.get("failed", 0) + counts.get("error", 0)
+    total = sum(counts.get(s, 0) for s in COUNTED)
+    shown = ", ".join(f"{counts[s]:,} {s}" for s in COUNTED if counts.get(s)) or "no items"
+    if batch["status"] != "finished" or batch["exit_code"] == 2:
+        word, css = "INTERRUPTED", "interrupted"
+    elif bad:
+        word, css = "FAILED", "failed"
+    else:
+        word, css = "PASSED", "passed"
+    text = f"{bad:,} of {total:,} {plural(total, 'item')} failed · {shown}" if bad else shown
+    return {"word": word, "css": css, "text": text}
 
-    ``mask`` hides secrets (``config.mask``) in every text shown.
+
+def context(
+    conn: Any,
+    batch_id: Any,
+    mask: Callable[[str], str] = str,
+    rerun: str | None = None,
+    unchanged: Mapping[str, int] | None = None,
+    processors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """What the template sees, from the batch's rows (masked with ``mask``).
+
+    ``unchanged`` (per processor) and ``processors`` come from a live batch:
+    unchanged items have no rows, yet their processors belong in the chart.
     """
     (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
-    summary = _fetch(conn, "processor-summary", batch_id=batch_id)
-    groups = _fetch(conn, "failure-samples", batch_id=batch_id)
-    per_processor: dict[str, dict[str, int]] = {}
-    durations: dict[str, dict[str, float]] = {}
-    for row in summary:
+    per_processor: dict[str, dict[str, int]] = {p: {} for p in processors}
+    durations: dict[str, dict[str, Any]] = {}
+    for row in _fetch(conn, "processor-summary", batch_id=batch_id):
         per_processor.setdefault(row["processor"], {})[row["status"]] = row["n"]
-        d = durations.setdefault(row["processor"], {"n": 0, "total": 0.0, "p95": 0.0})
+        d = durations.setdefault(
+            row["processor"], {"processor": row["processor"], "n": 0, "total": 0.0, "p95": 0.0}
+        )
         d["n"] += row["n"]
         d["total"] += row["total_ms"] or 0.0
         d["p95"] = max(d["p95"], row["p95_ms"] or 0.0)
+    for processor, n in (unchanged or {}).items():
+        if n:
+            per_processor.setdefault(processor, {})["unchanged"] = n
+    for d in durations.values():
+        d["mean"] = d["total"] / d["n"] if d["n"] else 0.0
     counts = batch["counts"] or {}
-
-    def e(text: str) -> str:
-        return html.escape(mask(text))
-
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>ingestkit batch {e(str(batch['id']))}</title><style>{STYLE}</style></head><body>",
-        f"<h1>ingestkit batch <code>{e(str(batch['id']))}</code></h1>",
-        "<table>",
-        f"<tr><th>status</th><td>{e(batch['status'])} (exit code {batch['exit_code']})</td></tr>",
-        f"<tr><th>started</th><td>{e(str(batch['started_at']))}</td></tr>",
-        f"<tr><th>duration</th><td>{batch['seconds']:.2f} s</td></tr>",
-        f"<tr><th>host</th><td>{e(batch['hostname'] or '')}</td></tr>",
-        f"<tr><th>command</th><td><code>{e(' '.join(batch['argv'] or []))}</code></td></tr>",
-        "</table>",
-        "<h2>Counts</h2><table>",
-        *(f'<tr><th>{s}</th><td class="n">{counts.get(s, 0):,}</td></tr>' for s in COUNTED),
-        "</table>",
-        "<h2>Items per processor</h2>",
-        _bar_chart(per_processor),
-        "<h2>Durations</h2>",
-        "<table><tr><th>processor</th><th>items</th><th>total</th><th>mean</th>"
-        "<th>p95 (max over statuses)</th></tr>",
+    groups = sorted(_fetch(conn, "failure-samples", batch_id=batch_id), key=lambda g: -g["n"])
+    failed = [
+        {
+            "processor": r["processor"],
+            "key": mask(r["key"]),
+            "status": r["status"],
+            "location": mask(r["location"] or ""),
+            "message": mask(f"{r['error_type'] or ''}: {r['error_message'] or ''}"),
+            "record": mask(r["payload"] or ""),
+        }
+        for r in _fetch(conn, "report-failed-items", batch_id=batch_id, limit=MAX_ITEMS)
     ]
-    for processor, d in durations.items():
-        mean = d["total"] / d["n"] if d["n"] else 0.0
-        parts.append(
-            f'<tr><td>{e(processor)}</td><td class="n">{d["n"]:,}</td>'
-            f'<td class="n">{d["total"] / 1000:.2f} s</td><td class="n">{mean:.2f} ms</td>'
-            f'<td class="n">{d["p95"]:.2f} ms</td></tr>'
-        )
-    parts.append("</table>")
-    parts.append(f"<h2>Failures ({sum(g['n'] for g in groups):,} in {len(groups)} groups)</h2>")
-    if not groups:
-        parts.append("<p>None.</p>")
-    for g in sorted(groups, key=lambda g: -g["n"]):
-        keys = ", ".join(g["sample_keys"] or [])
-        more = (
-            f" (+{g['n'] - len(g['sample_keys'] or [])} more)"
-            if g["n"] > len(g["sample_keys"] or [])
-            else ""
-        )
-        parts += [
-            '<div class="group">',
-            f"<h3>{e(g['processor'])}: {e(g['error_type'] or '')} ({g['n']:,} items)</h3>",
-            f"<p>keys: {e(keys)}{e(more)}</p>",
-            f"<p>{e(g['location'] or '')}</p>",
-            f"<pre>{e(g['traceback'] or g['error_message'] or '')}</pre>",
-            "</div>",
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    for g in groups:
+        for name in ("error_message", "traceback", "location"):
+            g[name] = mask(g[name] or "")
+    logs = _fetch(conn, "report-logs", batch_id=batch_id, limit=MAX_LOGS)
+    for item in logs:
+        item["log"] = mask(item["log"])
+    failures_total = sum(g["n"] for g in groups)
+    # inside <script>: no "</script>" or "<!--" can end it early
+    failed_json = json.dumps(failed, ensure_ascii=False).replace("<", "\\u003c")
+    return {
+        "batch": batch,
+        "counts": counts,
+        "counted": COUNTED,
+        "colors": COLORS,
+        "headline": _headline(batch, counts),
+        "command": mask(" ".join(batch["argv"] or [])),
+        "rerun": mask(rerun or "ingestkit --lf") if failures_total else None,
+        "chart": _chart(per_processor),
+        "durations": list(durations.values()),
+        "groups": groups,
+        "failures_total": failures_total,
+        "failed": failed,
+        "failed_total": failures_total,
+        "failed_json": _Markup(failed_json),
+        "page_size": PAGE_SIZE,
+        "logs": logs,
+        "plural": plural,
+    }
+
+
+class _Markup(str):
+    """Text the template must not escape (jinja2 honours ``__html__``)."""
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+def _environment(template: Path) -> Any:
+    try:
+        import jinja2
+    except ImportError:
+        raise UsageError(
+            "--html needs jinja2, which is not installed: pip install 'ingestkit[html]'"
+        ) from None
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template.parent)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_batch(
+    conn: Any,
+    batch_id: Any,
+    mask: Callable[[str], str] = str,
+    template: str | Path | None = None,
+    **live: Any,
+) -> str:
+    """The HTML page of one batch, from its rows in the database.
+
+    ``mask`` hides secrets (``config.mask``) in every text shown; ``template``
+    is a user's own jinja2 template, given the same context as the built-in one.
+    """
+    path = Path(template) if template else TEMPLATE
+    if not path.is_file():
+        raise UsageError(f"--html-template {path}: no such file")
+    env = _environment(path)
+    try:
+        page = env.get_template(path.name).render(context(conn, batch_id, mask, **live))
+    except Exception as exc:
+        if path == TEMPLATE or type(exc).__module__.split(".")[0] != "jinja2":
+            raise
+        raise UsageError(f"--html-template {path}: {type(exc).__name__}: {exc}") from None
+    return str(page)
 
 
 def write_html(
-    conn: Any, batch_id: Any, path: str | Path, mask: Callable[[str], str] = str
+    conn: Any,
+    batch_id: Any,
+    path: str | Path,
+    mask: Callable[[str], str] = str,
+    template: str | Path | None = None,
+    **live: Any,
 ) -> Path:
     path = Path(path)
-    page = render_batch(conn, batch_id, mask)
+    page = render_batch(conn, batch_id, mask, template, **live)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page, encoding="utf-8")
@@ -177,10 +239,35 @@ def write_html(
 
 
 @hookimpl
-def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def ingestkit_addoption(parser: Parser) -> None:
+    group = parser.getgroup("reporting")
+    group.addoption(
         "--html", metavar="PATH", help="write an HTML report of the batch (with --show: a past one)"
     )
+    group.addoption(
+        "--html-template",
+        metavar="PATH",
+        help="your own jinja2 template for --html (same context as ingestkit/templates/)",
+    )
+
+
+@hookimpl
+def ingestkit_configure(config: Config) -> None:
+    if config.getoption("html"):
+        _environment(TEMPLATE)  # a missing jinja2 is a usage error before the batch, not after
+        config.pluginmanager.register(UnchangedCounter(), "html-unchanged")
+
+
+class UnchangedCounter:
+    """Unchanged items per processor: they have no rows, the chart still shows them."""
+
+    def __init__(self) -> None:
+        self.unchanged: dict[str, int] = {}
+
+    @hookimpl
+    def ingestkit_chunk_finish(self, chunk: Chunk) -> None:
+        nodeid = chunk.processor.nodeid
+        self.unchanged[nodeid] = self.unchanged.get(nodeid, 0) + chunk.unchanged
 
 
 @hookimpl(trylast=True)
@@ -189,4 +276,16 @@ def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     path = config.option.html
     if not path or session.control is None or session.control.closed:
         return
-    write_html(session.control, session.batch.id, path, config.mask)
+    from .terminal import rerun_command
+
+    counter = config.pluginmanager.get_plugin("html-unchanged")
+    write_html(
+        session.control,
+        session.batch.id,
+        path,
+        config.mask,
+        config.getoption("html_template"),
+        rerun=rerun_command(config),
+        unchanged=counter.unchanged if counter else None,
+        processors=[p.nodeid for p in session.processors],
+    )

@@ -33,6 +33,8 @@ from .readers import SourceUnreadable
 from .sources import Entry, Reader
 
 if TYPE_CHECKING:
+    import urllib3
+
     from .collection import Processor
     from .session import Session
     from .sources import SourceSpec
@@ -186,8 +188,28 @@ def next_link(header: str | None) -> str | None:
         for param in params.split(";"):
             name, _, value = param.strip().partition("=")
             if name.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
-                return target
+                return str(target)
     return None
+
+
+def _check_paging(
+    next: str | None,  # noqa: A002 - read_http's documented name
+    page_param: str | None,
+    cursor_param: str | None,
+    cursor: str | None,
+) -> None:
+    """At most one way to the next page, and a cursor's two arguments together."""
+    styles = [n for n, v in (("next", next), ("page_param", page_param)) if v]
+    if cursor_param or cursor:
+        styles.append("cursor_param/cursor")
+        if not (cursor_param and cursor):
+            raise ValueError(
+                "read_http: cursor_param= (the query parameter) and cursor= (the dotted "
+                "path of the next cursor in the page) go together"
+            )
+    if len(styles) > 1:
+        both = " and ".join(styles)
+        raise ValueError(f"read_http: give one way to the next page, not {both}")
 
 
 class _MaskLogs(logging.Filter):
@@ -244,17 +266,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
     ) -> None:
         if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"read_http needs an http:// or https:// URL, got {url!r}")
-        styles = [n for n, v in (("next", next), ("page_param", page_param)) if v]
-        if cursor_param or cursor:
-            styles.append("cursor_param/cursor")
-            if not (cursor_param and cursor):
-                raise ValueError(
-                    "read_http: cursor_param= (the query parameter) and cursor= (the dotted "
-                    "path of the next cursor in the page) go together"
-                )
-        if len(styles) > 1:
-            both = " and ".join(styles)
-            raise ValueError(f"read_http: give one way to the next page, not {both}")
+        _check_paging(next, page_param, cursor_param, cursor)
         if retries < 0 or timeout <= 0:
             raise ValueError("read_http: retries= must be 0 or more and timeout= more than 0")
         self.path = Path()  # not a file (Reader's attribute, kept for its users)
@@ -300,14 +312,16 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             raise HttpPageError(_MISSING_EXTRA) from None
         _mask_urllib3_logs()
         pool = urllib3.PoolManager(
-            retries=self._retry(urllib3), timeout=urllib3.Timeout(total=self.timeout)
+            retries=self._retry(), timeout=urllib3.Timeout(total=self.timeout)
         )
         try:
-            yield from self._pages(pool, urllib3)
+            yield from self._pages(pool)
         finally:
             pool.clear()
 
-    def _retry(self, urllib3: Any) -> Any:
+    def _retry(self) -> urllib3.Retry:
+        import urllib3  # (entries() checked that it is installed)
+
         class Retry(urllib3.Retry):
             RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
 
@@ -327,8 +341,10 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             raise_on_status=False,
         )
 
-    def _request_headers(self, url: str, urllib3: Any) -> tuple[str, dict[str, str]]:
+    def _request_headers(self, url: str) -> tuple[str, dict[str, str]]:
         """The URL without userinfo, and the headers (userinfo as Basic auth)."""
+        import urllib3
+
         headers = {
             "Accept": "application/json",
             "User-Agent": f"ingestkit/{__version__}",
@@ -348,21 +364,11 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         return url, headers
 
-    def _get(self, pool: Any, urllib3: Any, url: str) -> tuple[Any, str | None]:
+    def _get(self, pool: urllib3.PoolManager, url: str) -> tuple[Any, str | None]:
         """One page's JSON body and Link header, or HttpPageError naming the URL and
         what went wrong."""
         shown = shown_url(url)
-        target, headers = self._request_headers(url, urllib3)
-        try:
-            response = pool.request("GET", target, headers=headers)
-        except urllib3.exceptions.MaxRetryError as exc:
-            attempts = self.retries + 1
-            raise HttpPageError(
-                f"GET {shown}: {self._reason(exc.reason, urllib3)}"
-                + (f" (after {attempts} attempts)" if attempts > 1 else "")
-            ) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise HttpPageError(f"GET {shown}: {self._reason(exc, urllib3)}") from None
+        response = self._request(pool, url)
         retried = len(response.retries.history) if response.retries is not None else 0
         if response.status >= 400:
             reason = f" {response.reason}" if response.reason else ""
@@ -384,8 +390,26 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
                 f"{_snippet(response.data, 60)!r}"
             ) from None
 
-    def _reason(self, exc: BaseException | None, urllib3: Any) -> str:
-        errors = urllib3.exceptions
+    def _request(self, pool: urllib3.PoolManager, url: str) -> urllib3.BaseHTTPResponse:
+        """GET ``url``, retried as configured; HttpPageError when no answer came."""
+        import urllib3
+
+        shown = shown_url(url)
+        target, headers = self._request_headers(url)
+        try:
+            return pool.request("GET", target, headers=headers)
+        except urllib3.exceptions.MaxRetryError as exc:
+            attempts = self.retries + 1
+            raise HttpPageError(
+                f"GET {shown}: {self._reason(exc.reason)}"
+                + (f" (after {attempts} attempts)" if attempts > 1 else "")
+            ) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise HttpPageError(f"GET {shown}: {self._reason(exc)}") from None
+
+    def _reason(self, exc: BaseException | None) -> str:
+        from urllib3 import exceptions as errors
+
         if isinstance(exc, errors.NewConnectionError):  # (a ConnectTimeoutError in urllib3)
             found = re.search(r"\[Errno [^\]]*\] (.*)$", str(exc))
             return f"cannot connect: {found.group(1) if found else 'connection failed'}"
@@ -398,7 +422,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             return str(exc)
         return f"{type(exc).__name__}: {exc}"
 
-    def _page_records(self, body: Any, shown: str) -> list:
+    def _page_records(self, body: Any, shown: str) -> list[Any]:
         if body is None:
             return []
         if self.records is None:
@@ -424,18 +448,22 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             )
         return found
 
-    def _pages(self, pool: Any, urllib3: Any) -> Iterator[Entry]:
-        url: str | None = self.first_url
-        page_number = None
-        if self.page_param:
-            page_number = int(self.params.get(self.page_param) or 1)
-            url = with_params(self.url, {**self.params, self.page_param: page_number})
+    def _start(self) -> tuple[str, int | None]:
+        """The first page's URL, and its page number when pages are numbered."""
+        if not self.page_param:
+            return self.first_url, None
+        page_number = int(self.params.get(self.page_param) or 1)
+        return with_params(self.url, {**self.params, self.page_param: page_number}), page_number
+
+    def _pages(self, pool: urllib3.PoolManager) -> Iterator[Entry]:
+        first, page_number = self._start()
+        url: str | None = first
         seen: set[str] = set()
-        previous: list | None = None
+        previous: list[Any] | None = None
         while url is not None:
             seen.add(url)
             shown = shown_url(url)
-            response_body, link = self._get(pool, urllib3, url)
+            response_body, link = self._get(pool, url)
             found = self._page_records(response_body, shown)
             if self.page_param and found and previous == found:
                 raise HttpPageError(
@@ -456,7 +484,7 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
             url = following
 
     def _following(
-        self, url: str, body: Any, link: str | None, found: list, page_number: int | None
+        self, url: str, body: Any, link: str | None, found: list[Any], page_number: int | None
     ) -> str | None:
         """The next page's URL, or None after the last page."""
         if self.next:
@@ -469,12 +497,17 @@ class read_http(Reader):  # noqa: N801 - public API reads like a function
                 return None
             return with_params(self.url, {**self.params, self.page_param: (page_number or 1) + 1})
         if self.cursor_param:
-            value = _optional_at(body, self.cursor) if self.cursor else None
-            if value in (None, "", False) or not found:
-                return None
-            return with_params(self.url, {**self.params, self.cursor_param: value})
+            return self._cursor_url(self.cursor_param, body, found)
         target = next_link(link)
         return urllib.parse.urljoin(url, target) if target else None
+
+
+    def _cursor_url(self, cursor_param: str, body: Any, found: list[Any]) -> str | None:
+        """The next page by the cursor in ``body``, or None at the end."""
+        value = _optional_at(body, self.cursor) if self.cursor else None
+        if value in (None, "", False) or not found:
+            return None
+        return with_params(self.url, {**self.params, cursor_param: value})
 
 
 def _json_kind(value: Any) -> str:
@@ -507,17 +540,21 @@ def register_secrets(session: Session, reader: read_http) -> None:
         return
     config.secrets.extend(new)
     # a source callable made this reader after the batch's argv was stored
-    if (
-        session.role != "worker"
-        and session.batch.lock_key is not None
-        and session.control is not None
-        and any(s in arg for arg in config.argv for s in new)
-    ):
+    if _argv_stored(session) and any(s in arg for arg in config.argv for s in new):
         from psycopg2.extras import Json
 
         argv = ["ingestkit", *(config.mask(a) for a in config.argv)]
         with session.control.cursor() as cur:
             cur.execute(q("batch-argv"), {"id": session.batch.id, "argv": Json(argv)})
+
+
+def _argv_stored(session: Session) -> bool:
+    """Whether this process keeps the stored batch row (a worker does not)."""
+    return (
+        session.config.pluginmanager.has_plugin("batches")
+        and session.batch.lock_key is not None
+        and session.control is not None
+    )
 
 
 @hookimpl

@@ -45,7 +45,7 @@ class KeySet:
 
     def add_all(self, keys: list[str]) -> list[bool]:
         """Add ``keys`` in order; for each, False if it came before (or earlier in ``keys``)."""
-        firsts = []
+        firsts: list[bool] = []
         for n, key in enumerate(keys):
             if self._spilled:  # (it may spill half-way)
                 return firsts + self._add_in_database([fingerprint(k) for k in keys[n:]])

@@ -27,7 +27,7 @@ Matcher = Callable[[set[str]], bool]
 
 def compile_expression(text: str) -> Matcher:
     """Parse ``text`` into a predicate over a set of lower-cased keywords."""
-    tokens = _TOKEN.findall(text)
+    tokens: list[str] = _TOKEN.findall(text)
     pos = 0
 
     def peek() -> str | None:

@@ -3,24 +3,32 @@
 The latest outcome of every (processor, key) is in ``ingestkit.latest``; items
 whose latest outcome is ``failed`` or ``error`` are re-fed from the record
 stored with them, so a rerun works after the source file moved or changed.
+
+A failed key that a full read of its source no longer yields is *retired*
+(``ingestkit.latest.retired_batch``, SPEC §9): ``--lf`` does not feed it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+import psycopg2
 
 from .queries import q
+from .runner import MATCHED_KEYS
+from .session import NOTHING_TO_RUN
 from .sources import Entry, Unreplayable, from_payload
+from .stash import StashKey
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
     from .config import Config
-    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -102,11 +110,19 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     return _failed_first(failed, processor, session)
 
 
+#: Per batch: processors fed only from stored records, and those whose source broke.
+_SOURCES = StashKey[dict[str, set[str]]]()
+#: Node ids with a key that no record of their source had.
+NOT_FOUND = StashKey[list[str]]()
+#: Processors read in full under -n whose keys are retired when the batch ends.
+RETIRING = StashKey[list[str]]()
+#: The keys retired in this batch, by processor.
+RETIRED = StashKey[dict[str, list[str]]]()
+
+
 def _source_state(session: Session) -> dict[str, set[str]]:
     """Per batch: processors fed only from stored records, and those whose source broke."""
-    return session.config.stash.setdefault(
-        "lastfailed.sources", {"stored": set(), "broken": set()}
-    )
+    return session.config.stash.setdefault(_SOURCES, {"stored": set(), "broken": set()})
 
 
 @hookimpl
@@ -118,16 +134,144 @@ def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
 
 @hookimpl
 def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
-    """A source read to its end resolves its last "could not be read" error."""
-    if processor.source is None or session.role == "worker" or session.shouldstop:
+    """A source read to its end resolves its last "could not be read" error, and
+    retires the failed keys it no longer yields."""
+    if processor.source is None or session.shouldstop:
         return
     state = _source_state(session)
     if processor.nodeid in state["stored"] or processor.nodeid in state["broken"]:
         return
     if session.control is None or session.control.closed:
         return
+    _check_selected_keys(processor, session)
     with session.control.cursor() as cur:
         cur.execute(q("resolve-source-error"), {"processor": processor.nodeid})
+    if _full_read(processor, session):
+        if session.role == "leader":  # workers may still commit its chunks
+            _retiring(session).append(processor.nodeid)
+        else:
+            retire_gone(session, processor.nodeid)
+
+
+def not_found(config: Config) -> list[str]:
+    """Node ids with a key that no record of their source had (exit 4, as pytest's
+    ``not found``)."""
+    nodeids: list[str] = config.stash.setdefault(NOT_FOUND, [])
+    return nodeids
+
+
+def _check_selected_keys(processor: Processor, session: Session) -> None:
+    option = session.config.option
+    if processor.selected_keys is None or option.last_failed or option.failed_first:
+        return
+    if session.shouldstop or session.interrupted:
+        return
+    matched: set[tuple[str, str]] = session.config.stash.get(MATCHED_KEYS, set())
+    for key in sorted(processor.selected_keys):
+        if (processor.nodeid, key) not in matched:
+            not_found(session.config).append(f"{processor.nodeid}[{key}]")
+
+
+def _full_read(processor: Processor, session: Session) -> bool:
+    """Whether this batch read every record of the processor's source (SPEC §9):
+    not narrowed to keys, fed from stored records (``--lf``/``--ff``), stopped, or rolled back."""
+    option = session.config.option
+    return not (
+        processor.selected_keys is not None
+        or option.last_failed
+        or option.failed_first
+        or session.batch.dry_run
+        or session.shouldstop
+        or session.interrupted
+    )
+
+
+def _retiring(session: Session) -> list[str]:
+    nodeids: list[str] = session.config.stash.setdefault(RETIRING, [])
+    return nodeids
+
+
+def retired(config: Config) -> dict[str, list[str]]:
+    """Per processor, the keys this batch retired."""
+    keys: dict[str, list[str]] = config.stash.setdefault(RETIRED, {})
+    return keys
+
+
+def retire_gone(session: Session, nodeid: str) -> None:
+    """Retire the failed keys of ``nodeid`` that got no outcome in this batch."""
+    with session.control.cursor() as cur:
+        cur.execute(q("retire-gone"), {"processor": nodeid, "batch_id": session.batch.id})
+        keys = sorted(row[0] for row in cur.fetchall())
+    if keys:
+        retired(session.config)[nodeid] = keys
+
+
+@hookimpl
+def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
+    """A shared batch's leader retires once every chunk has committed."""
+    nodeids = _retiring(session)
+    if not nodeids or session.shouldstop or session.interrupted or session.fatal:
+        return
+    if session.control is None or session.control.closed:
+        return
+    for nodeid in nodeids:
+        retire_gone(session, nodeid)
+
+
+@hookimpl
+def ingestkit_terminal_summary(terminalreporter: Any, exitstatus: int, config: Config) -> None:
+    for nodeid in not_found(config):
+        terminalreporter.write_line(
+            f"ERROR: not found: {nodeid} (no record of its source has this key)"
+        )
+    for nodeid, keys in retired(config).items():
+        n = len(keys)
+        shown = ", ".join(keys[:5]) + (f" (+{n - 5} more)" if n > 5 else "")
+        failures = "failure is" if n == 1 else "failures are"
+        terminalreporter.write_line(
+            f"{nodeid}: {n} earlier {failures} gone from the source, retired"
+            f" (--lf no longer feeds them): {shown}"
+        )
+    _summarize_changes(terminalreporter, config)
+
+
+def _summarize_changes(terminalreporter: Any, config: Config) -> None:
+    """How many records ran again because their content changed, and what changed."""
+    session = getattr(config, "session", None)
+    if session is None or session.batch.dry_run or session.control is None:
+        return
+    if session.control.closed or session.role == "worker":
+        return
+    try:
+        with session.control.cursor() as cur:
+            cur.execute(q("batch-changes"), {"batch_id": session.batch.id, "limit": 1000})
+            rows = cur.fetchall()
+    except psycopg2.Error as exc:  # a lock or a timeout: the summary says so, the batch stands
+        with contextlib.suppress(psycopg2.Error):
+            session.control.rollback()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        terminalreporter.write_line(f"(the changed records could not be read: {first})")
+        return
+    shown: dict[str, int] = {}
+    for processor, key, changes, n in rows:
+        if processor not in shown:
+            shown[processor] = 0
+            records = "record" if n == 1 else "records"
+            terminalreporter.write_line(f"{processor}: {n} changed {records}")
+        if shown[processor] < 3:
+            shown[processor] += 1
+            terminalreporter.write_line(f"  [{key}] {format_changes(changes)}")
+
+
+def format_changes(changes: dict[str, list[Any]]) -> str:
+    """``{"W": [99, 100]}`` as ``W: 99 → 100``."""
+    return "; ".join(
+        f"{field}: {_value(before)} → {_value(after)}" for field, (before, after) in changes.items()
+    )
+
+
+def _value(value: Any) -> str:
+    return "(none)" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _failed_first(failed: list[Entry], processor: Processor, session: Session) -> Iterator[Entry]:
@@ -155,7 +299,9 @@ def ingestkit_collection_modifyitems(
         )
     processors[:] = [p for p in processors if p.nodeid in failed]
     if not processors:
-        session.nothing_to_rerun = True
+        session.config.stash[NOTHING_TO_RUN] = (
+            "nothing to rerun (--lf): no selected item's latest outcome is failed or error"
+        )
         outside = len(failed - selected) - len(gone)
         if outside:
             plural = "s have" if outside != 1 else " has"

@@ -25,6 +25,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from .database import connect, dsn_secrets, mask_dsn, resolve_dsn
+from .lastfailed import format_changes
 from .outcomes import UsageError
 from .queries import q
 from .recorder import mark_interrupted
@@ -41,7 +42,7 @@ STATUSES = ("succeeded", "failed", "error", "skipped")
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("looking back (no run; reads ingestkit.batches/items)")
+    group = parser.add_argument_group("lookback")
     add = group.add_argument
     add("--batches", action="store_true", help="list recent batches with their counts")
     add("--show", nargs="?", const="last", metavar="BATCH", help="show a batch's items")
@@ -99,12 +100,12 @@ class LookBack:
     def close(self) -> None:
         self.conn.close()
 
-    def fetch(self, name: str, **params: Any) -> list[dict]:
+    def fetch(self, name: str, **params: Any) -> list[dict[str, Any]]:
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(q(name), params)
             return [dict(r) for r in cur.fetchall()]
 
-    def find_batch(self, ref: str) -> dict:
+    def find_batch(self, ref: str) -> dict[str, Any]:
         prefix = "" if ref in ("", "last") else ref.lower()
         rows = self.fetch("find-batch", prefix=prefix)
         if not rows:
@@ -128,6 +129,7 @@ class LookBack:
         if not rows:
             self.write("no batches yet")
             return 0
+        retired = {r["processor"]: r["n"] for r in self.fetch("retired-counts")}
         self.write(f"{'batch':<8}  {'started':<19}  {'status':<11}  {'secs':>7}  counts")
         for r in rows:
             counts = r["counts"] or {}
@@ -136,6 +138,12 @@ class LookBack:
             self.write(
                 f"{str(r['id'])[:8]}  {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['status']:<11}  "
                 f"{r['seconds']:>7.1f}  {shown}{dry}"
+            )
+        if retired:
+            total = sum(retired.values())
+            self.write(
+                f"{total} retired failure(s) (gone from their source; --lf does not feed them):"
+                f" {', '.join(f'{p} {n}' for p, n in retired.items())}"
             )
         return 0
 
@@ -151,13 +159,32 @@ class LookBack:
         self.write(f"batch {batch['id']} ({batch['status']}, started {started}): {shown}")
         which = ", ".join(statuses) if statuses else "all"
         self.write(f"{len(items)} item(s) with status {which}:")
+        piped = not self.out.isatty()
         width = shutil.get_terminal_size((120, 20)).columns
         for item in items:
             line = f"{item['processor']}[{item['key']}] {item['status'].upper()}"
+            message = (item["error_message"] or "").rstrip()
             if item["error_type"]:
-                first = (item["error_message"] or "").splitlines()[:1]
+                first = message.splitlines()[:1]
                 line += f" {item['error_type']}: {first[0] if first else ''}"
-            self.write(line if len(line) <= width else line[: width - 1] + "…")
+            if not piped:  # a terminal: one line per item, as wide as it is
+                self.write(line if len(line) <= width else line[: width - 1] + "…")
+                continue
+            # piped (to a file, grep, less): the whole message, where, and the record
+            self.write(line)
+            if item["location"]:
+                self.write(f"    at: {item['location']}")
+            rest = message.splitlines()[1:]
+            for more in rest:
+                self.write(f"    {more}")
+            if item["payload"] is not None:
+                self.write(f"    record: {json.dumps(item['payload'], ensure_ascii=False)}")
+            if item["changes"]:
+                self.write(f"    changed: {format_changes(item['changes'])}")
+        retired = self.fetch("batch-retired", batch_id=batch["id"], limit=limit)
+        if retired:
+            keys = ", ".join(f"{r['processor']}[{r['key']}]" for r in retired)
+            self.write(f"retired (gone from the source, --lf no longer feeds them): {keys}")
         return 0
 
     def trace(self, target: str, as_json: bool) -> int:
@@ -182,6 +209,14 @@ class LookBack:
             self.write(
                 f"{r['finished_at']:%Y-%m-%d %H:%M:%S}  batch {str(r['batch_id'])[:8]}  "
                 f"{r['status']:<9}  attempt {r['attempt']}{error}"
+            )
+            if r["changes"]:
+                self.write(f"    changed: {format_changes(r['changes'])}")
+        now = self.fetch("latest-of-key", processor=processor, key=key)
+        if now and now[0]["retired_batch"] is not None:
+            self.write(
+                f"retired by batch {str(now[0]['retired_batch'])[:8]}: gone from the source,"
+                " --lf no longer feeds it"
             )
         return 0
 
@@ -268,7 +303,7 @@ def _look_back(config: Config) -> int:
         look = LookBack(config)
         try:
             batch = look.find_batch(option.show)
-            write_html(look.conn, batch["id"], option.html, config.mask)
+            write_html(look.conn, batch["id"], option.html, config.mask, option.html_template)
             look.write(f"wrote {option.html} for batch {batch['id']}")
             return 0
         finally:

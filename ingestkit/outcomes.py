@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Skipped(Exception):
     """Raised by :func:`skip` to mark the current item ``skipped``."""
@@ -19,7 +21,7 @@ def skip(reason: str = "") -> None:
 class LookupMissing(LookupError):
     """``lookup(table, **match)`` found no row."""
 
-    def __init__(self, table: str, match: dict) -> None:
+    def __init__(self, table: str, match: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={v!r}" for k, v in match.items())
         super().__init__(f"no row in {table} where {shown}")
         self.table = table
@@ -41,10 +43,10 @@ class TeardownErrors(ExceptionGroup):
         parts = "; ".join(f"{type(e).__name__}: {e}" for e in self.exceptions)
         return f"{len(self.exceptions)} errors while tearing down fixtures: {parts}"
 
-    def __new__(cls, errors: list) -> TeardownErrors:  # noqa: D102
+    def __new__(cls, errors: list[Exception]) -> TeardownErrors:  # noqa: D102
         return super().__new__(cls, "errors while tearing down fixtures", errors)
 
-    def __init__(self, errors: list) -> None:
+    def __init__(self, errors: list[Exception]) -> None:
         super().__init__("errors while tearing down fixtures", errors)
 
 

@@ -19,9 +19,10 @@ import datetime
 import json
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+from psycopg2.extensions import connection, cursor
 
 from .database import connect, dsn_password, mask_dsn, resolve_dsn
 from .outcomes import UsageError
@@ -42,7 +43,7 @@ MAX_DAYS = 1_000_000
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("pruning history (no run)")
+    group = parser.add_argument_group("prune")
     group.add_argument(
         "--prune",
         action="store_true",
@@ -56,14 +57,8 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
 @hookimpl(tryfirst=True)
 def ingestkit_cmdline_main(config: Config) -> int | None:
     option = config.option
-    if option.keep is not None and not option.prune:
-        raise UsageError("--keep DAYS goes with --prune")
-    if not option.prune:
+    if not _wants_prune(option):
         return None
-    if option.keep is None:
-        raise UsageError("--prune needs --keep DAYS: how many days of history to keep")
-    if not 0 <= option.keep <= MAX_DAYS:  # also NaN
-        raise UsageError(f"--keep takes a number of days, 0 or more, not {option.keep:g}")
     dsn, _origin = resolve_dsn(config)
     password = dsn_password(dsn)
     if password:
@@ -78,8 +73,27 @@ def ingestkit_cmdline_main(config: Config) -> int | None:
         conn.close()
     if getattr(option, "json", False):
         print(json.dumps(result, default=str))
-        return 0
-    days = f"{option.keep:g} day{'s' if option.keep != 1 else ''}"
+    else:
+        _report(result, option.keep, dsn)
+    sys.stdout.flush()
+    return 0
+
+
+def _wants_prune(option: argparse.Namespace) -> bool:
+    """Whether ``--prune`` was given; a usage error for ``--keep`` without it or a bad value."""
+    if option.keep is not None and not option.prune:
+        raise UsageError("--keep DAYS goes with --prune")
+    if not option.prune:
+        return False
+    if option.keep is None:
+        raise UsageError("--prune needs --keep DAYS: how many days of history to keep")
+    if not 0 <= option.keep <= MAX_DAYS:  # also NaN
+        raise UsageError(f"--keep takes a number of days, 0 or more, not {option.keep:g}")
+    return True
+
+
+def _report(result: dict[str, Any], keep: float, dsn: str) -> None:
+    days = f"{keep:g} day{'s' if keep != 1 else ''}"
     print(
         f"pruned {result['items']:,} outcome row(s) and {result['batches']:,} batch row(s)"
         f" of {result['old_batches']:,} batch(es) older than {days}"
@@ -92,11 +106,9 @@ def ingestkit_cmdline_main(config: Config) -> int | None:
             f"partitions of ingestkit.items: {result['dropped']} dropped,"
             f" {result['rebuilt']} rebuilt"
         )
-    sys.stdout.flush()
-    return 0
 
 
-def prune(conn, keep: datetime.timedelta) -> dict:  # noqa: ANN001 - autocommit connection
+def prune(conn: connection, keep: datetime.timedelta) -> dict[str, Any]:
     """Prune history older than ``keep``; return what was removed and kept."""
     removed = kept = batches = 0
     how: Counter[str] = Counter()
@@ -104,7 +116,7 @@ def prune(conn, keep: datetime.timedelta) -> dict:  # noqa: ANN001 - autocommit 
         cur.execute(q("prune-lock"), {"ns": PRUNE_LOCK})
         try:
             cur.execute(q("prune-cutoff"), {"seconds": keep.total_seconds()})
-            cutoff = cur.fetchone()[0]
+            cutoff = _one(cur)[0]
             cur.execute(q("prune-old-batches"), {"cutoff": cutoff})
             old = [str(row[0]) for row in cur.fetchall()]
             if old:
@@ -112,14 +124,14 @@ def prune(conn, keep: datetime.timedelta) -> dict:  # noqa: ANN001 - autocommit 
                 for name, upper in cur.fetchall():
                     if upper is not None and upper <= cutoff:  # every row in it is old
                         cur.execute(q("prune-partition"), {"partition": name, "cutoff": cutoff})
-                        count, done = cur.fetchone()
+                        count, done = _one(cur)
                         removed += count
                         how[done] += 1
                 for batch_id in old:  # the rest, a transaction per batch: short locks
                     cur.execute(q("prune-batch-items"), {"batch_id": batch_id})
                     removed += cur.rowcount
                 cur.execute(q("prune-kept"), {"batch_ids": old})
-                kept = cur.fetchone()[0]
+                kept = _one(cur)[0]
                 cur.execute(q("prune-batches"), {"batch_ids": old})
                 batches = cur.rowcount
         finally:
@@ -133,3 +145,10 @@ def prune(conn, keep: datetime.timedelta) -> dict:  # noqa: ANN001 - autocommit 
         "dropped": how["dropped"],
         "rebuilt": how["rebuilt"],
     }
+
+
+def _one(cur: cursor) -> tuple[Any, ...]:
+    """The row of a query that always returns one."""
+    row = cur.fetchone()
+    assert row is not None
+    return row

@@ -20,7 +20,7 @@ import os
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ class RunResult:
     output: str
     dsn: str
     batch_id: str | None = None
-    items: list[dict] = field(default_factory=list)
-    batch: dict | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    batch: dict[str, Any] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -50,18 +50,18 @@ class RunResult:
             return {k: v for k, v in self.batch["counts"].items() if v}
         return dict(Counter(i["status"] for i in self.items))
 
-    def by_key(self) -> dict[str, dict]:
+    def by_key(self) -> dict[str, dict[str, Any]]:
         return {i["key"]: i for i in self.items}
 
     def statuses(self) -> dict[str, str]:
         return {i["key"]: i["status"] for i in self.items}
 
-    def query(self, statement: str, params: Any = None) -> list[dict]:
+    def query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
         """Run a query on the run's database (to check the target tables)."""
         return query(self.dsn, statement, params)
 
 
-def query(dsn: str, statement: str, params: Any = None) -> list[dict]:
+def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -74,7 +74,7 @@ def query(dsn: str, statement: str, params: Any = None) -> list[dict]:
 
 
 def run_ingestkit(
-    folder: str | os.PathLike, *args: str, dsn: str, plugins: list | None = None
+    folder: str | os.PathLike[str], *args: str, dsn: str, plugins: list[object] | None = None
 ) -> RunResult:
     """Run ingestkit in-process with ``folder`` as the current directory."""
     from .cli import main
@@ -141,10 +141,12 @@ def ingestkit_dsn(ingestkit_server_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def ingestkit_run(ingestkit_dsn: str) -> Any:
+def ingestkit_run(ingestkit_dsn: str) -> Callable[..., RunResult]:
     """``ingestkit_run(folder, *args) -> RunResult``, on the test's throwaway database."""
 
-    def run(folder: str | os.PathLike, *args: str, plugins: list | None = None) -> RunResult:
+    def run(
+        folder: str | os.PathLike[str], *args: str, plugins: list[object] | None = None
+    ) -> RunResult:
         return run_ingestkit(folder, *args, dsn=ingestkit_dsn, plugins=plugins)
 
     return run

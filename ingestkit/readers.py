@@ -1,6 +1,7 @@
 """The built-in streaming readers: ``read_csv``, ``read_jsonl``, ``read_json``.
 
-Each yields :class:`~ingestkit.sources.Entry` objects one at a time, so memory
+Their path may be a glob (``drops/*.csv``, ``**`` recurses): files are read in
+sorted path order. Each yields :class:`~ingestkit.sources.Entry` objects one at a time, so memory
 does not grow with the file. A record that cannot be read becomes an entry with
 ``error`` set (naming the file and line) and reading goes on where it can. A
 file that cannot be opened raises :class:`SourceUnreadable`: one ``error``
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
+import hashlib
 import io
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from .sources import Entry, Reader
 
@@ -25,6 +29,174 @@ _TOO_DEEP = "the JSON is nested too deeply to read (about a thousand levels): fl
 
 class SourceUnreadable(OSError):
     """A reader's file could not be opened."""
+
+
+class MissingExtra(SourceUnreadable):
+    """A reader needs an optional dependency that is not installed."""
+
+
+class Ledger(Protocol):
+    """What a :class:`FileReader` tells about the files it reads (see files.py)."""
+
+    rootdir: Path
+
+    def skip(self, path: Path, size: int, sha256: str) -> bool:
+        """Whether the file was read completely already (it is not parsed again)."""
+
+    def header_problem(self, path: Path, columns: list[str]) -> str | None:
+        """Why the processor cannot read a file with these columns (a typed record's
+        required columns are missing), or None."""
+
+    def read(self, path: Path, size: int, sha256: str, items: int, complete: bool) -> None:
+        """The file was read: ``items`` entries, to its end when ``complete``."""
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """The file's size and sha256 hex digest (raises OSError)."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+        return f.tell(), digest.hexdigest()
+
+
+class FileReader(Reader):
+    """A reader of files: its path is a file or a glob of them.
+
+    Subclasses implement :meth:`read_file`. With a glob, a file that cannot be
+    opened or read at all is one ``error`` entry keyed by its path (relative to
+    the rootdir) and the other files go on; a single file that cannot be opened
+    raises :class:`SourceUnreadable` (one ``error`` item for the processor).
+    ``bytes_total`` and :attr:`bytes_read` give the progress of a reading.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self.bytes_total: int | None = None
+        self._bytes_done = 0
+        self._current: IO[bytes] | None = None
+        #: for a glob: checks each file's columns (see Ledger.header_problem)
+        self._header_check: Callable[[Path, list[str]], str | None] | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        return glob.has_magic(str(self.path))
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the files read so far, in the current reading."""
+        current = self._current
+        if current is not None and not current.closed:
+            try:
+                return self._bytes_done + current.tell()
+            except (OSError, ValueError):
+                pass
+        return self._bytes_done
+
+    def files(self, base: Path | None = None) -> list[Path]:
+        """The files to read, in sorted path order (raises SourceUnreadable on none)."""
+        pattern = self.resolve(base)
+        if not self.is_glob:
+            return [pattern]
+        found = sorted(
+            Path(p) for p in glob.glob(str(pattern), recursive=True) if os.path.isfile(p)
+        )
+        if not found:
+            raise SourceUnreadable(f"no file matches {pattern}")
+        return found
+
+    def check(self) -> None:
+        """Raise MissingExtra when the reader's optional dependency is missing."""
+
+    def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
+        """The entries of one open file. ``file_key``, when set, is the key of an
+        error entry that stands for the whole file."""
+        raise NotImplementedError  # pragma: no cover
+
+    def entries(self, base: Path | None = None, ledger: Ledger | None = None) -> Iterator[Entry]:
+        self.check()
+        paths = self.files(base)
+        many = self.is_glob
+        sizes = {}
+        for path in paths:
+            try:
+                sizes[path] = path.stat().st_size
+            except OSError:
+                sizes[path] = 0
+        self.bytes_total, self._bytes_done = sum(sizes.values()), 0
+        for path in paths:
+            try:
+                yield from self._one_file(path, base, ledger, many)
+            finally:
+                self._current = None
+                self._bytes_done += sizes[path]
+
+    def _one_file(
+        self, path: Path, base: Path | None, ledger: Ledger | None, many: bool
+    ) -> Iterator[Entry]:
+        key = _file_key(path, ledger) if many else None
+        self._header_check = ledger.header_problem if ledger is not None and many else None
+        size, sha = 0, ""
+        if ledger is not None and not os.path.isfile(path):
+            ledger = None  # a pipe or a device: read once, as it comes, and not recorded
+        if ledger is not None:
+            try:
+                size, sha = file_sha256(path)
+            except OSError as exc:
+                if not many:
+                    raise SourceUnreadable(_cannot_open(path, exc)) from None
+                yield Entry(None, str(path), _cannot_open(path, exc), key=key)
+                return
+            if ledger.skip(path, size, sha):
+                return
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            if not many:
+                raise SourceUnreadable(_cannot_open(path, exc)) from None
+            yield Entry(None, str(path), _cannot_open(path, exc), key=key)
+            return
+        count, complete = 0, False
+        try:
+            with raw:
+                self._current = raw
+                try:
+                    shown = str(path)
+                    for entry in self.read_file(raw, path, key):
+                        count += 1
+                        if (
+                            key is not None
+                            and entry.record is None
+                            and entry.key is None
+                            and entry.location.startswith(shown)
+                        ):  # an unreadable record of a glob: keyed by its file and place
+                            entry.key = key + entry.location[len(shown) :]
+                        yield entry
+                except SourceUnreadable as exc:
+                    if not many:
+                        raise
+                    count += 1
+                    yield Entry(None, str(path), str(exc), key=key)
+                complete = True
+        finally:
+            if ledger is not None:
+                ledger.read(path, size, sha, count, complete)
+
+    def read_header(self, base: Path | None = None) -> list[str] | None:
+        """The column names of the (first) file, or None when not known."""
+        return None
+
+
+def _cannot_open(path: Path, exc: OSError) -> str:
+    return f"cannot open {path}: {exc.strerror or exc}"
+
+
+def _file_key(path: Path, ledger: Ledger | None) -> str:
+    """The key of a whole file's error item: its path relative to the rootdir."""
+    absolute = Path(os.path.normpath(path.absolute()))
+    root = ledger.rootdir if ledger is not None else Path.cwd()
+    try:
+        return absolute.relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return absolute.as_posix()
 
 
 def _open(path: Path) -> Any:
@@ -82,9 +254,10 @@ class _Lines:
             if self.again:
                 last, line = self.again.pop()
             else:
-                line = next(self.text, None)
-                if line is None:
+                more: str | None = next(self.text, None)
+                if more is None:
                     return last
+                line = more
                 self.read += 1
                 last = self.read
             if line.count(quotechar) % 2:
@@ -121,7 +294,7 @@ def _lines_named(first: int, last: int) -> str:
 FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 
 
-class read_csv(Reader):  # noqa: N801 - public API reads like a function
+class read_csv(FileReader):  # noqa: N801 - public API reads like a function
     """Stream a CSV file with a header row as dicts of strings.
 
     ``csv_options`` go to :func:`csv.reader` (``delimiter``, ``quotechar``, …);
@@ -146,15 +319,13 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
         self.field_size_limit = field_size_limit
         self.csv_options = {"strict": True, **csv_options}
 
-    def entries(self, base: Path | None = None) -> Iterator[Entry]:
-        path = self.resolve(base)
-        with _open(path) as raw:
-            text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
-            dialect = csv.reader(io.StringIO(""), **self.csv_options).dialect
-            quotechar = dialect.quotechar if dialect.quoting != csv.QUOTE_NONE else None
-            lines = _Lines(text, self.encoding)
-            reader = csv.reader(lines, **self.csv_options)
-            yield from self._records(reader, lines, path, quotechar)
+    def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
+        text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
+        dialect = csv.reader(io.StringIO(""), **self.csv_options).dialect
+        quotechar = dialect.quotechar if dialect.quoting != csv.QUOTE_NONE else None
+        lines = _Lines(text, self.encoding)
+        reader = csv.reader(lines, **self.csv_options)
+        yield from self._records(reader, lines, path, quotechar, file_key)
 
     def _next_row(self, reader: Any) -> list[str]:
         """The reader's next row, under this reader's field size limit (the csv
@@ -179,7 +350,10 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
         return f"broken quoting: {message}"
 
     def read_header(self, base: Path | None = None) -> list[str] | None:
-        """The file's header row (its column names), or None when it has none."""
+        """The file's header row (its column names), or None when it has none
+        (or when the path is a glob: each file's own header is checked as it is read)."""
+        if self.is_glob:
+            return None
         with _open(self.resolve(base)) as raw:
             text = io.TextIOWrapper(raw, self.encoding, errors="surrogateescape", newline="")
             for row in csv.reader(text, **self.csv_options):
@@ -188,13 +362,19 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
         return None
 
     def _records(
-        self, reader: Any, lines: _Lines, path: Path, quotechar: str | None
+        self,
+        reader: Any,
+        lines: _Lines,
+        path: Path,
+        quotechar: str | None,
+        file_key: str | None = None,
     ) -> Iterator[Entry]:
         header: list[str] | None = None
         width = 0
         while True:
             lines.start()
             error: str | None = None
+            row: list[str] | None
             try:
                 row = self._next_row(reader)
             except StopIteration:
@@ -224,6 +404,11 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                 if error is None and not bad:
                     if row:
                         header, width = row, len(row)
+                        check = self._header_check
+                        problem = check(path, row) if check is not None else None
+                        if problem is not None:  # a typed record's columns are missing
+                            yield Entry(None, where, problem, key=file_key)
+                            return
                     continue
                 lines.drain()  # no record can be read: the error covers the whole file
                 rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
@@ -232,15 +417,17 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                     where,
                     f"{path}, {_lines_named(first, end)}: the header cannot be read "
                     f"({error or bad}), so no record{rest} can be read",
+                    key=file_key,
                 )
                 return
             if error is None and not row:  # blank line
                 continue
-            if len(span) > 1 and (error is not None or len(row) != width):
+            cells = row if row is not None else []
+            if len(span) > 1 and (error is not None or len(cells) != width):
                 # a quoted field ran over line ends and the record does not parse:
                 # its first line is the error, the others are read again
                 lines.read_again(span[1:])
-                reason = error or f"expected {width} fields, got {len(row)}"
+                reason = error or f"expected {width} fields, got {len(cells)}"
                 yield Entry(
                     None,
                     where,
@@ -248,60 +435,62 @@ class read_csv(Reader):  # noqa: N801 - public API reads like a function
                     "the line end; the lines after it are read as records of their own)",
                 )
                 continue
-            bad = [f"line {n}: {p}" for n, _, p in span if p]
-            if bad:
+            bad_lines = [f"line {n}: {p}" for n, _, p in span if p]
+            if bad_lines:
                 named = "" if len(span) == 1 else f"{_lines_named(first, end)}: "
-                yield Entry(None, where, f"{path}, {named}{'; '.join(bad)}")
+                # the fields as read: the record keeps its real key when the key's
+                # field is clean (an undecodable key is its position, see runner)
+                readable = error is None and len(cells) == width
+                fields = dict(zip(header, cells, strict=True)) if readable else None
+                yield Entry(fields, where, f"{path}, {named}{'; '.join(bad_lines)}")
                 continue
             if error is not None:
                 yield Entry(None, where, f"{path}, line {first}: {error}")
                 continue
-            if len(row) != width:
+            if len(cells) != width:
                 yield Entry(
-                    dict(zip(header, row, strict=False)),
+                    dict(zip(header or (), cells, strict=False)),
                     where,
-                    f"{path}, line {first}: expected {width} fields, got {len(row)}",
+                    f"{path}, line {first}: expected {width} fields, got {len(cells)}",
                 )
                 continue
-            yield Entry(dict(zip(header, row, strict=True)), where, flat=True)
+            yield Entry(dict(zip(header or (), cells, strict=True)), where, flat=True)
 
 
-class read_jsonl(Reader):  # noqa: N801
+class read_jsonl(FileReader):  # noqa: N801
     """Stream a JSON Lines file: one JSON object per line (blank lines ignored)."""
 
-    def entries(self, base: Path | None = None) -> Iterator[Entry]:
-        path = self.resolve(base)
-        with _open(path) as raw:
-            for lineno, line in enumerate(raw, 1):
-                where = f"{path}:{lineno}"
-                if lineno == 1 and line.startswith(codecs.BOM_UTF8):
-                    line = line[3:]
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    byte = line[exc.start : exc.start + 1].hex()
-                    yield Entry(
-                        None,
-                        where,
-                        f"{path}, line {lineno}: invalid UTF-8 byte 0x{byte} "
-                        f"at column {exc.start + 1}",
-                    )
-                    continue
-                except json.JSONDecodeError as exc:
-                    yield Entry(None, where, f"{path}, line {lineno}: invalid JSON: {exc}")
-                    continue
-                except RecursionError:
-                    yield Entry(None, where, f"{path}, line {lineno}: {_TOO_DEEP}")
-                    continue
-                if not isinstance(record, dict):
-                    kind = type(record).__name__
-                    yield Entry(
-                        record, where, f"{path}, line {lineno}: expected a JSON object, got {kind}"
-                    )
-                    continue
-                yield Entry(record, where)
+    def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
+        for lineno, line in enumerate(raw, 1):
+            where = f"{path}:{lineno}"
+            if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[3:]
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start : exc.start + 1].hex()
+                yield Entry(
+                    None,
+                    where,
+                    f"{path}, line {lineno}: invalid UTF-8 byte 0x{byte} "
+                    f"at column {exc.start + 1}",
+                )
+                continue
+            except json.JSONDecodeError as exc:
+                yield Entry(None, where, f"{path}, line {lineno}: invalid JSON: {exc}")
+                continue
+            except RecursionError:
+                yield Entry(None, where, f"{path}, line {lineno}: {_TOO_DEEP}")
+                continue
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                yield Entry(
+                    record, where, f"{path}, line {lineno}: expected a JSON object, got {kind}"
+                )
+                continue
+            yield Entry(record, where)
 
 
 def _value_end(buf: str, pos: int) -> int | None:
@@ -332,21 +521,33 @@ def _value_end(buf: str, pos: int) -> int | None:
     return None
 
 
-class read_json(Reader):  # noqa: N801
-    """Stream the elements of a JSON file whose top level is an array.
+class read_json(FileReader):  # noqa: N801
+    """Stream the elements of a JSON array: the file's top level, or the array
+    found at the dotted path ``at`` (``at="data.items"``: ``{"data": {"items": [...]}}``).
 
     A malformed element (or one with undecodable bytes) is an ``error`` item
-    naming its record number; reading resumes at the next element.
+    naming its record number; reading resumes at the next element. A file
+    without the array is one ``error`` item naming what was found instead.
     """
 
-    def entries(self, base: Path | None = None) -> Iterator[Entry]:
-        path = self.resolve(base)
-        with _open(path) as raw:
-            text = io.TextIOWrapper(raw, "utf-8-sig", errors="surrogateescape")
-            yield from self._elements(text, path)
+    def __init__(self, path: str | Path, at: str | None = None) -> None:
+        super().__init__(path)
+        if at is not None and (not isinstance(at, str) or not all(at.split("."))):
+            raise ValueError(f"read_json(at=...) is a dotted path such as 'data.items': {at!r}")
+        self.at = at
+
+    def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
+        text = io.TextIOWrapper(raw, "utf-8-sig", errors="surrogateescape")
+        yield from self._elements(text, path, self.at, file_key)
+
+    def __repr__(self) -> str:
+        at = f", at={self.at!r}" if self.at else ""
+        return f"read_json({str(self.path)!r}{at})"
 
     @staticmethod
-    def _elements(text: Any, path: Path) -> Iterator[Entry]:
+    def _elements(
+        text: Any, path: Path, at: str | None = None, file_key: str | None = None
+    ) -> Iterator[Entry]:
         decoder = json.JSONDecoder()
         buf, pos, eof, number, consumed = "", 0, False, 0, 0
 
@@ -371,11 +572,96 @@ class read_json(Reader):  # noqa: N801
                 if not fill():
                     return ""
 
+        def skip_value() -> bool:
+            """Move ``pos`` past the value there, reading on and dropping what was
+            read (a large member before the array is never held whole); False at
+            the end of the file."""
+            nonlocal pos
+            depth, in_string, escaped = 0, False, False
+            while True:
+                while pos < len(buf):
+                    c = buf[pos]
+                    if in_string:
+                        if escaped:
+                            escaped = False
+                        elif c == "\\":
+                            escaped = True
+                        elif c == '"':
+                            in_string = False
+                    elif c == '"':
+                        in_string = True
+                    elif c in "[{":
+                        depth += 1
+                    elif c in "]}":
+                        if depth == 0:
+                            return True
+                        depth -= 1
+                        if depth == 0:
+                            pos += 1
+                            return True
+                    elif c == "," and depth == 0:
+                        return True
+                    pos += 1
+                if not fill():
+                    return False
+
+        def find(name: str) -> str | None:
+            """Move into the object at ``pos`` to the value of member ``name``;
+            None when found, else what was found instead."""
+            nonlocal pos
+            first = skip_ws()
+            if first != "{":
+                return "an empty file" if first == "" else f"{first!r}"
+            pos += 1
+            while True:
+                if skip_ws() == "}":
+                    return "no member " + repr(name)
+                while True:
+                    try:
+                        member, end = decoder.raw_decode(buf, pos)
+                        break
+                    except json.JSONDecodeError:
+                        if eof or not fill():
+                            return "invalid JSON"
+                if not isinstance(member, str):
+                    return "invalid JSON"
+                pos = end
+                if skip_ws() != ":":
+                    return "invalid JSON"
+                pos += 1
+                skip_ws()
+                if member == name:
+                    return None
+                if not skip_value():
+                    return "invalid JSON"
+                sep = skip_ws()
+                if sep == ",":
+                    pos += 1
+                elif sep != "}":
+                    return "invalid JSON"
+
+        where_array = "at the top level"
+        if at is not None:
+            where_array = f"at {at!r}"
+            for depth, name in enumerate(at.split(".")):
+                found = find(name)
+                if found is not None:
+                    inside = ".".join(at.split(".")[:depth]) or "the top level"
+                    yield Entry(
+                        None,
+                        str(path),
+                        f"{path}: expected a JSON array at {at!r}, found {found} in {inside}",
+                        key=file_key,
+                    )
+                    return
         first = skip_ws()
         if first != "[":
             shown = "an empty file" if first == "" else f"{first!r}"
             yield Entry(
-                None, str(path), f"{path}: expected a JSON array at the top level, found {shown}"
+                None,
+                str(path),
+                f"{path}: expected a JSON array {where_array}, found {shown}",
+                key=file_key,
             )
             return
         pos += 1

@@ -1,10 +1,14 @@
-"""The runner (plugin ``runner``): items in chunks, the per-item protocol.
+"""The in-process runner (plugin ``runner``): processors, chunks, the per-item protocol.
 
 For each processor: set up its fixtures wider than ``item`` (their writes
-commit before the first item), then read its entries a chunk at a time, ask
-the recorder once per chunk what is already ingested, run each item under
-the transaction rules of :mod:`ingestkit.transaction`, and commit the chunk
-together with its outcome rows.
+commit before the first item), then read its entries a chunk at a time and
+hand each chunk to ``ingestkit_chunk_run`` (:mod:`ingestkit.chunks`). This
+plugin's implementation, the in-process one, asks the recorder what is
+already ingested, runs each item under the transaction rules of
+:mod:`ingestkit.transaction`, and commits the chunk together with its
+outcome rows. The leader of ``-n`` (:mod:`ingestkit.leader`) queues the chunk
+instead; a worker (:mod:`ingestkit.worker`) runs the chunks it claims with
+:meth:`Runner.run_chunk`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import sources
+from .chunks import Chunk, Claim
 from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import ItemTimeout, RecordError, Skipped, TeardownErrors
@@ -36,7 +41,8 @@ from .sources import (
     to_json,
     to_payload,
 )
-from .transaction import ConnectionLost, ReplayChunk, TransactionEnded
+from .stash import StashKey
+from .transaction import ConnectionLost, ReplayChunk, Transaction, TransactionEnded
 from .typed import ModelError, RecordInvalid, model_for
 
 if TYPE_CHECKING:
@@ -121,22 +127,6 @@ class Plan:
     model: Any = None  # the typed record model of ``record: Model`` (see typed.py)
 
 
-@dataclass
-class Chunk:
-    """The items of one processor that commit together."""
-
-    processor: Processor
-    reports: list[ItemReport] = field(default_factory=list)
-    unchanged: int = 0
-    restored: list[str] = field(default_factory=list)  # unchanged, back to a success
-    #: what commits with the chunk: ``write(cursor)`` callables (see ingestkit_chunk_commit)
-    writes: list[Any] = field(default_factory=list)
-    #: the queued task the items came from, when a worker runs them (see workers.py)
-    task: Any = None
-    #: items not run because the batch is stopping
-    left: list[Item] = field(default_factory=list)
-
-
 def _record_bytes(batch: list[Entry]) -> int:
     """About how large the chunk's records are, each, from a few of them."""
     sample = batch[:: max(1, len(batch) // 4)][:4]
@@ -155,7 +145,7 @@ def _record_bytes(batch: list[Entry]) -> int:
 
 #: Formatted frames by where an exception went through (failures repeat: a bad
 #: row fails in the same line as the one before it).
-_FRAMES: dict[tuple, str] = {}
+_FRAMES: dict[tuple[tuple[Any, int], ...], str] = {}
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -185,13 +175,29 @@ def _trim_traceback(exc: BaseException) -> str:
         if len(_FRAMES) > 1000:
             _FRAMES.clear()
         _FRAMES[key] = frames
-    return frames + "".join(traceback.format_exception_only(type(exc), exc))
+    return frames + _exception_line(exc)
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``traceback.format_exception_only(exc)``, without building a TracebackException
+    in the usual case (no notes, not a SyntaxError): the same text."""
+    kind = type(exc)
+    if getattr(exc, "__notes__", None) is not None or issubclass(kind, SyntaxError):
+        return "".join(traceback.format_exception_only(kind, exc))
+    name, module = kind.__qualname__, kind.__module__
+    if module not in ("__main__", "builtins"):
+        name = f"{module}.{name}" if isinstance(module, str) else f"<unknown>.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        return "".join(traceback.format_exception_only(kind, exc))
+    return f"{name}: {text}\n" if text else f"{name}\n"
 
 
 def _message(exc: BaseException) -> str:
     named = getattr(exc, "ingestkit_message", None)  # a COPY error naming its column
     if named:
-        return named
+        return str(named)
     text = str(exc).strip()
     if "CONTEXT:  COPY " in text:  # "line 1" of ingestkit's own COPY, not of the user's file
         text = "\n".join(
@@ -210,20 +216,55 @@ def _convert(item: Item, model: Any) -> bool:
     return True
 
 
+#: How many keys' first records the duplicate-key message can name (bounded memory).
+FIRSTS_KEPT = 100_000
+
+#: The (processor, key) pairs of node ids with a key that a record matched.
+MATCHED_KEYS = StashKey[set[tuple[str, str]]]()
+
+
+def _duplicate_message(item: Item, firsts: dict[str, tuple[str | None, str]]) -> str:
+    """Whether a duplicate's content differs from the first record's, and where that was."""
+    message = f"duplicate key {item.key!r} in this batch ({item.location}); "
+    first = firsts.get(item.key)
+    if first is None:
+        return message + "the first record with this key was already processed"
+    same = "the same content as" if first[0] == item.content_hash else "content that differs from"
+    return message + f"it has {same} the first record with this key ({first[1]}), already processed"
+
+
+def _undecodable(record: Any) -> bool:
+    """Whether a record a reader could not decode holds its bad bytes (or NULs)."""
+    return isinstance(record, dict) and any(
+        isinstance(v, str) and sources.storable_key(v) != v and not v.startswith("\\")
+        for v in record.values()
+    )
+
+
 class Runner:
     """Runs a session's processors; one instance per batch."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, setup_fixtures: bool = True) -> None:
         self.session = session
+        #: whether processors' wider fixtures are set up here (not in a leader: its workers do)
+        self.setup_fixtures = setup_fixtures
+        #: the processor running now stopped on an exception (its source not read to its end)
+        self.broken_off = False
         self.config = session.config
         self.hook = session.config.hook
-        self.txn = session.txn
+        if session.txn is None:
+            raise RuntimeError("the runner needs the session's database open")
+        self.txn: Transaction = session.txn
         self.runtime = session.fixtures
         self.capture = session.capture
         option = self.config.option
         self.maxfail = option.maxfail
         self.reprocess = option.reprocess
-        self.store_all = self.config.get("store_payloads", "failed") == "all"
+        # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
+        self.store_all = self.config.get("store_payloads", "latest") != "failed"
+        self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
+            MATCHED_KEYS, set()
+        )
         self.fixed_chunk = option.chunk_size
         self.item_timeout = option.item_timeout
         self.chunk_size = option.chunk_size or FIRST_CHUNK
@@ -239,6 +280,9 @@ class Runner:
         manager = session.fixturemanager
         self.seeded = {name: manager.defs_for(name, "")[0] for name in ("record", "item", "log")}
         self.log_logger = self.capture.logger
+        #: the hooks of the running processor: conftest.py files not above it left out
+        self.ihook: Any = self.hook
+        self._ihooks: dict[Path, Any] = {}
         self._module: str | None = None
         self.failures = 0
 
@@ -251,25 +295,45 @@ class Runner:
                     break
                 self.run_processor(processor)
         finally:
-            self._complete()
-        self._teardown("module")
-        self._teardown("batch")
+            self.complete()
+        self.teardown("module")
+        self.teardown("batch")
 
     def run_processor(self, processor: Processor) -> None:
+        """Run one processor's items: its entries read a chunk at a time."""
         session = self.session
-        if self._module is not None and self._module != processor.module_nodeid:
-            self._teardown("module")
-        self._module = processor.module_nodeid
-        self.runtime.processor = processor
-        self.hook.ingestkit_processor_start(processor=processor, session=session)
-        plan = self.prepare(processor)
+        plan = self.start_processor(processor)
         try:
             if plan.model is not None and plan.setup_error is None and self._bad_header(plan):
                 return
-            entries = self.hook.ingestkit_processor_entries(processor=processor, session=session)
+            entries = self.ihook.ingestkit_processor_entries(processor=processor, session=session)
             self._run_entries(plan, iter(entries or ()))
+        except BaseException:
+            self.broken_off = True
+            raise
         finally:
             self.finish_processor(processor)
+
+    def start_processor(self, processor: Processor) -> Plan:
+        """Tear down the module before when it changes, announce the processor, plan it."""
+        if self._module is not None and self._module != processor.module_nodeid:
+            self.teardown("module")
+        self._module = processor.module_nodeid
+        self.broken_off = False
+        self.runtime.processor = processor
+        self.ihook = self.hook_for(processor)
+        self.ihook.ingestkit_processor_start(processor=processor, session=self.session)
+        return self.prepare(processor, setup=self.setup_fixtures)
+
+    def hook_for(self, processor: Processor) -> Any:
+        """The hooks for ``processor``: those of conftest.py files not above it left out,
+        as pytest's ``session.gethookproxy(fspath)``."""
+        ihook = self._ihooks.get(processor.path)
+        if ihook is None:
+            ihook = self._ihooks[processor.path] = _CachedHooks(
+                self.session.collector.hook_for(processor.path)
+            )
+        return ihook
 
     def prepare(self, processor: Processor, setup: bool = True) -> Plan:
         """How the processor's items are called; with ``setup``, its wider fixtures set up."""
@@ -294,6 +358,8 @@ class Runner:
     def _bad_header(self, plan: Plan) -> bool:
         """A typed processor's CSV lacks required columns: one error item, no records."""
         spec = plan.processor.source
+        if spec is None:
+            return False
         header = getattr(spec.src, "read_header", None)
         if header is None:
             return False
@@ -309,12 +375,15 @@ class Runner:
         return False
 
     def finish_processor(self, processor: Processor) -> None:
+        """Report the processor's last chunks, tear down its fixtures, announce its end."""
         try:
-            self._complete()
+            self.complete()
         finally:
-            self._teardown("processor")
+            self.teardown("processor")
             self.runtime.processor = None
-            self.hook.ingestkit_processor_finish(processor=processor, session=self.session)
+            self.hook_for(processor).ingestkit_processor_finish(
+                processor=processor, session=self.session
+            )
 
     def _setup_wider(self, closure: Closure, processor: Processor) -> BaseException | None:
         """Set up fixtures wider than item now, and commit what they wrote."""
@@ -352,7 +421,8 @@ class Runner:
                 return
         plan.static, plan.per_item = static, per_item
 
-    def _teardown(self, scope: str) -> None:
+    def teardown(self, scope: str) -> None:
+        """Tear down the fixtures of ``scope``; their errors go to the summary."""
         errors = self.runtime.teardown(scope)
         if errors:
             self.txn.rollback()  # a teardown's own writes are not an item's
@@ -365,6 +435,7 @@ class Runner:
         processor = plan.processor
         keyfunc = plan.keyfunc
         seen = KeySet(spill=self.session.control)
+        self.firsts: dict[str, tuple[str | None, str]] = {}
         self.rerun_keys: set[str] = set()
         position = 0
         record_bytes = 0  # an estimate, from the chunk before
@@ -393,17 +464,18 @@ class Runner:
             if processor.source is not None:
                 for item, first in zip(items, seen.add_all([it.key for it in items]), strict=True):
                     item.duplicate = not first
+                    if first and len(self.firsts) < FIRSTS_KEPT:  # for the duplicate-key message
+                        self.firsts[item.key] = (item.content_hash, item.location)
             self.run_items(plan, items, len(batch))
         if broken is not None and not self.session.shouldstop:
             self._source_error(processor, broken)
 
     def run_items(self, plan: Plan, items: list[Item], read: int) -> None:
-        """Run a chunk of items read from the source (``read`` entries made them)."""
-        started = time.perf_counter()
-        self._run_chunk(plan, items)
-        self._adapt(time.perf_counter() - started, read)
+        """Hand a chunk of items read from the source (``read`` entries made them) on."""
+        self.hook.ingestkit_chunk_run(runner=self, plan=plan, items=items, read=read)
 
-    def _adapt(self, seconds: float, count: int) -> None:
+    def adapt(self, seconds: float, count: int) -> None:
+        """Grow the chunks while they are fast, shrink them when slow."""
         if self.fixed_chunk:
             return
         if seconds < CHUNK_SECONDS / 2 and count >= self.chunk_size:
@@ -426,8 +498,12 @@ class Runner:
                 key = (
                     keyfunc(entry.record, position) if entry.record is not None else f"#{position}"
                 )
+                if sources.storable_key(key) != key:  # its key could not be read either
+                    key = f"#{position}"
             except Exception:
                 key = f"#{position}"
+            if _undecodable(entry.record):  # no payload: --lf cannot replay what was not read
+                item.record = None
         else:
             try:
                 key = keyfunc(entry.record, position)
@@ -439,8 +515,10 @@ class Runner:
                 item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
         if entry.key is None:  # a key from a source's record, not one already stored
             key = sources.storable_key(key)
-        if processor.selected_keys is not None and key not in processor.selected_keys:
-            return None
+        if processor.selected_keys is not None:
+            if key not in processor.selected_keys:
+                return None
+            self.matched_keys.add((processor.nodeid, key))  # see lastfailed.not_found
         if entry.rerun:
             self.rerun_keys.add(key)
             item.rerun = True
@@ -471,29 +549,38 @@ class Runner:
         chunk.reports.append(report)
         self._commit(chunk)
 
-    def _run_chunk(self, plan: Plan, items: list[Item], task: Any = None) -> None:
-        session = self.session
+    def run_chunk(
+        self, plan: Plan, items: list[Item], task: Any = None, claim: Claim | None = None
+    ) -> None:
+        """Run a chunk of items in this process and commit it with its outcomes.
+
+        ``task`` is the queued task the items came from (a worker's), ``claim``
+        the worker's hold on it.
+        """
         processor = plan.processor
         chunk = Chunk(processor, task=task)
         self.txn.begin()
+        to_run = self._triage(chunk, items)
+        ran = self._run_each(to_run, plan, claim)
+        chunk.left = to_run[len(ran) :]
+        if claim is not None:
+            claim.wait_turn()
+        self._finish_chunk(chunk, ran, plan)
+
+    def _triage(self, chunk: Chunk, items: list[Item]) -> list[Item]:
+        """The items to run: duplicates fail, unchanged ones count, the rest get their history."""
+        processor = chunk.processor
         # a re-fed (--lf) item carries its own history; the others need theirs
         keys = [it.key for it in items if processor.source is not None and not it.rerun]
         history = (
-            self.hook.ingestkit_chunk_history(session=session, processor=processor, keys=keys)
+            self.ihook.ingestkit_chunk_history(session=self.session, processor=processor, keys=keys)
             if keys
             else None
         ) or {}
         to_run: list[Item] = []
         for item in items:
             if item.duplicate:
-                report = self._report(item, "failed", None, 0.0)
-                report.error_type = "DuplicateKey"
-                report.error_message = (
-                    f"duplicate key {item.key!r} in this batch ({item.location}); "
-                    "the first record with this key was already processed"
-                )
-                report.track = False
-                chunk.reports.append(report)
+                chunk.reports.append(self._duplicate(item))
                 continue
             past = history.get(item.key)
             if past is not None:
@@ -510,7 +597,19 @@ class Runner:
                     item.attempt = past.attempt + 1
                     item.previous_error = past.error_message
             to_run.append(item)
+        return to_run
 
+    def _duplicate(self, item: Item) -> ItemReport:
+        report = self._report(item, "failed", None, 0.0)
+        report.error_type = "DuplicateKey"
+        report.error_message = _duplicate_message(item, getattr(self, "firsts", {}))
+        report.location = item.location
+        report.track = False
+        return report
+
+    def _run_each(self, to_run: list[Item], plan: Plan, claim: Claim | None) -> list[Item]:
+        """Run the items until the batch stops; those that ran (Ctrl-C: without its item)."""
+        session = self.session
         ran: list[Item] = []
         try:
             for item in to_run:
@@ -519,18 +618,17 @@ class Runner:
                 ran.append(item)
                 self._run_item(item, plan)
                 if self.txn.ended_by is not None:
-                    self._run_again(ran, plan, task)
-                if item.report.failed:
-                    self._count_failure()
+                    self._run_again(ran, plan, claim)
+                if item.report is not None and item.report.failed:
+                    self.count_failure()
         except KeyboardInterrupt:
             item = ran.pop()
             self._abandon(item)
             session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
             session.interrupted = True
-        chunk.left = to_run[len(ran) :]
-        self._finish_chunk(chunk, ran, plan)
+        return ran
 
-    def _run_again(self, ran: list[Item], plan: Plan, task: Any) -> None:
+    def _run_again(self, ran: list[Item], plan: Plan, claim: Claim | None) -> None:
         """An item ended the chunk's transaction: what its neighbours wrote went with
         it, so they run again in a new one; the item itself fails."""
         while (culprit := self.txn.ended_by) is not None:
@@ -538,10 +636,11 @@ class Runner:
             culprit.ended_transaction = True
             if culprit.report is None or culprit.report.status != "failed":
                 if culprit.report is not None:  # a later item found our savepoint gone
-                    self._count_failure()
+                    self.count_failure()
                 culprit.report = self._report(culprit, "failed", TransactionEnded(), 0.0)
             self.txn.rollback()
-            self.regain(task)
+            if claim is not None:
+                claim.regain()
             for item in ran:
                 if item.ended_transaction or (
                     item.report is not None and item.report.status != "succeeded"
@@ -553,10 +652,7 @@ class Runner:
                 if self.txn.ended_by is not None:
                     break  # once more, without the one that ended it
 
-    def regain(self, task: Any) -> None:
-        """After a lost transaction, take back what the chunk held (a worker's claim)."""
-
-    def _count_failure(self) -> None:
+    def count_failure(self) -> None:
         self.failures += 1
         if self.maxfail and self.failures >= self.maxfail and not self.session.shouldstop:
             self.session.shouldstop = f"stopping after {self.maxfail} failure" + (
@@ -577,13 +673,15 @@ class Runner:
         for owner, exc in culprits:
             # -x counts a row rejected at the chunk's end too
             if owner.report is None or not owner.report.failed:
-                self._count_failure()
+                self.count_failure()
             self._fail_late(owner, exc)
-        chunk.reports.extend(item.report for item in ran)
+        for item in ran:
+            assert item.report is not None, item  # every item that ran has its report
+            chunk.reports.append(item.report)
         chunk.reports.sort(key=lambda r: r.finished_epoch)
         self._commit(chunk)
 
-    def _replay(self, ran: list[Item], plan: Plan) -> list:
+    def _replay(self, ran: list[Item], plan: Plan) -> list[tuple[Item, BaseException]]:
         """Roll the chunk back and run it again, each item writing its own rows."""
         self.txn.rollback()
         self.txn.isolated = True
@@ -592,7 +690,8 @@ class Runner:
                 item.has_statements = False
                 item.statement_error = None
                 self._run_item(item, plan)
-            return self.txn.flush()
+            culprits: list[tuple[Item, BaseException]] = self.txn.flush()
+            return culprits
         finally:
             self.txn.isolated = False
 
@@ -613,17 +712,22 @@ class Runner:
         the chunk is counted and reported once it is known to have committed.
         """
         self.hook.ingestkit_chunk_commit(session=self.session, chunk=chunk)
-        self._complete()  # the previous chunk's commit, finished by now as a rule
+        self.complete()  # the previous chunk's commit, finished by now as a rule
         self.txn.commit_later(chunk.writes, token=chunk)
 
-    def _complete(self) -> None:
+    def complete(self) -> None:
         """Wait for chunks committing in the background, then count and report them."""
         for chunk in self.txn.take_committed():
-            self.session.count(chunk)
-            self.hook.ingestkit_chunk_finish(session=self.session, chunk=chunk)
-            if self.active["ingestkit_runtest_logreport"]:
-                for report in chunk.reports:
-                    self.hook.ingestkit_runtest_logreport(report=report)
+            self.report(chunk)
+
+    def report(self, chunk: Chunk) -> None:
+        """Count a committed chunk and report it."""
+        self.session.count(chunk)
+        ihook = self.hook_for(chunk.processor)
+        ihook.ingestkit_chunk_finish(session=self.session, chunk=chunk)
+        if self.active["ingestkit_runtest_logreport"]:
+            for report in chunk.reports:
+                ihook.ingestkit_runtest_logreport(report=report)
 
     # -- one item ----------------------------------------------------------
 
@@ -635,7 +739,7 @@ class Runner:
         runtime.item_nodeid = item.nodeid
         try:
             if active["ingestkit_runtest_setup"]:
-                self.hook.ingestkit_runtest_setup(item=item)
+                self.ihook.ingestkit_runtest_setup(item=item)
             if plan.static is not None:
                 kwargs = dict(plan.static)
                 for name, builtin in plan.per_item:
@@ -659,7 +763,7 @@ class Runner:
         else:
             try:
                 if active["ingestkit_runtest_call"]:
-                    self.hook.ingestkit_runtest_call(item=item, kwargs=kwargs)
+                    self.ihook.ingestkit_runtest_call(item=item, kwargs=kwargs)
                 else:  # what the default implementation below does, without the hook call
                     item.processor.func(**kwargs)
             except Skipped as e:
@@ -670,7 +774,7 @@ class Runner:
                 status, exc = "failed", e
         if active["ingestkit_runtest_teardown"]:
             try:
-                self.hook.ingestkit_runtest_teardown(item=item)
+                self.ihook.ingestkit_runtest_teardown(item=item)
             except (Exception, SystemExit) as e:
                 if status in ("succeeded", "skipped"):
                     status, exc = "error", e
@@ -731,7 +835,7 @@ class Runner:
         report = self._report(item, status, exc, (time.perf_counter() - started) * 1000.0)
         report.log = log
         if active["ingestkit_runtest_makereport"]:
-            self.hook.ingestkit_runtest_makereport(item=item, report=report)
+            self.ihook.ingestkit_runtest_makereport(item=item, report=report)
         item.report = report
 
     def _report(
@@ -763,12 +867,33 @@ class Runner:
         return report
 
 
+class _CachedHooks:
+    """A hook proxy whose hook callers are made once (each filters its impls as called)."""
+
+    def __init__(self, hook: Any) -> None:
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        caller = getattr(self._hook, name)
+        setattr(self, name, caller)
+        return caller
+
+
 # -- the plugin --------------------------------------------------------------
 
 
 @hookimpl(trylast=True)
 def ingestkit_runtestloop(session: Session) -> bool:
     Runner(session).run()
+    return True
+
+
+@hookimpl(trylast=True)
+def ingestkit_chunk_run(runner: Runner, plan: Plan, items: list[Item], read: int) -> bool:
+    """Run the chunk here and commit it; the chunks' size follows how fast they ran."""
+    started = time.perf_counter()
+    runner.run_chunk(plan, items)
+    runner.adapt(time.perf_counter() - started, read)
     return True
 
 
@@ -805,7 +930,7 @@ def default_entries(processor: Processor, session: Session) -> Iterator[Entry]:
         request = FixtureRequest(runtime, processor.nodeid, "processor", None, processor)
         kwargs = {name: runtime.value(closure, fdef, request) for name, fdef in closure.args}
         spec = dataclasses.replace(spec, src=src(**kwargs))
-    yield from session.config.hook.ingestkit_make_source(
+    yield from session.collector.hook_for(processor.path).ingestkit_make_source(
         spec=spec, processor=processor, session=session
     )
 

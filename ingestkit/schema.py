@@ -7,6 +7,7 @@ from importlib import resources
 
 import psycopg2
 import psycopg2.errors
+from psycopg2.extensions import connection, cursor
 
 from .outcomes import UsageError
 from .queries import q, read_sql
@@ -30,7 +31,7 @@ def current_version() -> int:
     return max([1, *migrations()])
 
 
-def ensure_schema(conn) -> None:  # noqa: ANN001 - psycopg2 connection
+def ensure_schema(conn: connection) -> None:
     """Bring schema ``ingestkit`` to the current version; a no-op when it is."""
     with conn.cursor() as cur:
         version = _version(cur)
@@ -43,7 +44,7 @@ def ensure_schema(conn) -> None:  # noqa: ANN001 - psycopg2 connection
             version = _version(cur)  # another run may have done it meanwhile
             if version is None:
                 cur.execute(q("namespace-exists"))
-                if not cur.fetchone()[0]:
+                if not _first(cur):
                     cur.execute(q("create-namespace"))
                 cur.execute(read_sql("schema.sql"))
                 cur.execute(q("set-schema-version"), (current_version(),))
@@ -62,9 +63,18 @@ def ensure_schema(conn) -> None:  # noqa: ANN001 - psycopg2 connection
         ) from None
 
 
-def _version(cur) -> int | None:  # noqa: ANN001
+def _version(cur: cursor) -> int | None:
     cur.execute(q("schema-exists"))
-    if not cur.fetchone()[0]:
+    if not _first(cur):
         return None
     cur.execute(q("schema-version"))
-    return cur.fetchone()[0]
+    version = _first(cur)
+    assert version is None or isinstance(version, int)
+    return version
+
+
+def _first(cur: cursor) -> object:
+    """The first column of the next row (the queries here always return one)."""
+    row = cur.fetchone()
+    assert row is not None
+    return row[0]

@@ -36,13 +36,17 @@ from .lookup import Lookup
 from .outcomes import ItemTimeout
 from .queries import q
 from .schema import ensure_schema
+from .stash import StashKey
 from .transaction import BatchAborted, ConnectionLost, Transaction
 
 if TYPE_CHECKING:
-    from .runner import Chunk
+    from .chunks import Chunk
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
+#: Set by a plugin that left nothing to run on purpose (``--lf`` with no failures):
+#: the run prints this and exits 0 without a batch.
+NOTHING_TO_RUN = StashKey[str]()
 #: Seconds a thread may hold the GIL while another waits for it (see run_batch).
 COMMIT_SWITCH_INTERVAL = 0.0005
 
@@ -65,14 +69,14 @@ class Batch:
     id: uuid.UUID
     dry_run: bool = False
     started_at: datetime | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     lock_key: int | None = None
 
 
 @hookimpl
 def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file_or_dir", nargs="*", help="paths or node ids (path::process_x[KEY])")
-    parser.add_argument("--version", action="version", version=f"ingestkit {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"ingestkit {__version__}")
     add = parser.add_argument
     add("--dsn", help="target database (else INGESTKIT_DSN, DATABASE_URL, dsn in config, embedded)")
     add("-k", dest="keyword", metavar="EXPR", help="only processors matching the expression")
@@ -104,9 +108,9 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--store-payloads",
-        choices=("all", "failed"),
+        choices=("latest", "all", "failed"),
         default=None,
-        help="store records of all items, or of failed ones",
+        help="records kept: each key's latest (default), all items', or failed ones'",
     )
     add(
         "--chunk-size",
@@ -125,16 +129,11 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 class Session:
-    """One invocation: what was collected, the database, the counts.
-
-    ``role`` is ``"single"``, or under ``-n`` ``"leader"`` (queues the items,
-    reports) or ``"worker"`` (runs them): plugins whose effect must happen once
-    per batch check it.
-    """
+    """One invocation: what was collected, the database, the counts."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        config.session = self  # type: ignore[attr-defined]
+        config.session = self
         self.fixturemanager = FixtureManager(config)
         self.fixtures = FixtureRuntime(self.fixturemanager)
         self.collector = Collector(self)
@@ -150,19 +149,14 @@ class Session:
             self.batch.meta["dry_run"] = True
         self.database: tuple[str, str] | None = None  # (masked dsn, origin)
         self.dsn: str | None = None
-        self.queue: Any = None  # a shared batch's queue (workers.py)
-        #: "single"; or, in a batch shared by workers, "leader" or "worker"
-        self.role = "single"
         self.txn: Transaction | None = None
         self.control: Any = None
         self.db: Database | None = None
         self.lookup: Lookup | None = None
-        self.capture = LogCapture()
+        self.capture = LogCapture(config.getoption("log_level") or config.inicfg.get("log_level"))
         self.interrupted_batches: list[str] = []
         self.notes: list[str] = []  # shown in the header
         self.warnings: list[str] = []  # shown in the summary
-        self.new_processors: set[str] = set()  # no outcome recorded before this batch
-        self.nothing_to_rerun = False
         self.finished_with: int | None = None  # the exit code the batch row was finished with
         self.timing_item = False  # --item-timeout's alarm is armed
         self.started = time.time()
@@ -172,6 +166,17 @@ class Session:
         for name, plugin in config.pluginmanager.list_name_plugin():
             if name not in ("builtin",) and plugin is not None and hasattr(plugin, "__dict__"):
                 self.fixturemanager.parse(plugin, "")
+
+    @property
+    def role(self) -> str:
+        """``"single"``; under ``-n``, ``"leader"`` or ``"worker"``: the mode's plugin registered.
+
+        For plugins whose effect must happen once per batch (see docs/plugins.md).
+        """
+        pm = self.config.pluginmanager
+        if pm.has_plugin("worker"):
+            return "worker"
+        return "leader" if pm.has_plugin("leader") else "single"
 
     def perform_collect(self) -> None:
         self.processors, self.collect_errors = collect(self)
@@ -203,6 +208,7 @@ class Session:
     def live_control(self) -> Any:
         """The control connection, opened again if it was lost (it holds no lock)."""
         if self.control.closed:
+            assert self.dsn is not None, "the database was opened"
             self.control = connect(self.dsn, "ingestkit-control")
             self.control.autocommit = True
             stay_connected(self.control)
@@ -218,7 +224,7 @@ class Session:
 
     def on_alarm(self, signum: int, frame: Any) -> None:
         """SIGALRM: the running item exceeded --item-timeout."""
-        if not self.timing_item:
+        if not self.timing_item or self.txn is None:
             return  # went off just as the item ended
         seconds = self.config.option.item_timeout
         self.txn.interrupt(ItemTimeout(f"the item ran longer than {seconds:g} s (--item-timeout)"))
@@ -232,6 +238,10 @@ class Session:
     def exitstatus(self) -> ExitCode:
         if self.shouldstop or self.interrupted or self.fatal:
             return ExitCode.INTERRUPTED
+        from .lastfailed import NOT_FOUND
+
+        if self.config.stash.get(NOT_FOUND, None):  # a node id's key matched no record
+            return ExitCode.USAGE_ERROR
         if (
             self.counts["failed"]
             or self.counts["error"]
@@ -274,10 +284,11 @@ def ingestkit_cmdline_main(config: Config) -> int:
             if session.collect_errors:
                 return ExitCode.ITEMS_FAILED
             return ExitCode.OK if session.processors else ExitCode.NO_PROCESSORS_COLLECTED
-        if session.nothing_to_rerun:
+        nothing = config.stash.get(NOTHING_TO_RUN, None)
+        if nothing is not None:
             for note in session.notes:
                 print(note)
-            print("nothing to rerun (--lf): no selected item's latest outcome is failed or error")
+            print(nothing)
             return ExitCode.OK
         if not session.processors and not session.collect_errors:
             print("no processors collected")
@@ -290,9 +301,11 @@ def ingestkit_cmdline_main(config: Config) -> int:
 
 def run_batch(session: Session) -> int:
     config = session.config
+    txn = session.txn
+    assert txn is not None, "run_batch needs the database open"
     status: int = ExitCode.INTERNAL_ERROR
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, session.txn.on_sigint) if in_main else None
+    previous = signal.signal(signal.SIGINT, txn.on_sigint) if in_main else None
     timeout = config.option.item_timeout
     if timeout and in_main:
         signal.signal(signal.SIGALRM, session.on_alarm)
@@ -309,7 +322,7 @@ def run_batch(session: Session) -> int:
             except KeyboardInterrupt:
                 session.interrupted = True
                 session.shouldstop = "interrupted by Ctrl-C (KeyboardInterrupt)"
-                session.txn.rollback()
+                txn.rollback()
             except ConnectionLost as exc:
                 session.fatal = f"lost the database connection: {exc}"
             except BatchAborted as exc:
@@ -319,8 +332,8 @@ def run_batch(session: Session) -> int:
                 if problem is not None:  # e.g. disk full: the chunk in flight is undone
                     session.fatal = problem
                     with contextlib.suppress(Exception):
-                        session.txn.rollback()
-                elif not session.txn.conn.closed and not session.control.closed:
+                        txn.rollback()
+                elif not txn.conn.closed and not session.control.closed:
                     raise
                 else:
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -350,10 +363,11 @@ def record_exit_code(config: Config, code: int) -> None:
     The batch row is finished with the batch's status; an error after that
     (a plugin's ``batch_finish``, closing) changes what the process exits with.
     """
-    session = getattr(config, "session", None)
-    finished_with = getattr(session, "finished_with", None)
-    if finished_with is None or finished_with == code or session.role == "worker":
+    session: Session | None = getattr(config, "session", None)
+    if session is None or session.finished_with is None or session.finished_with == code:
         return
+    if not config.pluginmanager.has_plugin("batches"):
+        return  # a worker: its leader keeps the batch's row
     if session.dsn is None or session.batch.lock_key is None:
         return  # no batch row was made
     with contextlib.suppress(Exception):  # best effort: the server may be gone

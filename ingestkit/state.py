@@ -26,6 +26,7 @@ import pluggy
 from .fixtures import FixtureRequest, argnames_of, fixture
 from .outcomes import UsageError
 from .queries import q
+from .stash import StashKey
 from .transaction import Listener
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
 _DELETED = object()
-_STASH = "state"
+_STASH = StashKey["dict[str, State]"]()
 
 
 def _default(value: Any) -> Any:
@@ -74,13 +75,13 @@ class _Change:
 
     __slots__ = ("owner", "before", "changes")
 
-    def __init__(self, owner: Any, before: dict) -> None:
+    def __init__(self, owner: Any, before: dict[str, Any]) -> None:
         self.owner = owner
         self.before = before
         self.changes: dict[str, Any] | None = None  # None while the item may still run
 
 
-class State(dict, Listener):
+class State(dict[str, Any], Listener):
     """The ``state`` fixture: a dict saved with the chunk of the item that changed it.
 
     Values are JSON; a ``datetime``/``date`` is kept as its ISO 8601 text (so a
@@ -88,7 +89,7 @@ class State(dict, Listener):
     callable or a wider fixture may read it.
     """
 
-    def __init__(self, processor: str, value: dict, txn: Transaction) -> None:
+    def __init__(self, processor: str, value: dict[str, Any], txn: Transaction) -> None:
         super().__init__(value)
         self._processor = processor
         self._txn = txn
@@ -129,7 +130,7 @@ class State(dict, Listener):
             self._journal.pop()
             self._owners.discard(id(change.owner))
 
-    def _set_all(self, value: dict) -> None:
+    def _set_all(self, value: dict[str, Any]) -> None:
         dict.clear(self)
         dict.update(self, value)
 
@@ -196,9 +197,10 @@ class State(dict, Listener):
         self._touch()
         return dict.items(self)
 
-    def copy(self) -> dict:
+    def copy(self) -> dict[str, Any]:
         self._touch()
-        return _clone(dict(self))
+        copied: dict[str, Any] = _clone(dict(self))
+        return copied
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if not isinstance(key, str):
@@ -220,7 +222,7 @@ class State(dict, Listener):
         self._touch(writing=True)
         return dict.pop(self, key, *default)
 
-    def popitem(self) -> tuple:
+    def popitem(self) -> tuple[str, Any]:
         self._touch(writing=True)
         return dict.popitem(self)
 
@@ -232,7 +234,9 @@ class State(dict, Listener):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def __ior__(self, other: Any) -> State:
+    # dict's own |= would bypass __setitem__. mypy checks an __ior__ of a dict
+    # subclass against dict.__or__'s generic overload, which no Self return satisfies.
+    def __ior__(self, other: Any) -> State:  # type: ignore[override,misc]
         self.update(other)
         return self
 
@@ -246,7 +250,7 @@ class State(dict, Listener):
 @fixture(scope="processor")
 def state(request: FixtureRequest) -> Any:
     """This processor's incremental state: a dict in ingestkit.state, saved with each chunk."""
-    session = request.config.session
+    session = request.config.session  # type: ignore[attr-defined]  # set by Session (session.py)
     nodeid = request.nodeid
     with session.control.cursor() as cur:
         cur.execute(q("state-load"), {"processor": nodeid})

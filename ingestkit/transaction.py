@@ -269,6 +269,8 @@ class Transaction:
         self._loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # committed ones
         self._new_loaders: dict[tuple[str, tuple[str, ...]], _Loader] = {}  # this transaction's
         self._loader_seq = 0
+        #: (table, columns) of rows whose last flush had rows rejected (see _flush_protected)
+        self._rejecting: set[tuple[str, tuple[str, ...]]] = set()
         self._fk_parents: dict[int, set[int]] = {}
         #: per table: its columns and whether each is of a text type (None: unknown)
         self._columns: dict[str, dict[str, bool] | None] = {}
@@ -565,6 +567,9 @@ class Transaction:
             if not row:
                 raise ValueError("db.upsert got an empty row")
             self._rows.append((owner, (table, tuple(row), conflict), tuple(row.values())))
+        self._row_tables.add(table)  # a read of the table writes them first, as inserts
+        if self.listeners:
+            self._wrote(owner, {table})
 
     @_critical
     def discard(self, owner: Any) -> None:
@@ -680,6 +685,18 @@ class Transaction:
     def _flush_protected(self, rows: list) -> list[tuple[Any, BaseException]]:
         if not rows:
             return []
+        group = rows[0][1]
+        if group in self._rejecting:
+            # this table rejected rows in the chunk before: rather than a COPY
+            # that fails again (and the rows encoded and sent twice), straight
+            # to the row-by-row loader, which costs the same whatever the share
+            owners = list(dict.fromkeys(r[0] for r in rows))
+            if self._loadable(rows, owners):
+                culprits = self._load_row_by_row(rows)
+                if culprits is not None:
+                    if not culprits:  # clean again: the next chunk tries a COPY
+                        self._rejecting.discard(group)
+                    return culprits
         self._raw("SAVEPOINT ingestkit_flush")
         try:
             self._copy(rows)
@@ -696,6 +713,7 @@ class Transaction:
             if isinstance(exc, psycopg2.Error) and self._loadable(rows, owners):
                 culprits = self._load_row_by_row(rows)
                 if culprits is not None:
+                    self._rejecting.add(group)
                     return culprits
             half = set(owners[: len(owners) // 2])
             first = [r for r in rows if r[0] in half]
@@ -967,6 +985,19 @@ class Transaction:
             visit(table)
         rank = {t: i for i, t in enumerate(ordered)}
         return sorted(groups.items(), key=lambda kv: rank[kv[0][0]])
+
+    def table_oid(self, table: str) -> int | None:
+        """The oid of ``table`` (a ``db.insert``/``lookup`` name), None if there is none."""
+        return self._oid(table)
+
+    @_critical
+    def catalog(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows of a query of the system catalogs (which the items' data cannot
+        make fail): no flush, no savepoint."""
+        self.wait()
+        with self.conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
 
     def _oid(self, table: str) -> int | None:
         if table not in self._table_oids:

@@ -19,7 +19,10 @@ import types
 import typing
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 PIP_PYDANTIC = "pip install 'ingestkit[pydantic]'"
 _MISSING = object()
@@ -124,7 +127,7 @@ def _to_bool(v: Any) -> Any:
     raise _Bad("is not a boolean (true/false/t/f/yes/no/y/n/1/0)")
 
 
-def _iso(kind: type, what: str) -> Callable[[Any], Any]:
+def _iso(kind: type[datetime.date | datetime.time], what: str) -> Callable[[Any], Any]:
     parse = kind.fromisoformat
 
     def convert(v: Any) -> Any:
@@ -260,6 +263,10 @@ class RecordModel:
             )
 
 
+class _Converter(Protocol):
+    def __call__(self, raw: Any, location: str) -> Any: ...
+
+
 class DataclassModel(RecordModel):
     """A dataclass, converted field by field with compiled converters."""
 
@@ -282,12 +289,12 @@ class DataclassModel(RecordModel):
                 )
             )
         self.fields = fields
-        self.convert = self._compile()  # type: ignore[method-assign]
+        self.convert = self._compile()  # type: ignore[method-assign]  # per instance, compiled
 
     def required_columns(self) -> list[str]:
         return [f.column for f in self.fields if f.required]
 
-    def _compile(self) -> Callable[[Any, str], Any]:
+    def _compile(self) -> _Converter:
         """One function converting a dict record with all the model's fields inlined;
         anything unusual (a bad value, a missing required column, not a dict) goes
         to :meth:`_convert`, which says what is wrong."""
@@ -333,7 +340,8 @@ class DataclassModel(RecordModel):
         # named after this file: a traceback through it is ingestkit's, not the user's
         code = compile("\n".join(body), __file__, "exec")
         exec(code, env)  # noqa: S102 - code made here, from field names only
-        return env["convert"]
+        convert: _Converter = env["convert"]
+        return convert
 
     def convert(self, raw: Any, location: str) -> Any:  # replaced by _compile()
         return self._convert(raw, location)
@@ -347,40 +355,59 @@ class DataclassModel(RecordModel):
                 f"{self.cls.__name__}, got {type(raw).__name__}"
             )
         kwargs: dict[str, Any] = {}
-        bad: list[str] | None = None
+        bad: list[str] = []
         get = raw.get
         for f in self.fields:
-            value = get(f.column, _MISSING)
-            if (
-                value is _MISSING
-                or value is None
-                or (value == "" and type(value) is str and (f.optional or not f.text))
-            ):
-                if f.has_default:
-                    continue
-                if f.optional:
-                    kwargs[f.name] = None
-                    continue
-                if value is _MISSING:
-                    reason = "missing column"
-                    shown = f"{f.column}: "
-                else:
-                    reason = "is empty" if value == "" else "is null"
-                    shown = f"{f.column}: {value!r} "
-                (bad := bad or []).append(shown + reason)
-                continue
             try:
-                kwargs[f.name] = f.convert(value)
-            except _Bad as exc:
-                (bad := bad or []).append(f"{f.column}: {_shown(value)} {exc.reason}")
-            except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. too many digits
-                (bad := bad or []).append(f"{f.column}: {_shown(value)} is invalid ({exc})")
+                value = _field_value(f, get(f.column, _MISSING))
+            except _FieldInvalid as exc:
+                bad.append(exc.problem)
+                continue
+            if value is not _MISSING:
+                kwargs[f.name] = value
         if bad:
             raise RecordInvalid(f"{where(location)}: " + "; ".join(bad))
         try:
             return self.cls(**kwargs)
         except Exception as exc:  # the model's own checks (__post_init__)
             raise RecordInvalid(f"{where(location)}: {type(exc).__name__}: {exc}") from exc
+
+
+class _FieldInvalid(Exception):
+    """One field of a record cannot be set: ``problem`` names its column and why."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _field_value(f: Field, value: Any) -> Any:
+    """Column ``f.column``'s ``value`` converted for field ``f``, or ``_MISSING`` to
+    leave the field its default; raises :class:`_FieldInvalid`."""
+    if (
+        value is _MISSING
+        or value is None
+        or (value == "" and type(value) is str and (f.optional or not f.text))
+    ):
+        return _no_value(f, value)
+    try:
+        return f.convert(value)
+    except _Bad as exc:
+        raise _FieldInvalid(f"{f.column}: {_shown(value)} {exc.reason}") from None
+    except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. too many digits
+        raise _FieldInvalid(f"{f.column}: {_shown(value)} is invalid ({exc})") from None
+
+
+def _no_value(f: Field, value: Any) -> Any:
+    """A field whose column is missing, null or empty: its default, None, or invalid."""
+    if f.has_default:
+        return _MISSING
+    if f.optional:
+        return None
+    if value is _MISSING:
+        raise _FieldInvalid(f"{f.column}: missing column")
+    reason = "is empty" if value == "" else "is null"
+    raise _FieldInvalid(f"{f.column}: {value!r} {reason}")
 
 
 def _shown(value: Any) -> str:
@@ -391,7 +418,9 @@ def _shown(value: Any) -> str:
 class PydanticModel(RecordModel):
     """A pydantic v2 model: pydantic's own validation, aliases included."""
 
-    def __init__(self, cls: type) -> None:
+    cls: type[BaseModel]
+
+    def __init__(self, cls: type[BaseModel]) -> None:
         import pydantic
 
         self.cls = cls
@@ -429,7 +458,7 @@ def _is_pydantic_class(tp: Any) -> bool:
     )
 
 
-def model_for(func: Callable) -> RecordModel | None:
+def model_for(func: Callable[..., Any]) -> RecordModel | None:
     """The model of ``func``'s ``record`` parameter, or None when it has no model type.
 
     Raises :class:`ModelError` (one line) when the annotation cannot be used.
@@ -448,23 +477,29 @@ def model_for(func: Callable) -> RecordModel | None:
         return None
     tp, _ = _unwrap_optional(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        try:
-            hints = typing.get_type_hints(tp)
-        except Exception as exc:
-            raise ModelError(
-                f"record: cannot read the field types of {tp.__name__}: {exc}"
-            ) from None
-        return DataclassModel(tp, hints)
+        return _dataclass_model(tp)
     if _is_pydantic_class(tp):
-        if not hasattr(tp, "model_validate"):
-            raise ModelError(
-                f"record: {tp.__name__} is a pydantic v1 model; typed records need "
-                f"pydantic v2: {PIP_PYDANTIC}"
-            )
-        try:
-            return PydanticModel(tp)
-        except ImportError:
-            raise ModelError(
-                f"record: {tp.__name__} needs pydantic, which is not installed: {PIP_PYDANTIC}"
-            ) from None
+        return _pydantic_model(tp)
     return None
+
+
+def _dataclass_model(tp: type) -> DataclassModel:
+    try:
+        hints = typing.get_type_hints(tp)
+    except Exception as exc:
+        raise ModelError(f"record: cannot read the field types of {tp.__name__}: {exc}") from None
+    return DataclassModel(tp, hints)
+
+
+def _pydantic_model(tp: type[BaseModel]) -> PydanticModel:
+    if not hasattr(tp, "model_validate"):
+        raise ModelError(
+            f"record: {tp.__name__} is a pydantic v1 model; typed records need "
+            f"pydantic v2: {PIP_PYDANTIC}"
+        )
+    try:
+        return PydanticModel(tp)
+    except ImportError:
+        raise ModelError(
+            f"record: {tp.__name__} needs pydantic, which is not installed: {PIP_PYDANTIC}"
+        ) from None

@@ -196,7 +196,13 @@ def test_junitxml_has_a_suite_per_processor(project, tmp_path):
     (suite,) = root.findall("testsuite")
     assert suite.get("name") == "ingest_rows.py::process_row"
     cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == ["[3]", "[6]", "[9]", "summary"]
+    assert [c.get("name") for c in cases] == [
+        "process_row[3]",
+        "process_row[6]",
+        "process_row[9]",
+        "process_row[summary]",
+    ]
+    assert {c.get("classname") for c in cases} == {"ingest_rows"}
     assert suite.get("failures") == "3"
 
 
@@ -266,7 +272,7 @@ def process_broken(missing_fixture):
         "ingest_rows.py::process_row",
     }
     assert suites["ingest_more.py::process_broken"].get("errors") == "1"
-    assert suites["ingest_rows.py::process_row"].get("tests") == "4"
+    assert suites["ingest_rows.py::process_row"].get("tests") == "10"
 
 
 def test_two_runs_at_once_never_process_an_item_twice(project):

@@ -569,3 +569,55 @@ def process_row(record):
         assert result.exit_code == 1, result.output
         assert result.statuses() == {"1": "succeeded", "2": "succeeded", "3": "failed"}
     assert seen == ["1", "2", "3"]
+
+
+SCOPED_CONFTEST = """
+import ingestkit
+
+def _log(line):
+    with open({log!r}, "a") as f:
+        f.write(line + "\\n")
+
+@ingestkit.hookimpl
+def ingestkit_processor_start(processor, session):
+    _log("start " + processor.nodeid)
+
+@ingestkit.hookimpl
+def ingestkit_runtest_setup(item):
+    _log("setup " + item.nodeid)
+
+@ingestkit.hookimpl
+def ingestkit_runtest_logreport(report):
+    _log("report " + report.nodeid)
+"""
+
+ONE_ROW = """
+import ingestkit
+
+@ingestkit.source([{"id": 1}], key="id")
+def process_row(record):
+    pass
+"""
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["in-process", "workers"])
+def test_a_conftest_hook_applies_only_at_or_below_its_folder(project, workers):
+    """As pytest scopes conftest hooks: a/conftest.py's hooks do not run for b/ingest_b.py."""
+    log = project.root / "hooks.log"
+    project.write("a/conftest.py", SCOPED_CONFTEST.format(log=str(log)))
+    project.write("a/ingest_a.py", ONE_ROW)
+    project.write("a/sub/ingest_c.py", ONE_ROW)
+    project.write("b/ingest_b.py", ONE_ROW)
+    result = project.cli(*workers)
+    assert result.returncode == 0, result.stdout
+    assert project.scalar("SELECT count(*) FROM ingestkit.items WHERE status = 'succeeded'") == 3
+    lines = log.read_text().splitlines()
+    kinds = {line.split()[0] for line in lines}
+    assert kinds == {"start", "setup", "report"}, lines  # under -n: the leader's and workers'
+    if not workers:
+        assert len(lines) == 6, lines
+    assert not [line for line in lines if "b/ingest_b.py" in line], lines
+    assert {line.split()[1].split("::")[0] for line in lines} == {
+        "a/ingest_a.py",
+        "a/sub/ingest_c.py",
+    }

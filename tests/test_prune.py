@@ -332,7 +332,8 @@ def test_a_version_3_history_is_partitioned_without_losing_a_row(project):
         project.scalar("SELECT relkind FROM pg_class WHERE oid = 'ingestkit.items'::regclass")
         == "p"
     )
-    assert project.query("SELECT * FROM ingestkit.items ORDER BY finished_at, key") == before
+    after = project.query("SELECT * FROM ingestkit.items ORDER BY finished_at, key")
+    assert [{c: row[c] for c in before[0]} for row in after] == before  # later columns added
     assert partitions(project)["items_legacy"] == 11
     indexes = {
         r["indexname"]

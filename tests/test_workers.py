@@ -359,3 +359,40 @@ def test_a_chunk_replayed_in_a_worker_keeps_its_claim(project):
     assert project.scalar("SELECT count(*) FROM t") == 380
     assert project.scalar("SELECT count(*) FROM audit") == 380
     assert project.scalar("SELECT count(DISTINCT key) FROM ingestkit.items") == 400
+
+
+SPLIT_PAIR = """
+import time
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def target(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+
+# record 21 writes the primary key of record 20; --chunk-size 20 puts them in two tasks
+@ingestkit.source([{{"id": i, "pk": 20 if i == 21 else i}} for i in range(1, 41)], key="id")
+def process_row(record, db):
+    if record["id"] <= 20:
+        time.sleep(0.1)  # the first task is slow: the second one's items finish first
+    {write}
+"""
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        'db.insert("t", {"id": record["pk"]})',
+        'db.execute("INSERT INTO t VALUES (%s)", (record["pk"],))',
+    ],
+    ids=["buffered", "immediate"],
+)
+def test_the_first_of_two_conflicting_records_wins_across_worker_tasks(project, write):
+    """As in one process: of two records writing the same primary key, the later
+    in the source fails, also when they are in two tasks and the later task's
+    items finish first (issue #13: key 139 failed instead of 140)."""
+    project.write("ingest_split.py", SPLIT_PAIR.format(write=write))
+    result = project.run("-n", "2", "--chunk-size", "20")
+    assert result.exit_code == 1, out_of(result)
+    assert {i["key"] for i in result.items if i["status"] == "failed"} == {"21"}, out_of(result)
+    assert result.counts == {"succeeded": 39, "failed": 1}
+    assert project.scalar("SELECT count(*) FROM t") == 39

@@ -160,7 +160,8 @@ INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_
                              duration_ms, error_type, error_message, traceback, log,
                              payload, finished_at, location)
 SELECT %(batch_id)s, processor, key, status, attempt, content_hash, duration_ms,
-       error_type, error_message, traceback, log, payload,
+       error_type, error_message, traceback, log,
+       CASE WHEN status IN ('failed', 'error') OR %(store_all)s THEN payload END,
        to_timestamp(finished_epoch), location
 FROM pg_temp.ingestkit_outcomes ORDER BY seq;
 
@@ -168,12 +169,14 @@ FROM pg_temp.ingestkit_outcomes ORDER BY seq;
 -- Followed by latest-on-conflict, unless no key of the chunk can have a row
 -- yet (a first load): a plain insert costs a quarter less than an upsert.
 INSERT INTO ingestkit.latest AS l (processor, key, batch_id, status, attempt, content_hash,
-                                   error_message, payload, finished_at, succeeded_hash)
+                                   error_message, payload, finished_at, succeeded_hash,
+                                   record)
 SELECT DISTINCT ON (processor, key)
        processor, key, %(batch_id)s, status, attempt, content_hash, error_message,
        CASE WHEN status IN ('failed', 'error') THEN payload END,
        to_timestamp(finished_epoch),
-       CASE WHEN status = 'succeeded' THEN content_hash END
+       CASE WHEN status = 'succeeded' THEN content_hash END,
+       CASE WHEN status = 'succeeded' THEN payload END
 FROM pg_temp.ingestkit_outcomes
 WHERE track
 ORDER BY processor, key, seq DESC
@@ -183,7 +186,9 @@ ON CONFLICT (processor, key) DO UPDATE
 SET batch_id = excluded.batch_id, status = excluded.status, attempt = excluded.attempt,
     content_hash = excluded.content_hash, error_message = excluded.error_message,
     payload = excluded.payload, finished_at = excluded.finished_at,
-    succeeded_hash = coalesce(excluded.succeeded_hash, l.succeeded_hash);
+    succeeded_hash = coalesce(excluded.succeeded_hash, l.succeeded_hash),
+    record = CASE WHEN excluded.succeeded_hash IS NULL THEN l.record ELSE excluded.record END,
+    retired_batch = NULL;
 
 -- name: truncate-outcomes
 TRUNCATE pg_temp.ingestkit_outcomes;
@@ -193,13 +198,13 @@ TRUNCATE pg_temp.ingestkit_outcomes;
 -- place, so their latest outcome is that success again.
 UPDATE ingestkit.latest
 SET status = 'succeeded', content_hash = succeeded_hash, error_message = NULL, payload = NULL,
-    attempt = 1
+    attempt = 1, retired_batch = NULL
 WHERE processor = %(processor)s AND key = ANY(%(keys)s);
 
 -- name: last-failed
 SELECT key, attempt, error_message, payload, content_hash
 FROM ingestkit.latest
-WHERE processor = %(processor)s AND status IN ('failed', 'error')
+WHERE processor = %(processor)s AND status IN ('failed', 'error') AND retired_batch IS NULL
 ORDER BY finished_at, key;
 
 -- name: resolve-source-error
@@ -210,7 +215,8 @@ WHERE processor = %(processor)s AND key = '' AND status = 'error'
   AND coalesce(payload, 'null') = 'null'::jsonb;
 
 -- name: last-failed-processors
-SELECT DISTINCT processor FROM ingestkit.latest WHERE status IN ('failed', 'error');
+SELECT DISTINCT processor FROM ingestkit.latest
+WHERE status IN ('failed', 'error') AND retired_batch IS NULL;
 
 -- name: deferred-constraints
 -- Constraints checked at COMMIT unless told otherwise (quoted, for SET CONSTRAINTS).
@@ -259,7 +265,7 @@ LIMIT 2;
 
 -- name: batch-items
 SELECT processor, key, status, attempt, duration_ms, error_type, error_message, traceback,
-       log, payload, finished_at, location
+       log, payload, finished_at, location, changes
 FROM ingestkit.items
 WHERE batch_id = %(batch_id)s AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))
 ORDER BY finished_at, processor, key
@@ -267,7 +273,7 @@ LIMIT %(limit)s;
 
 -- name: trace-key
 SELECT i.batch_id, b.started_at AS batch_started_at, i.status, i.attempt, i.error_type,
-       i.error_message, i.finished_at, i.location
+       i.error_message, i.finished_at, i.location, i.changes
 FROM ingestkit.items i JOIN ingestkit.batches b ON b.id = i.batch_id
 WHERE hashtextextended(i.key, 0) = hashtextextended(%(key)s, 0)  -- items_key_idx
   AND i.key = %(key)s AND i.processor = %(processor)s
@@ -523,6 +529,185 @@ SET value = EXCLUDED.value, batch_id = EXCLUDED.batch_id, updated_at = EXCLUDED.
 -- The batch's argv masked again: a credential became known after it was stored
 -- (a read_http made by a source callable).
 UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
+
+-- The failure lifecycle (lastfailed.py, forget.py, lookback.py; SPEC §9) ----------
+
+-- name: insert-items-changes
+-- insert-items for a processor with history: each row that ran because its content
+-- differs from the key's last succeeded record gets the fields that changed,
+-- {"field": [before, after]} (a field that is new or gone has null on that side).
+INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
+                             duration_ms, error_type, error_message, traceback, log,
+                             payload, finished_at, location, changes)
+SELECT %(batch_id)s, o.processor, o.key, o.status, o.attempt, o.content_hash, o.duration_ms,
+       o.error_type, o.error_message, o.traceback, o.log,
+       CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload END,
+       to_timestamp(o.finished_epoch), o.location,
+       CASE WHEN jsonb_typeof(l.record) = 'object' AND jsonb_typeof(o.payload) = 'object' THEN
+           (SELECT jsonb_object_agg(f, jsonb_build_array(l.record -> f, o.payload -> f))
+            FROM jsonb_object_keys(l.record || o.payload) f
+            WHERE l.record -> f IS DISTINCT FROM o.payload -> f)
+       END
+FROM pg_temp.ingestkit_outcomes o
+LEFT JOIN ingestkit.latest l
+       ON o.track AND l.processor = o.processor AND l.key = o.key
+      AND l.record IS NOT NULL AND o.content_hash IS DISTINCT FROM l.succeeded_hash
+ORDER BY o.seq;
+
+-- name: retire-gone
+-- A full read of the processor's source in this batch: its failed keys that got
+-- no outcome in it (the source no longer yields them) are retired.
+UPDATE ingestkit.latest
+SET retired_batch = %(batch_id)s
+WHERE processor = %(processor)s AND status IN ('failed', 'error') AND retired_batch IS NULL
+  AND batch_id <> %(batch_id)s AND key <> ''
+RETURNING key;
+
+-- name: batch-changes
+-- How many items of a batch changed a key's record, and a few of them.
+SELECT processor, key, changes, count(*) OVER (PARTITION BY processor) AS n
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND changes IS NOT NULL AND changes <> '{}'::jsonb
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
+
+-- name: batch-changed-counts
+SELECT processor, count(*) AS n
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND changes IS NOT NULL AND changes <> '{}'::jsonb
+GROUP BY processor ORDER BY processor;
+
+-- name: forget-candidates
+-- The failures --forget may select: latest outcome failed or error (retired or not).
+SELECT processor, key, status, attempt, payload, retired_batch
+FROM ingestkit.latest
+WHERE status IN ('failed', 'error')
+ORDER BY processor, key;
+
+-- name: forget-batch
+-- A batch of its own for --forget: recorded finished at once, no lock to hold.
+INSERT INTO ingestkit.batches (id, argv, hostname, pid, meta, status, finished_at,
+                               exit_code, counts)
+VALUES (%(id)s, %(argv)s, %(hostname)s, %(pid)s, %(meta)s, 'finished', now(), 0, %(counts)s);
+
+-- name: forget-items
+-- One outcome row per forgotten failure, and its latest outcome: skipped, Forgotten.
+WITH f AS (
+    SELECT * FROM unnest(%(processors)s::text[], %(keys)s::text[]) AS t(processor, key)
+), items AS (
+    INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
+                                 error_type, error_message, payload)
+    SELECT %(batch_id)s, l.processor, l.key, 'skipped', l.attempt, l.content_hash,
+           'Forgotten', %(reason)s, l.payload
+    FROM ingestkit.latest l JOIN f USING (processor, key)
+    WHERE l.status IN ('failed', 'error')
+)
+UPDATE ingestkit.latest l
+SET status = 'skipped', batch_id = %(batch_id)s, error_message = %(reason)s,
+    finished_at = now(), retired_batch = NULL
+FROM f
+WHERE l.processor = f.processor AND l.key = f.key AND l.status IN ('failed', 'error')
+RETURNING l.processor, l.key;
+
+-- name: batch-retired
+-- The failed keys a batch found gone from their source.
+SELECT processor, key, status, error_message
+FROM ingestkit.latest
+WHERE retired_batch = %(batch_id)s
+ORDER BY processor, key
+LIMIT %(limit)s;
+
+-- name: retired-counts
+SELECT processor, count(*) AS n
+FROM ingestkit.latest
+WHERE retired_batch IS NOT NULL
+GROUP BY processor ORDER BY processor;
+
+-- name: latest-of-key
+SELECT status, attempt, retired_batch, record, payload
+FROM ingestkit.latest
+WHERE processor = %(processor)s AND key = %(key)s;
+
+-- == the file ledger (ingestkit/files.py) ==
+
+-- name: files-complete
+-- The files a processor read completely: their content is not parsed again.
+SELECT sha256, items FROM ingestkit.files
+WHERE processor = %(processor)s AND status = 'complete';
+
+-- name: files-record
+-- The files a batch read, one row per (processor, path), the latest reading.
+INSERT INTO ingestkit.files (processor, path, size, sha256, items, status, batch_id, finished_at)
+SELECT %(processor)s, f.path, f.size, f.sha256, f.items, f.status, %(batch_id)s, now()
+FROM unnest(%(paths)s::text[], %(sizes)s::bigint[], %(shas)s::text[], %(items)s::int[],
+            %(statuses)s::text[]) AS f(path, size, sha256, items, status)
+ON CONFLICT (processor, path) DO UPDATE
+SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, items = EXCLUDED.items,
+    status = EXCLUDED.status, batch_id = EXCLUDED.batch_id, finished_at = EXCLUDED.finished_at;
+
+-- -- the turn of a worker's chunk (worker.py) ------------------------------------
+
+-- name: earlier-tasks
+-- A worker commits a task's chunk after the processor's earlier tasks, as one
+-- process does, so that of two records whose writes conflict the first in the
+-- source wins. Run on the worker's control connection before the chunk's
+-- buffered rows are written. ``wait``: an earlier task is not committed yet and
+-- the batch is not stopping. ``give_way``: the chunk should roll back and run
+-- again later, because a session waits for a row it wrote (an earlier task's
+-- worker, blocked by it) or an earlier task lies unclaimed (given back).
+SELECT EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s)
+       AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
+       AS wait,
+       EXISTS (
+           SELECT 1 FROM pg_catalog.pg_stat_activity a
+           WHERE a.datname = pg_catalog.current_database()
+             AND %(pid)s = ANY (pg_catalog.pg_blocking_pids(a.pid)))
+       OR EXISTS (
+           SELECT 1 FROM ingestkit.tasks t
+           WHERE t.batch_id = %(batch_id)s AND t.processor = %(processor)s
+             AND t.seq < %(seq)s
+           FOR KEY SHARE SKIP LOCKED)
+       AS give_way;
+
+-- Reports (html.py, notify.py) -----------------------------------------------
+
+-- name: report-failed-items
+SELECT processor, key, status, error_type, error_message, location, payload::text AS payload
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND status IN ('failed', 'error')
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
+
+-- name: report-logs
+SELECT processor, key, status, log
+FROM ingestkit.items
+WHERE batch_id = %(batch_id)s AND log IS NOT NULL
+ORDER BY processor, finished_at
+LIMIT %(limit)s;
+
+-- Speed (issue 16): lookups (lookup.py) -----------------------------------------
+
+-- name: lookup-preloadable
+-- Can lookups of one column be answered from a copy of the whole table, loaded
+-- once (Lookup._auto_preload)? The column is text or varchar with a deterministic
+-- collation (equal means the same string, as a Python dict compares keys), unique
+-- by itself (one row per value; an inheritance parent's index does not cover its
+-- children, a partitioned table's does); and about how many rows the table has.
+SELECT a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+       AND (c.relkind = 'p' OR NOT c.relhassubclass)
+       AND coalesce((SELECT co.collisdeterministic FROM pg_catalog.pg_collation co
+                     WHERE co.oid = a.attcollation), true)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid
+                     AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+                     AND i.indpred IS NULL AND i.indexprs IS NULL),
+       c.reltuples
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attrelid = %(oid)s AND a.attname = %(column)s AND a.attnum > 0
+  AND NOT a.attisdropped;
 
 
 -- == leases (docs/workers.md, "Leases") =====================================

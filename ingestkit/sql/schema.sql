@@ -55,7 +55,10 @@ CREATE TABLE ingestkit.items (
     payload        jsonb,
     finished_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- not public
-    location       text
+    location       text,
+    -- the fields that differ from the key's last succeeded record (store_payloads
+    -- latest or all): {"field": [before, after]}, for the summary and --trace
+    changes        jsonb
 ) PARTITION BY RANGE (finished_at);
 CREATE TABLE ingestkit.items_default PARTITION OF ingestkit.items DEFAULT;
 -- (batch_id, status) deduplicates to a few bytes a row; a key is looked up by an
@@ -63,6 +66,8 @@ CREATE TABLE ingestkit.items_default PARTITION OF ingestkit.items DEFAULT;
 -- from the few rows a key has; see migration 0008).
 CREATE INDEX items_batch_status_idx ON ingestkit.items (batch_id, status);
 CREATE INDEX items_key_idx ON ingestkit.items (hashtextextended(key, 0));
+-- the few rows that changed a key's record, for the batch's summary
+CREATE INDEX items_changes_idx ON ingestkit.items (batch_id) WHERE changes IS NOT NULL;
 
 -- The latest outcome of each (processor, key): what "already ingested", --lf and
 -- item.attempt are decided from, in one indexed read per chunk.
@@ -78,10 +83,15 @@ CREATE TABLE ingestkit.latest (
     finished_at    timestamptz NOT NULL,
     -- the content whose writes are in the database: its last success
     succeeded_hash text,
+    -- that success's record (store_payloads latest or all), to show what changed
+    record         jsonb,
+    -- set when a full read of the source no longer yielded this failed key: the
+    -- batch that found it gone. --lf does not feed it; a new outcome clears it.
+    retired_batch  uuid,
     PRIMARY KEY (processor, key)
 );
 CREATE INDEX latest_failed_idx ON ingestkit.latest (processor, key)
-    WHERE status IN ('failed', 'error');
+    WHERE status IN ('failed', 'error') AND retired_batch IS NULL;
 
 -- Batches shared by several workers (ingestkit -n N, ingestkit worker --batch ID).
 -- One row per shared batch: what its workers need to know besides the tasks.
@@ -180,7 +190,8 @@ DECLARE
         SELECT 1 FROM ingestkit.batches b
         WHERE b.id = i.batch_id AND (b.status = 'running' OR b.started_at >= $1)))$k$;
     columns CONSTANT text := 'batch_id, processor, key, status, attempt, content_hash,'
-        ' duration_ms, error_type, error_message, traceback, log, payload, finished_at, location';
+        ' duration_ms, error_type, error_message, traceback, log, payload, finished_at, location,'
+        ' changes';
     copy text := left(part, 50) || '_pruned';
     bound text;
     total bigint;
@@ -236,3 +247,18 @@ CREATE TABLE ingestkit.state (
     batch_id    uuid,                        -- the batch that wrote it last
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The file ledger (ingestkit/files.py): every file a reader read, per processor.
+-- A file whose sha256 was read completely (status 'complete') is not parsed again.
+CREATE TABLE ingestkit.files (
+    processor   text NOT NULL,               -- node id
+    path        text NOT NULL,               -- relative to the rootdir
+    size        bigint NOT NULL,
+    sha256      text NOT NULL,
+    items       int NOT NULL,                -- records read from it
+    status      text NOT NULL,               -- complete | failed | partial
+    batch_id    uuid,                        -- the batch that read it last
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (processor, path)
+);
+CREATE INDEX files_processor_sha256_idx ON ingestkit.files (processor, sha256);

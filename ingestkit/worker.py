@@ -1,0 +1,234 @@
+"""A worker of a shared batch (plugin ``worker``, registered by ``workers``).
+
+``ingestkit worker --batch ID`` (and each of the ``-n N`` processes) joins a
+running batch: it takes the batch's identity and options from the leader's
+rows, then claims tasks from the queue (:mod:`ingestkit.dispatch`) and runs
+each with the in-process :meth:`~ingestkit.runner.Runner.run_chunk`. The
+claim is made in the chunk's transaction, and the chunk's commit ends the
+task (``ingestkit_chunk_commit``). A worker process registers only the
+plugins a worker needs (``config.WORKER_PLUGINS``): the leader records the
+batch, selects, reruns and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .chunks import Chunk
+from .dispatch import BatchOver, Queue, Task, items_from_json
+from .leader import BATCH_OPTIONS
+from .outcomes import UsageError
+from .queries import q
+from .recorder import LOCK_NAMESPACE, NEW_PROCESSORS
+from .runner import Plan, Runner
+
+if TYPE_CHECKING:
+    from .collection import Processor
+    from .session import Session
+    from .transaction import Transaction
+
+hookimpl = pluggy.HookimplMarker("ingestkit")
+
+#: Seconds of a worker's first and longest idle waits for a task.
+POLL, IDLE_MAX = 0.01, 0.05
+
+
+class TaskTaken(Exception):
+    """A processor's ROLLBACK freed this worker's claim, and another worker took the task."""
+
+
+class GaveWay(Exception):
+    """A chunk waiting for its turn holds a row an earlier task's worker waits for
+    (or an earlier task lies unclaimed): it is undone, its task runs again later."""
+
+
+class TaskClaim:
+    """A worker's hold on a claimed task (:class:`ingestkit.chunks.Claim`).
+
+    A chunk's rows are written, and the chunk committed, only after every
+    earlier task of its processor committed: of two records whose writes
+    conflict, the first in the source wins, as in one process. The wait is in
+    the worker's main thread, before the chunk's buffered rows are written, so
+    Ctrl-C and a stopping batch end it.
+    """
+
+    def __init__(self, worker: Worker, task: Task) -> None:
+        self.worker = worker
+        self.task = task
+
+    def regain(self) -> None:
+        worker = self.worker
+        params = {"batch_id": worker.queue.batch_id, "seq": self.task.seq}
+        if worker.txn.claim(q("reclaim-task"), params) is None:
+            raise TaskTaken()  # another worker runs it all again: leave it
+
+    def wait_turn(self) -> None:
+        worker = self.worker
+        if worker.session.shouldstop:
+            return  # stopping: what ran commits now, in any order
+        pid = worker.txn.conn.get_backend_pid()
+        pause = POLL / 8
+        while True:
+            wait, give_way = worker.queue.turn(self.task.processor, self.task.seq, pid)
+            if not wait:
+                return
+            if give_way:
+                raise GaveWay(f"task {self.task.seq} gave way to an earlier task")
+            time.sleep(pause)
+            pause = min(pause * 2, IDLE_MAX)
+
+
+def join(session: Session, prefix: str) -> Queue:
+    """Take the batch's identity and options from the leader's rows; its queue."""
+    with session.control.cursor() as cur:
+        cur.execute(q("find-running-batch"), {"prefix": prefix})
+        rows = cur.fetchall()
+        if len(rows) != 1:
+            which = "no running batch" if not rows else "more than one running batch"
+            raise UsageError(
+                f"{which} started with -n matches {prefix!r} (see ingestkit --batches)"
+            )
+        cur.execute(q("batch-row"), {"id": rows[0][0]})
+        batch_id, started_at, meta, lock_key = cur.fetchone()
+    batch = session.batch
+    batch.id, batch.started_at, batch.meta, batch.lock_key = batch_id, started_at, meta, lock_key
+    queue = Queue(session.control, batch_id)
+    state = queue.state()
+    if state is None:
+        raise UsageError(f"the batch {prefix!r} has no queue: it was not started with -n")
+    have = {p.nodeid for p in session.processors}
+    missing = [nodeid for nodeid in state.options.get("processors", ()) if nodeid not in have]
+    if missing:
+        raise UsageError(
+            f"this worker has no processor {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + ": start it in the leader's folder, with the leader's paths"
+        )
+    option = session.config.option
+    txn = session.txn
+    assert txn is not None, "a worker joins with the database open"
+    for name in BATCH_OPTIONS:
+        setattr(option, name, state.options.get(name, getattr(option, name, None)))
+    if option.item_timeout:
+        txn.bound_statements(option.item_timeout)
+    queue.join(lock_key)
+    return queue
+
+
+class Worker:
+    """Takes tasks from a shared batch's queue until the batch is done."""
+
+    def __init__(self, session: Session, queue: Queue) -> None:
+        self.session = session
+        self.queue = queue
+        assert session.txn is not None and session.batch.lock_key is not None, "joined"
+        self.txn: Transaction = session.txn
+        self.lock_key: int = session.batch.lock_key
+        self.runner: Runner | None = None  # made when the batch starts (options joined)
+        self.by_nodeid = {p.nodeid: p for p in session.processors}
+        self.claim_params = {
+            "batch_id": queue.batch_id,
+            "ns": LOCK_NAMESPACE,
+            "lock_key": self.lock_key,
+        }
+
+    @hookimpl
+    def ingestkit_runtestloop(self) -> bool:
+        self.runner = Runner(self.session)
+        try:
+            self._take_tasks(self.runner)
+        except BatchOver as exc:
+            self.txn.release()
+            self.session.shouldstop = str(exc)
+            self.session.interrupted = True
+        return True
+
+    @hookimpl
+    def ingestkit_chunk_commit(self, chunk: Chunk) -> None:
+        """End the chunk's task in its transaction (or shrink it to what was not run)."""
+        if chunk.task is not None:
+            chunk.writes.append(self.queue.finish_writes(chunk))
+
+    def _take_tasks(self, runner: Runner) -> None:
+        session = self.session
+        current: Processor | None = None
+        plan: Plan | None = None
+        idle = POLL
+        try:
+            while not session.shouldstop:
+                row = self.txn.claim(q("claim-task"), self.claim_params)
+                if row is None:
+                    if self._batch_over():
+                        break
+                    time.sleep(idle)
+                    idle = min(idle * 2, IDLE_MAX)
+                    continue
+                idle = POLL
+                task = Task(*row)
+                processor = self.by_nodeid[task.processor]  # checked when it joined
+                if processor is not current:
+                    self.txn.release()  # fixtures set up next commit on their own
+                    if current is not None:
+                        runner.finish_processor(current)
+                    current, plan = processor, self._start(runner, processor)
+                    continue
+                assert plan is not None
+                self._run_task(runner, plan, task)
+        finally:
+            try:
+                if current is not None:
+                    runner.finish_processor(current)
+                runner.complete()
+            finally:
+                runner.teardown("module")
+                runner.teardown("batch")
+                self._report_problems()
+
+    def _run_task(self, runner: Runner, plan: Plan, task: Task) -> None:
+        session = self.session
+        fresh = session.config.stash.setdefault(NEW_PROCESSORS, set())
+        if task.fresh:
+            fresh.add(task.processor)
+        else:
+            fresh.discard(task.processor)
+        items = items_from_json(plan.processor, task.items)
+        failures = runner.failures
+        try:
+            runner.run_chunk(plan, items, task, TaskClaim(self, task))
+        except TaskTaken:
+            self.txn.release()
+        except GaveWay:
+            self.txn.release()  # the task goes back to the queue, to run again
+            runner.failures = failures  # its failures count when it runs again
+            time.sleep(POLL)
+        if session.shouldstop:
+            self.queue.stop(str(session.shouldstop))
+
+    def _start(self, runner: Runner, processor: Processor) -> Plan:
+        # one worker at a time sets up fixtures (their writes commit on their own)
+        with self.queue.setting_up(self.lock_key):
+            return runner.start_processor(processor)
+
+    def _batch_over(self) -> bool:
+        state = self.queue.state()
+        if state is None or state.status != "running" or state.stop:
+            return True
+        if state.fed and not state.pending:
+            return True
+        return not self.queue.leader_alive(state.lock_key)  # dead: stop taking its work
+
+    def _report_problems(self) -> None:
+        """Teardown errors reach the leader's summary through the queue."""
+        for scope, exc, tb in self.session.teardown_errors:
+            problem: dict[str, Any] = {
+                "scope": scope,
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "tb": tb,
+            }
+            with contextlib.suppress(Exception):
+                self.queue.problem(problem)
