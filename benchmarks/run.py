@@ -533,6 +533,40 @@ def workers_api(server: str, count: int, numprocesses: list[int]) -> dict[int, f
     return rates
 
 
+def workers_joined(server: str, count: int, joined: int) -> float:
+    """The 2 ms processor on ``-n 1`` plus ``joined`` workers started with
+    ``ingestkit worker --batch ID`` once the batch runs, as on other machines;
+    from the leader's start to its exit."""
+    with tempfile.TemporaryDirectory() as tmp, database(server) as dsn:
+        folder = Path(tmp)
+        (folder / "ingestkit.toml").write_text("")
+        (folder / "ingest_api.py").write_text(API_PIPELINE.format(count=count))
+        command = [sys.executable, "-m", "ingestkit", "--dsn", dsn, "-q", "--tb=no"]
+        start = time.perf_counter()
+        leader = subprocess.Popen([*command, "-n", "1"], cwd=folder, stdout=subprocess.DEVNULL)
+        batch = None
+        while batch is None and leader.poll() is None:
+            with contextlib.suppress(psycopg2.Error), psycopg2.connect(dsn) as conn:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT id FROM ingestkit.batches WHERE status = 'running'")
+                    batch = (cur.fetchone() or (None,))[0]
+            time.sleep(0.05)
+        workers = [
+            subprocess.Popen(
+                [*command, "worker", "--batch", str(batch)], cwd=folder, stdout=subprocess.DEVNULL
+            )
+            for _ in range(joined)
+        ]
+        code = leader.wait()
+        seconds = time.perf_counter() - start
+        for worker in workers:
+            worker.wait()
+        outcomes = outcome_counts(dsn)
+    assert code == 0 and outcomes == {"succeeded": count}, (code, outcomes)
+    record(f"ingestkit -n 1 + {joined} joined: 2 ms wait per item", count, seconds)
+    return count / seconds
+
+
 def workers_flights(server: str, rows: int, numprocesses: list[int]) -> dict[int, float]:
     """The ingestkit flights job in one process and on -n N workers."""
     rates: dict[int, float] = {}
@@ -1037,6 +1071,7 @@ SECTIONS = (
     "typed",
     "history",
     "files",
+    "joined",
 )
 
 
@@ -1280,6 +1315,14 @@ def main() -> None:
         ratios += files_folder(args.dsn, args.files, args.files_rows)
         ratios += reader_throughput(args.reader_rows)
         ratios += reader_rss(args.reader_rows // 4)
+
+    if "joined" in only:
+        print(
+            "\njoined: -n 1 plus J `ingestkit worker --batch` processes on the 2 ms processor,"
+            f" {args.api_items:,} items"
+        )
+        for joined in (1, 3, 7):
+            workers_joined(args.dsn, args.api_items, joined)
 
     print("\nratios (goal in brackets)")
     for line in ratios:

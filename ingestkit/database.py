@@ -217,21 +217,69 @@ def resolve_dsn(config: Config) -> tuple[str, str]:
     return start_embedded(config.ensure_cache_dir()), "embedded"
 
 
+#: How long a TCP peer may stay silent before this side drops the connection:
+#: keepalive probes after 10 s idle, 3 of them 5 s apart; data unacknowledged
+#: for 25 s (``tcp_user_timeout``, which covers a reply in flight, where
+#: keepalives never start and the kernel would retry for ~15 minutes).
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+TCP_USER_TIMEOUT_MS = 25000
+
+
+def _tcp_parameters(dsn: str) -> dict[str, str]:
+    """The client's TCP lease, for the parameters the DSN does not set itself."""
+    try:
+        given = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return {}  # psycopg2.connect names the problem
+    wanted = dict(KEEPALIVES)
+    if psycopg2.extensions.libpq_version() >= 120000:
+        wanted["tcp_user_timeout"] = str(TCP_USER_TIMEOUT_MS)
+    return {name: value for name, value in wanted.items() if name not in given}
+
+
 def connect(
     dsn: str, application_name: str = "ingestkit", options: str | None = None
 ) -> psycopg2.extensions.connection:
-    """Open a connection, or raise UsageError with one line naming the problem."""
+    """Open a connection, or raise UsageError with one line naming the problem.
+
+    Both ends of a TCP connection drop it when the other stops answering
+    (:data:`KEEPALIVES`, :data:`TCP_USER_TIMEOUT_MS`): a lock held by a
+    connection to a vanished machine is freed, and no ingestkit process waits
+    forever on a server it can no longer reach.
+    """
+    conn = None
     try:
         # psycopg2 leaves out a keyword that is None (no options: the server's own)
         conn = psycopg2.connect(
-            dsn, application_name=application_name, connect_timeout=10, options=options or None
+            dsn,
+            application_name=application_name,
+            connect_timeout=10,
+            options=options or None,
+            **_tcp_parameters(dsn),
         )
+        _server_side_lease(conn)
     except psycopg2.Error as exc:
+        if conn is not None:
+            conn.close()
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         for secret in dsn_secrets(dsn):
             first = first.replace(secret, "***")
         raise UsageError(f"cannot connect to {mask_dsn(dsn)}: {first}") from None
     return conn
+
+
+def _server_side_lease(conn: Any) -> None:
+    """The server's side of the TCP lease (ignored on a Unix socket)."""
+    with conn.cursor() as cur:
+        cur.execute(q("tcp-lease"))
+        if conn.server_version >= 120000:
+            cur.execute(q("tcp-lease-12"), (TCP_USER_TIMEOUT_MS,))
+    conn.commit()
 
 
 #: What to do about each "insufficient resources" error (SQLSTATE class 53).

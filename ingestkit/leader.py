@@ -38,7 +38,7 @@ POLL = 0.01
 #: The leader takes the workers' results at least this often (seconds) while feeding.
 DRAIN_EVERY = 0.1
 #: Options a worker takes from the batch it joins, whatever its own command line says.
-BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size")
+BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size", "lease")
 
 
 class WorkerError(Exception):

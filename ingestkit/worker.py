@@ -106,9 +106,6 @@ def join(session: Session, prefix: str) -> Queue:
     assert txn is not None, "a worker joins with the database open"
     for name in BATCH_OPTIONS:
         setattr(option, name, state.options.get(name, getattr(option, name, None)))
-    with txn.conn.cursor() as cur:
-        cur.execute(q("worker-lease"))
-    txn.conn.commit()
     if option.item_timeout:
         txn.bound_statements(option.item_timeout)
     queue.join(lock_key)

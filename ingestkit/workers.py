@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pluggy
 
 from .dispatch import Queue
 from .leader import Leader
+from .lease import LEASE, hold_lease
 from .outcomes import UsageError
 from .stash import StashKey
 from .worker import Worker, join
@@ -71,7 +73,26 @@ def ingestkit_addoption(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="with 'ingestkit worker': the running batch (id or prefix) to work for",
     )
+    parser.add_argument(
+        "--lease",
+        dest="lease",
+        type=_lease,
+        default=LEASE,
+        metavar="SECONDS",
+        help=f"a worker that stops beating (paused, cut off) loses its claims after "
+        f"SECONDS (default {LEASE:g}; docs/workers.md)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def _lease(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 1 <= seconds <= 86400:  # (nan fails both)
+        raise argparse.ArgumentTypeError("expected between 1 and 86400 seconds")
+    return seconds
 
 
 @hookimpl(tryfirst=True)
@@ -120,3 +141,10 @@ def ingestkit_runtestloop(session: Session) -> bool | None:
     config.pluginmanager.register(leader, name="leader")
     leader.run()
     return True
+
+
+@hookimpl(hookwrapper=True, specname="ingestkit_runtestloop")
+def _with_lease(session: Session) -> Iterator[None]:
+    """The leader and each worker hold a lease while the batch runs (lease.py)."""
+    with hold_lease(session):
+        yield

@@ -279,7 +279,8 @@ LIMIT %(limit)s;
 SELECT i.batch_id, b.started_at AS batch_started_at, i.status, i.attempt, i.error_type,
        i.error_message, i.finished_at, i.location, i.changes
 FROM ingestkit.items i JOIN ingestkit.batches b ON b.id = i.batch_id
-WHERE i.processor = %(processor)s AND i.key = %(key)s
+WHERE hashtextextended(i.key, 0) = hashtextextended(%(key)s, 0)  -- items_key_idx
+  AND i.key = %(key)s AND i.processor = %(processor)s
 ORDER BY i.finished_at;
 
 -- name: processor-summary
@@ -362,13 +363,6 @@ SET idle_in_transaction_session_timeout = 0;
 
 -- name: stay-connected-14
 SET idle_session_timeout = 0;
-
--- name: worker-lease
--- How long a worker's claims outlive its machine: the server drops a connection
--- whose peer stopped answering after 10 s + 3 probes 5 s apart (TCP only).
-SET tcp_keepalives_idle = 10;
-SET tcp_keepalives_interval = 5;
-SET tcp_keepalives_count = 3;
 
 -- name: set-fed
 UPDATE ingestkit.dispatch SET fed = true WHERE batch_id = %(batch_id)s;
@@ -726,3 +720,46 @@ SELECT EXISTS (
     WHERE processor = %(processor)s AND key = ANY(%(keys)s) AND status IN ('failed', 'error')
       AND retired_batch IS NULL
 );
+
+
+-- == leases (docs/workers.md, "Leases") =====================================
+
+-- name: tcp-lease
+-- How long a connection's locks outlive its machine: the server drops a connection
+-- whose peer stopped answering after 10 s + 3 probes 5 s apart (TCP only).
+SET tcp_keepalives_idle = 10;
+SET tcp_keepalives_interval = 5;
+SET tcp_keepalives_count = 3;
+
+-- name: tcp-lease-12
+-- ... and one whose sent data goes unacknowledged that long (a reply in flight).
+SELECT set_config('tcp_user_timeout', %s::text, false);
+
+-- name: lease-sweep
+-- A beat of this process's lease, and the end of every lease of the batch that
+-- went unrenewed: a worker's beat connection (application_name
+-- 'ik-lease:BATCH:PID:PID', the pids of the connections it holds claims and locks
+-- on) idle for longer than the lease. Its held connections are terminated, which
+-- frees their claims and rejects their late commit, and so is the beat connection,
+-- so a pid the server later reuses is never mistaken for one it held. Sessions of
+-- roles this one may not signal are left alone (their own peers end them).
+WITH stale AS (
+    SELECT pid, usesysid, backend_start,
+           substr(application_name, length(%(prefix)s) + 1) AS held
+    FROM pg_stat_activity
+    WHERE application_name LIKE %(prefix)s || '%%'
+      AND pid <> pg_backend_pid()
+      AND state = 'idle'
+      AND state_change < now() - make_interval(secs => %(seconds)s)
+), doomed AS (
+    SELECT holder.pid, holder.usesysid
+    FROM stale
+    CROSS JOIN LATERAL unnest(string_to_array(stale.held, ':')) AS held(pid)
+    JOIN pg_stat_activity AS holder ON holder.pid = held.pid::int
+    WHERE holder.backend_start <= stale.backend_start
+    UNION
+    SELECT pid, usesysid FROM stale
+)
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+FROM doomed
+WHERE pg_has_role(usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER');
