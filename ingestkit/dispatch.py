@@ -181,6 +181,11 @@ class Queue:
     def workers_alive(self, lock_key: int) -> bool:
         return self._lock_held(WORKER_NAMESPACE, lock_key)
 
+    def live_workers(self, lock_key: int) -> int:
+        """How many workers, local or joined, serve the batch now."""
+        with self._run("count-workers", ns=WORKER_NAMESPACE, lock_key=lock_key) as cur:
+            return int(cur.fetchone()[0])
+
     def leader_alive(self, lock_key: int) -> bool:
         return self._lock_held(LOCK_NAMESPACE, lock_key)
 

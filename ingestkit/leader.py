@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -38,6 +39,10 @@ TASK_SECONDS = 0.2
 POLL = 0.01
 #: The leader takes the workers' results at least this often (seconds) while feeding.
 DRAIN_EVERY = 0.1
+#: Tasks queued ahead per live worker, and how often (seconds) the leader counts them.
+AHEAD_PER_WORKER, COUNT_EVERY = 3, 1.0
+#: Seconds between the leader's looks at a worker it waits for at the batch's end.
+EXIT_POLL = 0.2
 #: Options a worker takes from the batch it joins, whatever its own command line says.
 BATCH_OPTIONS = ("reprocess", "maxfail", "item_timeout", "store_payloads", "chunk_size", "lease")
 
@@ -63,7 +68,8 @@ class Leader:
         self.by_nodeid = {p.nodeid: p for p in session.processors}
         self.fixed_chunk = self.config.option.chunk_size
         self.task_size = self.fixed_chunk or FIRST_CHUNK
-        self.room = max(4, 3 * workers)  # tasks queued ahead of the workers
+        self.room = max(4, AHEAD_PER_WORKER * workers)  # tasks queued ahead of the workers
+        self.counted = time.monotonic()  # when the live workers were last counted
         self.reported = 0  # items whose reports came back
         self.reported_seconds = 0.0  # and the time the processors spent on them
         self.drained = 0.0  # when the results were last taken
@@ -107,10 +113,23 @@ class Leader:
             )
 
     def wait_for_workers(self) -> None:
-        """Let the workers finish what they hold; then take their last results."""
+        """Let the workers finish what they hold; then take their last results.
+
+        A worker that is paused (SIGSTOP, a frozen container) is not waited for once
+        nothing is left in the queue: it holds no task, and its lease ends its claims.
+        """
         try:
-            for proc in self.procs:
-                proc.wait()
+            for number, proc in enumerate(self.procs, 1):
+                while proc.poll() is None:
+                    try:
+                        proc.wait(timeout=EXIT_POLL)
+                    except subprocess.TimeoutExpired:
+                        if _paused(proc.pid) and self._nothing_queued():
+                            self.session.warnings.append(
+                                f"worker {number} (pid {proc.pid}) is paused; the leader did "
+                                "not wait for it: nothing was left in the queue"
+                            )
+                            break
         finally:
             try:
                 self.complete()
@@ -145,7 +164,7 @@ class Leader:
         try:
             for start in range(0, len(items), self.task_size):
                 self.queue.put(processor.nodeid, fresh, items[start : start + self.task_size])
-                self._wait(lambda tasks, _items: tasks < self.room)
+                self._wait(lambda tasks, _items: tasks < self._room())
         except BaseException:  # Ctrl-C, a lost connection: nothing more is queued
             self.session.shouldstop = self.session.shouldstop or "the leader stopped"
             raise
@@ -172,6 +191,23 @@ class Leader:
     def ingestkit_batch_finish(self) -> None:
         with contextlib.suppress(Exception):  # a lost connection: the next run cleans up
             self.queue.close()
+
+    def _room(self) -> int:
+        """How many tasks to keep queued: a few per worker serving the batch now
+        (joined workers included), counted every COUNT_EVERY seconds."""
+        now = time.monotonic()
+        if now - self.counted > COUNT_EVERY:
+            self.counted = now
+            self.room = max(4, AHEAD_PER_WORKER * self.queue.live_workers(self.lock_key))
+        return self.room
+
+    def _nothing_queued(self) -> bool:
+        """No task is left (or the batch stopped); False when the queue cannot tell."""
+        try:
+            tasks, _items, stop = self.queue.pending()
+        except Exception:  # a lost connection: wait as before
+            return False
+        return tasks == 0 or bool(stop)
 
     # -- results -------------------------------------------------------------
 
@@ -220,3 +256,12 @@ class Leader:
                 self.reported_seconds += report.duration_ms / 1000.0
                 if report.failed:
                     runner.count_failure()
+
+
+def _paused(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP); False where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"T", b"t")

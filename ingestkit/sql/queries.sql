@@ -425,6 +425,14 @@ VALUES (%(batch_id)s, %(processor)s, %(unchanged)s, %(reports)s);
 DELETE FROM ingestkit.results WHERE batch_id = %(batch_id)s
 RETURNING processor, unchanged, reports;
 
+-- name: count-workers
+-- How many workers serve the batch now: the sessions holding its shared worker
+-- lock (an advisory lock on two int4 keys shows them as classid, objid; objsubid 2).
+SELECT count(*) FROM pg_catalog.pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 2
+  AND classid = (%(ns)s::int8 & 4294967295)::oid
+  AND objid = (%(lock_key)s::int8 & 4294967295)::oid;
+
 -- name: lock-worker
 -- Held (shared) by every worker of a batch while it serves it.
 SELECT pg_advisory_lock_shared(%(ns)s, %(lock_key)s);

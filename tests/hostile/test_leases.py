@@ -80,6 +80,47 @@ def test_paused_worker_loses_its_claim(project):
     assert_queue_empty(project)
 
 
+
+@pytest.mark.slow
+def test_leader_does_not_wait_for_a_paused_worker_once_the_queue_is_empty(project):
+    """Issue 20: a paused child kept the leader waiting after the last task was done."""
+    write_pipeline(project, sleep=0.01)
+    leader = spawn(project, "-n", "2", "--lease", str(LEASE))
+    victim, _other = workers_of(leader, 2)
+    chunk = chunk_backend(project, victim)
+    wait_until(lambda: in_transaction(project, chunk), what="the victim inside a chunk")
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        code = leader.wait(timeout=60)  # the victim stays paused meanwhile
+    finally:
+        os.kill(victim, signal.SIGCONT)  # it holds the output pipe open (its stderr)
+    out = finish(leader)
+    assert code == 0, out
+    assert summary_counts(out) == f"{N} succeeded"
+    assert f"(pid {victim}) is paused; the leader did not wait for it" in out, out
+    assert_exact(project)
+    assert_queue_empty(project)
+
+
+def test_leader_counts_the_workers_serving_the_batch(project):
+    """The queue-ahead is sized from the live workers (the shared worker lock)."""
+    from ingestkit.dispatch import Queue
+
+    write_pipeline(project, sleep=0.02)
+    leader = spawn(project, "-n", "2")
+    workers_of(leader, 2)
+    batch = running_batch(project)
+    lock_key = project.scalar("SELECT lock_key FROM ingestkit.batches WHERE id = %s", (batch,))
+    conn = psycopg2.connect(project.dsn)
+    conn.autocommit = True
+    try:
+        queue = Queue(conn, batch)
+        wait_until(lambda: queue.live_workers(lock_key) == 2, what="2 live workers")
+    finally:
+        conn.close()
+    finish(leader)
+    assert leader.returncode == 0
+
 @pytest.mark.slow
 def test_paused_joined_worker_alone_with_the_leader(project):
     """The only worker with a claim is a joined one, paused: the leader's beat ends its
