@@ -726,3 +726,12 @@ SELECT EXISTS (
     WHERE processor = %(processor)s AND key = ANY(%(keys)s) AND status IN ('failed', 'error')
       AND retired_batch IS NULL
 );
+
+-- == the HTML report's failure lifecycle (ingestkit/html.py) ==
+
+-- name: report-retired-counts
+-- How many failed keys a batch found gone from their source, per processor.
+SELECT processor, count(*) AS n
+FROM ingestkit.latest
+WHERE retired_batch = %(batch_id)s
+GROUP BY processor ORDER BY processor;
