@@ -74,7 +74,7 @@ class Leader:
         option = self.config.option
         self.queue.open(
             {name: getattr(option, name) for name in BATCH_OPTIONS}
-            | {"store_payloads": self.config.get("store_payloads", "failed")}
+            | {"store_payloads": self.config.get("store_payloads", "latest")}
             | {"processors": [p.nodeid for p in self.session.processors]}
         )
         if self.session.processors:  # (none: only collection errors to report)
