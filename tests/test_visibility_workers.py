@@ -52,6 +52,7 @@ def test_workers_send_one_message_and_write_truthful_reports(project, webhook, t
     text = body["blocks"][1]["text"]["text"]
     assert f"{600 - FAILED} succeeded, {FAILED} failed" in text
     assert "10 × ingest_rows.py::process_row: ValueError: row 40 is bad" in text
+    assert result.output.count("notified 127.0.0.1") == 1
 
     # JUnit: the items of both processors, every failed case once
     root = ET.parse(junit).getroot()
@@ -86,22 +87,28 @@ def process_row(record):
 """
 
 
-def _rows(project, bump=()):
-    lines = [f"{i},{'x' if i % 50 == 0 else i + (1 if i in bump else 0)}" for i in range(1, 301)]
+def _rows(project, bump=(), drop=()):
+    lines = [
+        f"{i},{'x' if i % 50 == 0 else i + (1 if i in bump else 0)}"
+        for i in range(1, 301)
+        if i not in drop
+    ]
     project.write("rows.csv", "id,w\n" + "".join(f"{line}\n" for line in lines))
 
 
 def test_workers_keep_the_latest_records_so_the_report_shows_what_changed(project, tmp_path):
-    """The default store_payloads = latest also when workers run the batch."""
+    """The default store_payloads = latest also when workers run the batch; retiring too."""
     project.write("ingest_rows.py", ROWS)
     _rows(project)
     assert project.run("-n", "2").exit_code == 1
     assert project.scalar("SELECT count(record) FROM ingestkit.latest") == 294
-    _rows(project, bump=(1, 101))
+    _rows(project, bump=(1, 101), drop=(50,))
     html = tmp_path / "batch.html"
     result = project.run("-n", "2", "--html", str(html))
-    assert result.counts == {"succeeded": 2, "failed": 6, "unchanged": 292}
+    assert result.counts == {"succeeded": 2, "failed": 5, "unchanged": 292}
     assert "ingest_rows.py::process_row: 2 changed records" in result.output
     (changed,) = re.findall(r'<section id="changed">(.*?)</section>', html.read_text(), re.S)
     assert "2 changed records" in changed
     assert "w: &#34;101&#34; → &#34;102&#34;" in changed
+    (retired,) = re.findall(r'<section id="retired">(.*?)</section>', html.read_text(), re.S)
+    assert "<td>ingest_rows.py::process_row</td><td>50</td><td>failed</td>" in retired
