@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import psycopg2.extras
 
+from .lastfailed import format_changes
 from .outcomes import UsageError
 from .queries import q
 from .reports import COUNTED
@@ -46,6 +47,8 @@ COLORS = {
 MAX_ITEMS = 20000
 MAX_LOGS = 200
 PAGE_SIZE = 50
+#: Retired keys and changed records listed in the page (the counts are all of them).
+MAX_LIFECYCLE = 1000
 #: The narrowest bar segment drawn for a non-zero count, so 1 in 10⁶ still shows.
 MIN_SEGMENT = 4.0
 
@@ -169,6 +172,38 @@ def context(
         "page_size": PAGE_SIZE,
         "logs": logs,
         "plural": plural,
+        **_lifecycle(conn, batch_id, mask),
+    }
+
+
+def _lifecycle(conn: Any, batch_id: Any, mask: Callable[[str], str] = str) -> dict[str, Any]:
+    """The failures this batch retired and the records whose content changed (SPEC §9)."""
+    retired = [
+        {
+            "processor": r["processor"],
+            "key": mask(r["key"]),
+            "status": r["status"],
+            "message": mask(r["error_message"] or ""),
+        }
+        for r in _fetch(conn, "batch-retired", batch_id=batch_id, limit=MAX_LIFECYCLE)
+    ]
+    changed = [
+        {
+            "processor": r["processor"],
+            "key": mask(r["key"]),
+            "changes": mask(format_changes(r["changes"])),
+        }
+        for r in _fetch(conn, "batch-changes", batch_id=batch_id, limit=MAX_LIFECYCLE)
+    ]
+    retired_counts = _fetch(conn, "report-retired-counts", batch_id=batch_id)
+    changed_counts = _fetch(conn, "batch-changed-counts", batch_id=batch_id)
+    return {
+        "retired": retired,
+        "retired_counts": retired_counts,
+        "retired_total": sum(r["n"] for r in retired_counts),
+        "changed": changed,
+        "changed_counts": changed_counts,
+        "changed_total": sum(r["n"] for r in changed_counts),
     }
 
 

@@ -238,6 +238,7 @@ class LookBack:
             "location",
             "finished_at",
             "payload",
+            "changes",
         ]
         if fmt == "jsonl":
             for item in items:
@@ -248,11 +249,8 @@ class LookBack:
         writer.writerow(["batch_id", *columns])
         for item in items:
             values = [_jsonable(item[c]) for c in columns]
-            values[-1] = (
-                json.dumps(item["payload"], ensure_ascii=False)
-                if item["payload"] is not None
-                else ""
-            )
+            for i in (-2, -1):  # payload and changes: JSON text in one cell, empty for none
+                values[i] = "" if values[i] is None else json.dumps(values[i], ensure_ascii=False)
             writer.writerow([str(batch["id"]), *map(_csv_cell, values)])
         return 0
 

@@ -156,3 +156,30 @@ def test_html_report_renders_in_headless_chromium(project, tmp_path):
     )
     assert shot.exists() and shot.stat().st_size > 5000
     shutil.copy(shot, "/tmp/ingestkit-report.png")
+
+
+CHANGING = """
+import ingestkit
+
+@ingestkit.source(ingestkit.read_csv("rows.csv"), key="id")
+def process_row(record):
+    if not record["w"].isdigit():
+        raise ValueError(f"w is not a number: {record['w']!r}")
+"""
+
+
+def test_export_carries_each_items_changed_fields(project):
+    project.write("ingest_rows.py", CHANGING)
+    project.write("rows.csv", "id,w\n1,99\n2,20\n")
+    project.run()
+    project.write("rows.csv", "id,w\n1,100\n2,20\n3,x\n")
+    batch = project.run().batch_id
+    args = ("--export", batch, "--status", "succeeded,failed")
+    rows = {r["key"]: r for r in csv.DictReader(io.StringIO(project.run(*args).output))}
+    assert set(rows) == {"1", "3"}
+    assert json.loads(rows["1"]["changes"]) == {"w": ["99", "100"]}
+    assert rows["3"]["changes"] == ""
+    lines = project.run(*args, "--format", "jsonl").output.splitlines()
+    as_json = {r["key"]: r for r in map(json.loads, lines)}
+    assert as_json["1"]["changes"] == {"w": ["99", "100"]}
+    assert as_json["3"]["changes"] is None

@@ -142,3 +142,57 @@ def test_a_past_batchs_page_has_the_headline_and_a_rerun_command(project, tmp_pa
     page = past.read_text()
     assert "FAILED: 1 of 1,002 items failed" in page
     assert '<code class="cmd" id="rerun">ingestkit --lf</code>' in page
+
+
+ROWS = """
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def table(db):
+    db.execute("CREATE TABLE IF NOT EXISTS rows (id int PRIMARY KEY, w int)")
+
+@ingestkit.source(ingestkit.read_csv("rows.csv"), key="id")
+def process_row(record, db):
+    if not record["w"].isdigit():
+        raise ValueError(f"w is not a number: {record['w']!r}")
+    db.upsert("rows", {"id": int(record["id"]), "w": int(record["w"])})
+"""
+
+
+def _rows(project, rows):
+    project.write("rows.csv", "id,w\n" + "".join(f"{k},{w}\n" for k, w in rows))
+
+
+def _section(page, ident):
+    (section,) = re.findall(rf'<section id="{ident}">(.*?)</section>', page, re.S)
+    return section
+
+
+def test_the_page_shows_retired_keys_and_changed_records_with_their_diffs(project, tmp_path):
+    project.write("ingest_rows.py", ROWS)
+    _rows(project, [(1, 99), (2, "x"), (3, 30), (4, "<b>y</b>")])
+    assert project.run().exit_code == 1
+    _rows(project, [(1, 100), (3, 30), (4, "<b>y</b>")])  # 2 gone, 1 changed
+    result, page = _page(project, tmp_path)
+    assert result.exit_code == 1
+    retired = _section(page, "retired")
+    assert "1 earlier failure gone from the source, retired" in retired
+    assert "<td>ingest_rows.py::process_row</td><td>2</td><td>failed</td>" in retired
+    assert "w is not a number: &#39;x&#39;" in retired
+    changed = _section(page, "changed")
+    assert "1 changed record" in changed
+    assert "<td>ingest_rows.py::process_row</td><td>1</td>" in changed
+    assert "w: &#34;99&#34; → &#34;100&#34;" in changed
+    assert "<b>y</b>" not in page
+    # a past batch's page shows the same
+    past = tmp_path / "past.html"
+    assert project.run("--show", result.batch_id, "--html", str(past)).exit_code == 0
+    again = past.read_text()
+    assert _section(again, "retired") == retired and _section(again, "changed") == changed
+
+
+def test_a_batch_that_retired_and_changed_nothing_says_so(project, tmp_path):
+    project.write("ingest_money.py", LOAD)
+    _, page = _page(project, tmp_path)
+    assert "No earlier failure was retired" in _section(page, "retired")
+    assert "No record changed" in _section(page, "changed")

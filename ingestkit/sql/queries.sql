@@ -730,7 +730,7 @@ SELECT EXISTS (
 );
 
 
--- == leases (docs/workers.md, "Leases") =====================================
+-- == leases (docs/workers.md, "Leases") ==============================
 
 -- name: tcp-lease
 -- How long a connection's locks outlive its machine: the server drops a connection
@@ -771,3 +771,12 @@ WITH stale AS (
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
 FROM doomed
 WHERE pg_has_role(usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER');
+=======
+-- == the HTML report's failure lifecycle (ingestkit/html.py) ==
+
+-- name: report-retired-counts
+-- How many failed keys a batch found gone from their source, per processor.
+SELECT processor, count(*) AS n
+FROM ingestkit.latest
+WHERE retired_batch = %(batch_id)s
+GROUP BY processor ORDER BY processor;
