@@ -114,37 +114,10 @@ def context(
     unchanged items have no rows, yet their processors belong in the chart.
     """
     (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
-    per_processor: dict[str, dict[str, int]] = {p: {} for p in processors}
-    durations: dict[str, dict[str, Any]] = {}
-    for row in _fetch(conn, "processor-summary", batch_id=batch_id):
-        per_processor.setdefault(row["processor"], {})[row["status"]] = row["n"]
-        d = durations.setdefault(
-            row["processor"], {"processor": row["processor"], "n": 0, "total": 0.0, "p95": 0.0}
-        )
-        d["n"] += row["n"]
-        d["total"] += row["total_ms"] or 0.0
-        d["p95"] = max(d["p95"], row["p95_ms"] or 0.0)
-    for processor, n in (unchanged or {}).items():
-        if n:
-            per_processor.setdefault(processor, {})["unchanged"] = n
-    for d in durations.values():
-        d["mean"] = d["total"] / d["n"] if d["n"] else 0.0
+    per_processor, durations = _per_processor(conn, batch_id, unchanged, processors)
     counts = batch["counts"] or {}
-    groups = sorted(_fetch(conn, "failure-samples", batch_id=batch_id), key=lambda g: -g["n"])
-    failed = [
-        {
-            "processor": r["processor"],
-            "key": mask(r["key"]),
-            "status": r["status"],
-            "location": mask(r["location"] or ""),
-            "message": mask(f"{r['error_type'] or ''}: {r['error_message'] or ''}"),
-            "record": mask(r["payload"] or ""),
-        }
-        for r in _fetch(conn, "report-failed-items", batch_id=batch_id, limit=MAX_ITEMS)
-    ]
-    for g in groups:
-        for name in ("error_message", "traceback", "location"):
-            g[name] = mask(g[name] or "")
+    groups = _failure_groups(conn, batch_id, mask)
+    failed = _failed_items(conn, batch_id, mask)
     logs = _fetch(conn, "report-logs", batch_id=batch_id, limit=MAX_LOGS)
     for item in logs:
         item["log"] = mask(item["log"])
@@ -170,6 +143,55 @@ def context(
         "logs": logs,
         "plural": plural,
     }
+
+
+def _per_processor(
+    conn: Any,
+    batch_id: Any,
+    unchanged: Mapping[str, int] | None,
+    processors: Iterable[str],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    """Counts by status and durations of each processor, for the chart and the table."""
+    per_processor: dict[str, dict[str, int]] = {p: {} for p in processors}
+    durations: dict[str, dict[str, Any]] = {}
+    for row in _fetch(conn, "processor-summary", batch_id=batch_id):
+        per_processor.setdefault(row["processor"], {})[row["status"]] = row["n"]
+        d = durations.setdefault(
+            row["processor"], {"processor": row["processor"], "n": 0, "total": 0.0, "p95": 0.0}
+        )
+        d["n"] += row["n"]
+        d["total"] += row["total_ms"] or 0.0
+        d["p95"] = max(d["p95"], row["p95_ms"] or 0.0)
+    for processor, n in (unchanged or {}).items():
+        if n:
+            per_processor.setdefault(processor, {})["unchanged"] = n
+    for d in durations.values():
+        d["mean"] = d["total"] / d["n"] if d["n"] else 0.0
+    return per_processor, durations
+
+
+def _failure_groups(conn: Any, batch_id: Any, mask: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The batch's failures grouped by error, largest group first, masked."""
+    groups = sorted(_fetch(conn, "failure-samples", batch_id=batch_id), key=lambda g: -g["n"])
+    for g in groups:
+        for name in ("error_message", "traceback", "location"):
+            g[name] = mask(g[name] or "")
+    return groups
+
+
+def _failed_items(conn: Any, batch_id: Any, mask: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The first :data:`MAX_ITEMS` failed items, masked, for the paged table."""
+    return [
+        {
+            "processor": r["processor"],
+            "key": mask(r["key"]),
+            "status": r["status"],
+            "location": mask(r["location"] or ""),
+            "message": mask(f"{r['error_type'] or ''}: {r['error_message'] or ''}"),
+            "record": mask(r["payload"] or ""),
+        }
+        for r in _fetch(conn, "report-failed-items", batch_id=batch_id, limit=MAX_ITEMS)
+    ]
 
 
 class _Markup(str):
