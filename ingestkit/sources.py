@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .outcomes import RecordError
 
@@ -47,7 +47,10 @@ class SourceSpec:
     declared_in: Path  # directory of the declaring file: relative paths resolve here
 
 
-def source(src: Any, key: Any = None) -> Callable:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def source(src: Any, key: Any = None) -> Callable[[_F], _F]:
     """Declare where a processor's records come from, and how each is keyed.
 
     ``src`` is an iterable, a callable returning one (its parameters are
@@ -56,7 +59,7 @@ def source(src: Any, key: Any = None) -> Callable:
     1-based position in the source.
     """
 
-    def decorate(func: Callable) -> Callable:
+    def decorate(func: _F) -> _F:
         filename = getattr(getattr(func, "__code__", None), "co_filename", None)
         declared_in = Path(filename).parent if filename else Path.cwd()
         setattr(func, SOURCE_ATTR, SourceSpec(src, key, declared_in))
@@ -242,7 +245,7 @@ def escape_text(text: str) -> str:
 
 
 def unescape_text(text: str) -> str:
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         code = match.group(1)
         return "\\" if code == "\\" else "\0" if code == "x00" else chr(int(code[1:], 16))
 
@@ -271,7 +274,7 @@ class Unreplayable(Exception):
     """A stored payload that does not give back the record that was read."""
 
 
-def _tag(kind: str, value: Any) -> dict:
+def _tag(kind: str, value: Any) -> dict[str, Any]:
     return {TAG: kind, "value": value}
 
 
