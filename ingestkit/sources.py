@@ -292,11 +292,21 @@ def _tagged(value: Any) -> Any:
             return _tag("float", text)
         return value
     if kind is dict:
-        if TAG not in value and all(type(k) is str and not _unstorable(k) for k in value):
-            return {k: _tagged(v) for k, v in value.items()}
-        return _tag("dict", [[_tagged(k), _tagged(v)] for k, v in value.items()])
+        return _tagged_dict(value)
     if kind is list:
         return [_tagged(v) for v in value]
+    return _tagged_python(kind, value)
+
+
+def _tagged_dict(value: dict[Any, Any]) -> Any:
+    """A dict as a JSON object, or tagged as key/value pairs when its keys cannot be."""
+    if TAG not in value and all(type(k) is str and not _unstorable(k) for k in value):
+        return {k: _tagged(v) for k, v in value.items()}
+    return _tag("dict", [[_tagged(k), _tagged(v)] for k, v in value.items()])
+
+
+def _tagged_python(kind: type, value: Any) -> Any:
+    """A value of a type JSON has not, tagged with the type's name."""
     if kind is tuple:
         return _tag("tuple", [_tagged(v) for v in value])
     if kind in (set, frozenset):
@@ -313,7 +323,6 @@ def _tagged(value: Any) -> Any:
         return _tag("uuid", str(value))
     name = f"{kind.__module__}.{kind.__qualname__}"
     return {TAG: "unreplayable", "type": name, "value": _tagged(str(value))}
-
 
 _UNTAG: dict[str, Callable[[Any], Any]] = {
     "str": unescape_text,

@@ -368,22 +368,7 @@ class Transaction:
         try:
             cur.execute(prefix + statement if prefix else statement)
         except psycopg2.Error as exc:
-            if is_connection_error(self.conn, exc):
-                raise ConnectionLost(str(exc).strip()) from exc
-            if self._ended_here(owner):  # a refused COMMIT: the server rolled back
-                raise
-            if prefix and exc.pgcode == "3B001" and self._savepoint_owner not in (_NOBODY, owner):
-                # the savepoint's owner released or rolled back past it: the
-                # transaction is aborted now, through that item's doing
-                self._lost(self._savepoint_owner)
-                raise TransactionEnded() from exc
-            if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
-                self._savepoint_owner = owner
-            if owner is None:
-                # sources and wider fixtures: keep the transaction usable
-                self._rollback_to_savepoint()
-            elif owner.statement_error is None:  # the first error is the cause
-                owner.statement_error = exc
+            self._statement_failed(exc, owner, prefix)
             raise
         if self._ended_here(owner):
             raise TransactionEnded()
@@ -392,6 +377,26 @@ class Transaction:
         if owner is not None and not reads_only:
             owner.has_statements = True
         return cur
+
+    def _statement_failed(self, exc: psycopg2.Error, owner: Any, prefix: bytes) -> None:
+        """Account for a statement the server refused; raises in place of ``exc`` when the
+        connection or the transaction is gone, else returns for ``exc`` to be raised."""
+        if is_connection_error(self.conn, exc):
+            raise ConnectionLost(str(exc).strip()) from exc
+        if self._ended_here(owner):  # a refused COMMIT: the server rolled back
+            return
+        if prefix and exc.pgcode == "3B001" and self._savepoint_owner not in (_NOBODY, owner):
+            # the savepoint's owner released or rolled back past it: the
+            # transaction is aborted now, through that item's doing
+            self._lost(self._savepoint_owner)
+            raise TransactionEnded() from exc
+        if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
+            self._savepoint_owner = owner
+        if owner is None:
+            # sources and wider fixtures: keep the transaction usable
+            self._rollback_to_savepoint()
+        elif owner.statement_error is None:  # the first error is the cause
+            owner.statement_error = exc
 
     @_critical
     def batch_statement(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
