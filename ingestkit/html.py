@@ -100,51 +100,6 @@ def _headline(batch: Mapping[str, Any], counts: Mapping[str, int]) -> dict[str, 
     return {"word": word, "css": css, "text": text}
 
 
-def context(
-    conn: Any,
-    batch_id: Any,
-    mask: Callable[[str], str] = str,
-    rerun: str | None = None,
-    unchanged: Mapping[str, int] | None = None,
-    processors: Iterable[str] = (),
-) -> dict[str, Any]:
-    """What the template sees, from the batch's rows (masked with ``mask``).
-
-    ``unchanged`` (per processor) and ``processors`` come from a live batch:
-    unchanged items have no rows, yet their processors belong in the chart.
-    """
-    (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
-    per_processor, durations = _per_processor(conn, batch_id, unchanged, processors)
-    counts = batch["counts"] or {}
-    groups = _failure_groups(conn, batch_id, mask)
-    failed = _failed_items(conn, batch_id, mask)
-    logs = _fetch(conn, "report-logs", batch_id=batch_id, limit=MAX_LOGS)
-    for item in logs:
-        item["log"] = mask(item["log"])
-    failures_total = sum(g["n"] for g in groups)
-    # inside <script>: no "</script>" or "<!--" can end it early
-    failed_json = json.dumps(failed, ensure_ascii=False).replace("<", "\\u003c")
-    return {
-        "batch": batch,
-        "counts": counts,
-        "counted": COUNTED,
-        "colors": COLORS,
-        "headline": _headline(batch, counts),
-        "command": mask(" ".join(batch["argv"] or [])),
-        "rerun": mask(rerun or "ingestkit --lf") if failures_total else None,
-        "chart": _chart(per_processor),
-        "durations": list(durations.values()),
-        "groups": groups,
-        "failures_total": failures_total,
-        "failed": failed,
-        "failed_total": failures_total,
-        "failed_json": _Markup(failed_json),
-        "page_size": PAGE_SIZE,
-        "logs": logs,
-        "plural": plural,
-    }
-
-
 def _per_processor(
     conn: Any,
     batch_id: Any,
@@ -192,6 +147,51 @@ def _failed_items(conn: Any, batch_id: Any, mask: Callable[[str], str]) -> list[
         }
         for r in _fetch(conn, "report-failed-items", batch_id=batch_id, limit=MAX_ITEMS)
     ]
+
+
+def context(
+    conn: Any,
+    batch_id: Any,
+    mask: Callable[[str], str] = str,
+    rerun: str | None = None,
+    unchanged: Mapping[str, int] | None = None,
+    processors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """What the template sees, from the batch's rows (masked with ``mask``).
+
+    ``unchanged`` (per processor) and ``processors`` come from a live batch:
+    unchanged items have no rows, yet their processors belong in the chart.
+    """
+    (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
+    per_processor, durations = _per_processor(conn, batch_id, unchanged, processors)
+    counts = batch["counts"] or {}
+    groups = _failure_groups(conn, batch_id, mask)
+    failed = _failed_items(conn, batch_id, mask)
+    logs = _fetch(conn, "report-logs", batch_id=batch_id, limit=MAX_LOGS)
+    for item in logs:
+        item["log"] = mask(item["log"])
+    failures_total = sum(g["n"] for g in groups)
+    # inside <script>: no "</script>" or "<!--" can end it early
+    failed_json = json.dumps(failed, ensure_ascii=False).replace("<", "\\u003c")
+    return {
+        "batch": batch,
+        "counts": counts,
+        "counted": COUNTED,
+        "colors": COLORS,
+        "headline": _headline(batch, counts),
+        "command": mask(" ".join(batch["argv"] or [])),
+        "rerun": mask(rerun or "ingestkit --lf") if failures_total else None,
+        "chart": _chart(per_processor),
+        "durations": list(durations.values()),
+        "groups": groups,
+        "failures_total": failures_total,
+        "failed": failed,
+        "failed_total": failures_total,
+        "failed_json": _Markup(failed_json),
+        "page_size": PAGE_SIZE,
+        "logs": logs,
+        "plural": plural,
+    }
 
 
 class _Markup(str):
