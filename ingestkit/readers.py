@@ -583,6 +583,7 @@ class read_json(FileReader):  # noqa: N801
     ) -> Iterator[Entry]:
         decoder = json.JSONDecoder()
         buf, pos, eof, number, consumed = "", 0, False, 0, 0
+        done = False  # read_record: the array cannot be read on
 
         def fill() -> bool:
             nonlocal buf, pos, eof, consumed
@@ -673,48 +674,34 @@ class read_json(FileReader):  # noqa: N801
                 elif sep != "}":
                     return "invalid JSON"
 
-        where_array = "at the top level"
-        if at is not None:
-            where_array = f"at {at!r}"
-            for depth, name in enumerate(at.split(".")):
-                found = find(name)
-                if found is not None:
-                    inside = ".".join(at.split(".")[:depth]) or "the top level"
-                    yield Entry(
-                        None,
-                        str(path),
-                        f"{path}: expected a JSON array at {at!r}, found {found} in {inside}",
-                        key=file_key,
-                    )
-                    return
-        first = skip_ws()
-        if first != "[":
-            shown = "an empty file" if first == "" else f"{first!r}"
-            yield Entry(
-                None,
-                str(path),
-                f"{path}: expected a JSON array {where_array}, found {shown}",
-                key=file_key,
-            )
-            return
-        pos += 1
-        if skip_ws() == "]":
-            return
-        while True:
-            skip_ws()
-            number += 1
-            where = f"{path}#{number}"
+        def open_array() -> str | None:
+            """Move into the array to read (the member ``at``); the problem when
+            there is none."""
+            nonlocal pos
+            where_array = "at the top level"
+            if at is not None:
+                where_array = f"at {at!r}"
+                for depth, name in enumerate(at.split(".")):
+                    found = find(name)
+                    if found is not None:
+                        inside = ".".join(at.split(".")[:depth]) or "the top level"
+                        return f"{path}: expected a JSON array at {at!r}, found {found} in {inside}"
+            first = skip_ws()
+            if first != "[":
+                shown = "an empty file" if first == "" else f"{first!r}"
+                return f"{path}: expected a JSON array {where_array}, found {shown}"
+            pos += 1
+            return None
+
+        def read_record(where: str) -> Entry:
+            """Decode record ``number`` at ``pos`` and move past it; ``done`` when the
+            array cannot be read on."""
+            nonlocal pos, done
             while True:
                 try:
                     record, end = decoder.raw_decode(buf, pos)
                 except RecursionError:
-                    while (skip := _value_end(buf, pos)) is None and fill():
-                        pass
-                    yield Entry(None, where, f"{path}, record {number}: {_TOO_DEEP}")
-                    if skip is None:
-                        return
-                    end = skip
-                    break
+                    message = f"{path}, record {number}: {_TOO_DEEP}"
                 except json.JSONDecodeError as exc:
                     if not eof and fill():
                         continue
@@ -722,24 +709,35 @@ class read_json(FileReader):  # noqa: N801
                     message = (
                         f"{path}, record {number}: invalid JSON at character {offset}: {exc.msg}"
                     )
-                    while (skip := _value_end(buf, pos)) is None and fill():
-                        pass
-                    if skip is None:  # the array never closes
-                        yield Entry(None, where, message)
-                        return
-                    record, end = None, skip
-                    yield Entry(None, where, message)
-                    break
-                # a number at the end of the buffer may continue in the next read
-                if end == len(buf) and not eof and fill():
-                    continue
-                problem = _bad_char(buf[pos:end], "utf-8")
-                if problem is not None:
-                    yield Entry(None, where, f"{path}, record {number}: {problem}")
                 else:
-                    yield Entry(record, where)
-                break
-            pos = end
+                    # a number at the end of the buffer may continue in the next read
+                    if end == len(buf) and not eof and fill():
+                        continue
+                    problem = _bad_char(buf[pos:end], "utf-8")
+                    pos = end
+                    if problem is not None:
+                        return Entry(None, where, f"{path}, record {number}: {problem}")
+                    return Entry(record, where)
+                while (skip := _value_end(buf, pos)) is None and fill():
+                    pass
+                if skip is None:  # the array never closes
+                    done = True
+                else:
+                    pos = skip
+                return Entry(None, where, message)
+
+        problem = open_array()
+        if problem is not None:
+            yield Entry(None, str(path), problem, key=file_key)
+            return
+        if skip_ws() == "]":
+            return
+        while True:
+            skip_ws()
+            number += 1
+            yield read_record(f"{path}#{number}")
+            if done:
+                return
             sep = skip_ws()
             if sep == ",":
                 pos += 1
