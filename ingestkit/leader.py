@@ -21,6 +21,7 @@ import pluggy
 
 from .chunks import Chunk
 from .dispatch import Queue, reports_from_json
+from .recorder import store_payloads
 from .runner import FIRST_CHUNK, Item, Plan, Runner
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Leader:
         option = self.config.option
         self.queue.open(
             {name: getattr(option, name) for name in BATCH_OPTIONS}
-            | {"store_payloads": self.config.get("store_payloads", "failed")}
+            | {"store_payloads": store_payloads(self.config)}
             | {"processors": [p.nodeid for p in self.session.processors]}
         )
         if self.session.processors:  # (none: only collection errors to report)

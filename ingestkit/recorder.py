@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .config import DEFAULTS
 from .copy import NULL, copy_field, copy_rows
 from .queries import q
 from .reports import History, ItemReport
@@ -22,6 +23,7 @@ from .stash import StashKey
 if TYPE_CHECKING:
     from .chunks import Chunk
     from .collection import Processor
+    from .config import Config
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -87,10 +89,15 @@ def record_outcomes(first_load: bool) -> str:
     return ";\n".join((items, latest, q("truncate-outcomes")))
 
 
+def store_payloads(config: Config) -> str:
+    """``store_payloads``: ``failed``, ``latest`` (the default) or ``all``."""
+    return str(config.get("store_payloads", DEFAULTS["store_payloads"]))
+
+
 def store_all(session: Session) -> bool:
     """Whether ``ingestkit.items`` keeps every item's record (``store_payloads = all``);
     with ``latest`` (the default) only ``ingestkit.latest`` keeps succeeded ones."""
-    return bool(session.config.get("store_payloads", "latest") == "all")
+    return store_payloads(session.config) == "all"
 
 
 def outcome_rows(reports: list[ItemReport]) -> bytes:

@@ -31,6 +31,7 @@ from .fixtures import Closure, FixtureRequest, argnames_of
 from .keyset import KeySet
 from .outcomes import ItemTimeout, RecordError, Skipped, TeardownErrors
 from .readers import SourceUnreadable
+from .recorder import store_payloads
 from .reports import ItemReport
 from .sources import (
     Entry,
@@ -296,8 +297,8 @@ class Runner:
         self.maxfail = option.maxfail
         self.reprocess = option.reprocess
         # "latest" (the default) and "all" keep succeeded records (see recorder.store_all)
-        self.store_all = self.config.get("store_payloads", "latest") != "failed"
-        self.latest_only = self.config.get("store_payloads", "latest") == "latest"
+        self.store_all = store_payloads(self.config) != "failed"
+        self.latest_only = store_payloads(self.config) == "latest"
         self.matched_keys: set[tuple[str, str]] = session.config.stash.setdefault(
             MATCHED_KEYS, set()
         )

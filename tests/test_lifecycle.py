@@ -403,3 +403,18 @@ def test_an_incremental_source_retires_nothing(project):
     project.write("data.json", json.dumps([{"id": i} for i in range(1, 8)]))
     assert project.run().statuses() == {"6": "succeeded", "7": "succeeded"}
     assert latest(project)["3"] == ("failed", False)
+
+
+def test_latest_keeps_the_succeeded_records_under_workers_too(project):
+    """store_payloads = latest is the default with -n as without (the leader once
+    handed its workers the old default, "failed", and no record was kept)."""
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(k, k * 10) for k in range(1, 41)])
+    result = project.run("-n", "2")
+    assert result.exit_code == 0, result.output
+    kept = project.scalar("SELECT count(*) FROM ingestkit.latest WHERE record IS NOT NULL")
+    assert kept == 40
+    write_rows(project, [(k, k * 10 + (k == 7)) for k in range(1, 41)])
+    again = project.run("-n", "2")
+    assert again.exit_code == 0, again.output
+    assert "1 changed record" in again.output, again.output
