@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 import pluggy
 
 from .api import BatchResult, Failure, run
+from .chunks import Chunk
 from .collection import Processor
 from .config import Config
 from .excel import read_xlsx
@@ -21,7 +22,7 @@ from .outcomes import LookupMissing, Skipped, UsageError, skip
 from .parquet import read_parquet
 from .readers import read_csv, read_json, read_jsonl
 from .reports import ItemReport
-from .runner import Chunk, Item
+from .runner import Item
 from .session import ExitCode, Session
 from .sources import Entry, Reader, SourceSpec, source
 from .typed import MissingColumns, RecordInvalid

@@ -19,7 +19,7 @@ import pluggy
 from .reports import COUNTED
 
 if TYPE_CHECKING:
-    from .runner import Chunk
+    from .chunks import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")

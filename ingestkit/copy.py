@@ -127,8 +127,11 @@ def _native(value: Any) -> bool:
 
 
 def adapt_row(
-    row: dict, mogrify: Callable[[Any], bytes], evaluate: Callable[[Any], str | None], table: str
-) -> dict:
+    row: dict[str, Any],
+    mogrify: Callable[[Any], bytes],
+    evaluate: Callable[[Any], str | None],
+    table: str,
+) -> dict[str, Any]:
     """``row`` with each value COPY does not write natively turned into an :class:`Adapted`.
 
     ``mogrify`` gives psycopg2's SQL literal of a value (``cursor.mogrify``);
@@ -148,7 +151,7 @@ def adapt_row(
     return adapted
 
 
-def _adapt(value: Any, mogrify: Callable, evaluate: Callable) -> Any:
+def _adapt(value: Any, mogrify: Callable[..., Any], evaluate: Callable[..., Any]) -> Any:
     kind = type(value)
     if kind is list or kind is tuple:  # COPY's own arrays, element by element
         return kind(v if _native(v) else _adapt(v, mogrify, evaluate) for v in value)
@@ -169,7 +172,7 @@ def _adapt(value: Any, mogrify: Callable, evaluate: Callable) -> Any:
 
 
 #: Types whose text never needs COPY escaping, by exact type (the fast path).
-_SAFE: dict[type, Any] = {
+_SAFE: dict[type, Callable[[Any], str]] = {
     int: str,
     float: repr,
     decimal.Decimal: str,
@@ -192,7 +195,7 @@ def copy_field(value: Any) -> str:
     return _escape(_plain(value))
 
 
-def copy_rows(rows: list[tuple], errors: str = "strict") -> bytes:
+def copy_rows(rows: list[tuple[Any, ...]], errors: str = "strict") -> bytes:
     """Rows of values as one COPY text payload.
 
     With ``errors="strict"`` a lone surrogate raises UnicodeEncodeError;

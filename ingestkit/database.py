@@ -252,16 +252,16 @@ def connect(
     connection to a vanished machine is freed, and no ingestkit process waits
     forever on a server it can no longer reach.
     """
-    conn = None
+    conn: psycopg2.extensions.connection | None = None
     try:
         # psycopg2 leaves out a keyword that is None (no options: the server's own)
-        conn = psycopg2.connect(
-            dsn,
-            application_name=application_name,
-            connect_timeout=10,
-            options=options or None,
+        settings: dict[str, Any] = {
+            "application_name": application_name,
+            "connect_timeout": 10,
+            "options": options or None,
             **_tcp_parameters(dsn),
-        )
+        }
+        conn = psycopg2.connect(dsn, **settings)
         _server_side_lease(conn)
     except psycopg2.Error as exc:
         if conn is not None:

@@ -31,7 +31,7 @@ class read_xlsx(FileReader):  # noqa: N801 - public API reads like a function
 
     def check(self) -> None:
         try:
-            import openpyxl  # type: ignore[import-untyped]  # noqa: F401
+            import openpyxl  # noqa: F401
         except ImportError:
             raise MissingExtra(
                 f"read_xlsx needs openpyxl, which is not installed: {PIP_EXCEL}"
@@ -39,7 +39,7 @@ class read_xlsx(FileReader):  # noqa: N801 - public API reads like a function
 
     def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
         import openpyxl
-        from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
+        from openpyxl.utils import get_column_letter
 
         try:
             book = openpyxl.load_workbook(raw, read_only=True, data_only=True)

@@ -23,17 +23,18 @@ import pluggy
 
 from .queries import q
 from .readers import FileReader
+from .stash import StashKey
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
-    from .runner import Chunk
     from .session import Session
     from .sources import SourceSpec
     from .terminal import TerminalReporter
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
 
-_STASH = "files"
+_STASH = StashKey["dict[str, FileLedger]"]()
 
 
 @dataclass
@@ -103,7 +104,7 @@ class FileLedger:
         return True
 
     def _count_unchanged(self, items: int) -> None:
-        from .runner import Chunk
+        from .chunks import Chunk
 
         chunk = Chunk(self.processor, unchanged=items)
         self.session.count(chunk)

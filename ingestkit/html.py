@@ -28,9 +28,9 @@ from .queries import q
 from .reports import COUNTED
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .config import ArgumentParser as Parser
     from .config import Config
-    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")
@@ -103,20 +103,13 @@ def _headline(batch: Mapping[str, Any], counts: Mapping[str, int]) -> dict[str, 
     return {"word": word, "css": css, "text": text}
 
 
-def context(
+def _per_processor(
     conn: Any,
     batch_id: Any,
-    mask: Callable[[str], str] = str,
-    rerun: str | None = None,
-    unchanged: Mapping[str, int] | None = None,
-    processors: Iterable[str] = (),
-) -> dict[str, Any]:
-    """What the template sees, from the batch's rows (masked with ``mask``).
-
-    ``unchanged`` (per processor) and ``processors`` come from a live batch:
-    unchanged items have no rows, yet their processors belong in the chart.
-    """
-    (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
+    unchanged: Mapping[str, int] | None,
+    processors: Iterable[str],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    """Counts by status and durations of each processor, for the chart and the table."""
     per_processor: dict[str, dict[str, int]] = {p: {} for p in processors}
     durations: dict[str, dict[str, Any]] = {}
     for row in _fetch(conn, "processor-summary", batch_id=batch_id):
@@ -132,9 +125,21 @@ def context(
             per_processor.setdefault(processor, {})["unchanged"] = n
     for d in durations.values():
         d["mean"] = d["total"] / d["n"] if d["n"] else 0.0
-    counts = batch["counts"] or {}
+    return per_processor, durations
+
+
+def _failure_groups(conn: Any, batch_id: Any, mask: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The batch's failures grouped by error, largest group first, masked."""
     groups = sorted(_fetch(conn, "failure-samples", batch_id=batch_id), key=lambda g: -g["n"])
-    failed = [
+    for g in groups:
+        for name in ("error_message", "traceback", "location"):
+            g[name] = mask(g[name] or "")
+    return groups
+
+
+def _failed_items(conn: Any, batch_id: Any, mask: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The first :data:`MAX_ITEMS` failed items, masked, for the paged table."""
+    return [
         {
             "processor": r["processor"],
             "key": mask(r["key"]),
@@ -145,9 +150,26 @@ def context(
         }
         for r in _fetch(conn, "report-failed-items", batch_id=batch_id, limit=MAX_ITEMS)
     ]
-    for g in groups:
-        for name in ("error_message", "traceback", "location"):
-            g[name] = mask(g[name] or "")
+
+
+def context(
+    conn: Any,
+    batch_id: Any,
+    mask: Callable[[str], str] = str,
+    rerun: str | None = None,
+    unchanged: Mapping[str, int] | None = None,
+    processors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """What the template sees, from the batch's rows (masked with ``mask``).
+
+    ``unchanged`` (per processor) and ``processors`` come from a live batch:
+    unchanged items have no rows, yet their processors belong in the chart.
+    """
+    (batch,) = _fetch(conn, "find-batch", prefix=str(batch_id))
+    per_processor, durations = _per_processor(conn, batch_id, unchanged, processors)
+    counts = batch["counts"] or {}
+    groups = _failure_groups(conn, batch_id, mask)
+    failed = _failed_items(conn, batch_id, mask)
     logs = _fetch(conn, "report-logs", batch_id=batch_id, limit=MAX_LOGS)
     for item in logs:
         item["log"] = mask(item["log"])

@@ -27,9 +27,9 @@ import pluggy
 from .reports import COUNTED, ItemReport
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .config import ArgumentParser as Parser
     from .config import Config
-    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")

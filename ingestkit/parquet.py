@@ -25,7 +25,7 @@ class read_parquet(FileReader):  # noqa: N801 - public API reads like a function
 
     def check(self) -> None:
         try:
-            import pyarrow.parquet  # type: ignore[import-untyped]  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
         except ImportError:
             raise MissingExtra(
                 f"read_parquet needs pyarrow, which is not installed: {PIP_PARQUET}"

@@ -381,81 +381,114 @@ class read_csv(FileReader):  # noqa: N801 - public API reads like a function
                 return
             except csv.Error as exc:
                 row, error = None, self._problem(exc)
-                span = lines.record
-                if header is not None and span and quotechar and "field limit" in str(exc):
-                    # a field too long to read: the record is one error to where
-                    # its quoted field closes (nothing after it is read again)
-                    quotes = sum(line.count(quotechar) for _, line, _ in span)
-                    if quotes % 2:
-                        end = lines.skip_quoted(quotechar)
-                        yield Entry(
-                            None,
-                            f"{path}:{span[0][0]}",
-                            f"{path}, {_lines_named(span[0][0], end)}: {error}",
-                        )
+                if header is not None:
+                    skipped = _past_long_field(lines, path, quotechar, exc, error)
+                    if skipped is not None:
+                        yield skipped
                         continue
             span = lines.record
             if not span:
                 return
-            first, end = span[0][0], span[-1][0]
-            where = f"{path}:{first}"
+            where = f"{path}:{span[0][0]}"
             if header is None:
                 bad = "; ".join(f"line {n}: {p}" for n, _, p in span if p)
                 if error is None and not bad:
                     if row:
                         header, width = row, len(row)
-                        check = self._header_check
-                        problem = check(path, row) if check is not None else None
+                        problem = self._header_problem(path, row)
                         if problem is not None:  # a typed record's columns are missing
                             yield Entry(None, where, problem, key=file_key)
                             return
                     continue
-                lines.drain()  # no record can be read: the error covers the whole file
-                rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
-                yield Entry(
-                    None,
-                    where,
-                    f"{path}, {_lines_named(first, end)}: the header cannot be read "
-                    f"({error or bad}), so no record{rest} can be read",
-                    key=file_key,
-                )
+                yield _unreadable_header(lines, path, where, error or bad, file_key)
                 return
-            if error is None and not row:  # blank line
-                continue
-            cells = row if row is not None else []
-            if len(span) > 1 and (error is not None or len(cells) != width):
-                # a quoted field ran over line ends and the record does not parse:
-                # its first line is the error, the others are read again
-                lines.read_again(span[1:])
-                reason = error or f"expected {width} fields, got {len(cells)}"
-                yield Entry(
-                    None,
-                    where,
-                    f"{path}, line {first}: {reason} (a quote on this line runs over "
-                    "the line end; the lines after it are read as records of their own)",
-                )
-                continue
-            bad_lines = [f"line {n}: {p}" for n, _, p in span if p]
-            if bad_lines:
-                named = "" if len(span) == 1 else f"{_lines_named(first, end)}: "
-                # the fields as read: the record keeps its real key when the key's
-                # field is clean (an undecodable key is its position, see runner)
-                readable = error is None and len(cells) == width
-                fields = dict(zip(header, cells, strict=True)) if readable else None
-                yield Entry(fields, where, f"{path}, {named}{'; '.join(bad_lines)}")
-                continue
-            if error is not None:
-                yield Entry(None, where, f"{path}, line {first}: {error}")
-                continue
-            if len(cells) != width:
-                yield Entry(
-                    dict(zip(header or (), cells, strict=False)),
-                    where,
-                    f"{path}, line {first}: expected {width} fields, got {len(cells)}",
-                )
-                continue
-            yield Entry(dict(zip(header or (), cells, strict=True)), where, flat=True)
+            entry = _record_entry(lines, path, where, row, error, header, width)
+            if entry is not None:
+                yield entry
 
+    def _header_problem(self, path: Path, row: list[str]) -> str | None:
+        check = self._header_check
+        return check(path, row) if check is not None else None
+
+
+def _past_long_field(
+    lines: _Lines, path: Path, quotechar: str | None, exc: csv.Error, error: str
+) -> Entry | None:
+    """A field too long to read: the record is one error to where its quoted field
+    closes (nothing after it is read again). None for any other csv error."""
+    span = lines.record
+    if span and quotechar and "field limit" in str(exc):
+        quotes = sum(line.count(quotechar) for _, line, _ in span)
+        if quotes % 2:
+            end = lines.skip_quoted(quotechar)
+            return Entry(
+                None,
+                f"{path}:{span[0][0]}",
+                f"{path}, {_lines_named(span[0][0], end)}: {error}",
+            )
+    return None
+
+
+def _unreadable_header(
+    lines: _Lines, path: Path, where: str, problem: str, file_key: str | None
+) -> Entry:
+    """No record can be read: the error covers the whole file."""
+    span = lines.record
+    first, end = span[0][0], span[-1][0]
+    lines.drain()
+    rest = f" of {_lines_named(end + 1, lines.read)}" if lines.read > end else ""
+    return Entry(
+        None,
+        where,
+        f"{path}, {_lines_named(first, end)}: the header cannot be read "
+        f"({problem}), so no record{rest} can be read",
+        key=file_key,
+    )
+
+
+def _record_entry(
+    lines: _Lines,
+    path: Path,
+    where: str,
+    row: list[str] | None,
+    error: str | None,
+    header: list[str],
+    width: int,
+) -> Entry | None:
+    """The entry of one record after the header (None for a blank line)."""
+    if error is None and not row:
+        return None
+    cells = row if row is not None else []
+    span = lines.record
+    first = span[0][0]
+    if len(span) > 1 and (error is not None or len(cells) != width):
+        # a quoted field ran over line ends and the record does not parse:
+        # its first line is the error, the others are read again
+        lines.read_again(span[1:])
+        reason = error or f"expected {width} fields, got {len(cells)}"
+        return Entry(
+            None,
+            where,
+            f"{path}, line {first}: {reason} (a quote on this line runs over "
+            "the line end; the lines after it are read as records of their own)",
+        )
+    bad_lines = [f"line {n}: {p}" for n, _, p in span if p]
+    if bad_lines:
+        named = "" if len(span) == 1 else f"{_lines_named(first, span[-1][0])}: "
+        # the fields as read: the record keeps its real key when the key's
+        # field is clean (an undecodable key is its position, see runner)
+        readable = error is None and len(cells) == width
+        fields = dict(zip(header, cells, strict=True)) if readable else None
+        return Entry(fields, where, f"{path}, {named}{'; '.join(bad_lines)}")
+    if error is not None:
+        return Entry(None, where, f"{path}, line {first}: {error}")
+    if len(cells) != width:
+        return Entry(
+            dict(zip(header, cells, strict=False)),
+            where,
+            f"{path}, line {first}: expected {width} fields, got {len(cells)}",
+        )
+    return Entry(dict(zip(header, cells, strict=True)), where, flat=True)
 
 class read_jsonl(FileReader):  # noqa: N801
     """Stream a JSON Lines file: one JSON object per line (blank lines ignored)."""
@@ -550,6 +583,7 @@ class read_json(FileReader):  # noqa: N801
     ) -> Iterator[Entry]:
         decoder = json.JSONDecoder()
         buf, pos, eof, number, consumed = "", 0, False, 0, 0
+        done = False  # read_record: the array cannot be read on
 
         def fill() -> bool:
             nonlocal buf, pos, eof, consumed
@@ -640,48 +674,34 @@ class read_json(FileReader):  # noqa: N801
                 elif sep != "}":
                     return "invalid JSON"
 
-        where_array = "at the top level"
-        if at is not None:
-            where_array = f"at {at!r}"
-            for depth, name in enumerate(at.split(".")):
-                found = find(name)
-                if found is not None:
-                    inside = ".".join(at.split(".")[:depth]) or "the top level"
-                    yield Entry(
-                        None,
-                        str(path),
-                        f"{path}: expected a JSON array at {at!r}, found {found} in {inside}",
-                        key=file_key,
-                    )
-                    return
-        first = skip_ws()
-        if first != "[":
-            shown = "an empty file" if first == "" else f"{first!r}"
-            yield Entry(
-                None,
-                str(path),
-                f"{path}: expected a JSON array {where_array}, found {shown}",
-                key=file_key,
-            )
-            return
-        pos += 1
-        if skip_ws() == "]":
-            return
-        while True:
-            skip_ws()
-            number += 1
-            where = f"{path}#{number}"
+        def open_array() -> str | None:
+            """Move into the array to read (the member ``at``); the problem when
+            there is none."""
+            nonlocal pos
+            where_array = "at the top level"
+            if at is not None:
+                where_array = f"at {at!r}"
+                for depth, name in enumerate(at.split(".")):
+                    found = find(name)
+                    if found is not None:
+                        inside = ".".join(at.split(".")[:depth]) or "the top level"
+                        return f"{path}: expected a JSON array at {at!r}, found {found} in {inside}"
+            first = skip_ws()
+            if first != "[":
+                shown = "an empty file" if first == "" else f"{first!r}"
+                return f"{path}: expected a JSON array {where_array}, found {shown}"
+            pos += 1
+            return None
+
+        def read_record(where: str) -> Entry:
+            """Decode record ``number`` at ``pos`` and move past it; ``done`` when the
+            array cannot be read on."""
+            nonlocal pos, done
             while True:
                 try:
                     record, end = decoder.raw_decode(buf, pos)
                 except RecursionError:
-                    while (skip := _value_end(buf, pos)) is None and fill():
-                        pass
-                    yield Entry(None, where, f"{path}, record {number}: {_TOO_DEEP}")
-                    if skip is None:
-                        return
-                    end = skip
-                    break
+                    message = f"{path}, record {number}: {_TOO_DEEP}"
                 except json.JSONDecodeError as exc:
                     if not eof and fill():
                         continue
@@ -689,24 +709,35 @@ class read_json(FileReader):  # noqa: N801
                     message = (
                         f"{path}, record {number}: invalid JSON at character {offset}: {exc.msg}"
                     )
-                    while (skip := _value_end(buf, pos)) is None and fill():
-                        pass
-                    if skip is None:  # the array never closes
-                        yield Entry(None, where, message)
-                        return
-                    record, end = None, skip
-                    yield Entry(None, where, message)
-                    break
-                # a number at the end of the buffer may continue in the next read
-                if end == len(buf) and not eof and fill():
-                    continue
-                problem = _bad_char(buf[pos:end], "utf-8")
-                if problem is not None:
-                    yield Entry(None, where, f"{path}, record {number}: {problem}")
                 else:
-                    yield Entry(record, where)
-                break
-            pos = end
+                    # a number at the end of the buffer may continue in the next read
+                    if end == len(buf) and not eof and fill():
+                        continue
+                    problem = _bad_char(buf[pos:end], "utf-8")
+                    pos = end
+                    if problem is not None:
+                        return Entry(None, where, f"{path}, record {number}: {problem}")
+                    return Entry(record, where)
+                while (skip := _value_end(buf, pos)) is None and fill():
+                    pass
+                if skip is None:  # the array never closes
+                    done = True
+                else:
+                    pos = skip
+                return Entry(None, where, message)
+
+        problem = open_array()
+        if problem is not None:
+            yield Entry(None, str(path), problem, key=file_key)
+            return
+        if skip_ws() == "]":
+            return
+        while True:
+            skip_ws()
+            number += 1
+            yield read_record(f"{path}#{number}")
+            if done:
+                return
             sep = skip_ws()
             if sep == ",":
                 pos += 1

@@ -235,6 +235,39 @@ def _duplicate_message(item: Item, firsts: dict[str, tuple[str | None, str]]) ->
     same = "the same content as" if first[0] == item.content_hash else "content that differs from"
     return message + f"it has {same} the first record with this key ({first[1]}), already processed"
 
+def _item_key(item: Item, processor: Processor, entry: Entry, position: int, keyfunc: Any) -> str:
+    """The item's key: stored, from ``key=``, or ``#position`` when it cannot be read."""
+    if processor.source is None and entry.key is None:
+        return ""
+    if entry.key is not None:
+        return entry.key
+    if entry.error is not None:
+        key = _bad_entry_key(entry, position, keyfunc)
+        if _undecodable(entry.record):  # no payload: --lf cannot replay what was not read
+            item.record = None
+    else:
+        try:
+            key = keyfunc(entry.record, position)
+        except RecordError as exc:
+            key = f"#{position}"
+            item.entry_error = f"{entry.location}: {exc}"
+        except Exception as exc:
+            key = f"#{position}"
+            item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
+    # a key from a source's record, not one already stored
+    return sources.storable_key(key)
+
+
+def _bad_entry_key(entry: Entry, position: int, keyfunc: Any) -> str:
+    """A record that was read but is bad (e.g. too many fields) keeps its key if it can."""
+    try:
+        key: str = keyfunc(entry.record, position) if entry.record is not None else f"#{position}"
+        if sources.storable_key(key) != key:  # its key could not be read either
+            key = f"#{position}"
+    except Exception:
+        key = f"#{position}"
+    return key
+
 
 def _undecodable(record: Any) -> bool:
     """Whether a record a reader could not decode holds its bad bytes (or NULs)."""
@@ -493,41 +526,9 @@ class Runner:
         item = Item(processor, entry.record, entry.location)
         item.attempt = entry.attempt
         item.previous_error = entry.previous_error
-        if processor.source is None and entry.key is None:
-            key = ""
-        elif entry.key is not None:
-            key = entry.key
-        elif entry.error is not None:
-            try:  # a record that was read but is bad (e.g. too many fields) keeps its key
-                key = (
-                    keyfunc(entry.record, position) if entry.record is not None else f"#{position}"
-                )
-                if sources.storable_key(key) != key:  # its key could not be read either
-                    key = f"#{position}"
-            except Exception:
-                key = f"#{position}"
-            if _undecodable(entry.record):  # no payload: --lf cannot replay what was not read
-                item.record = None
-        else:
-            try:
-                key = keyfunc(entry.record, position)
-            except RecordError as exc:
-                key = f"#{position}"
-                item.entry_error = f"{entry.location}: {exc}"
-            except Exception as exc:
-                key = f"#{position}"
-                item.entry_error = f"{entry.location}: key= raised {type(exc).__name__}: {exc}"
-        if entry.key is None:  # a key from a source's record, not one already stored
-            key = sources.storable_key(key)
-        if processor.selected_keys is not None:
-            if key not in processor.selected_keys:
-                return None
-            self.matched_keys.add((processor.nodeid, key))  # see lastfailed.not_found
-        if entry.rerun:
-            self.rerun_keys.add(key)
-            item.rerun = True
-        elif key in self.rerun_keys:
-            return None  # --ff already ran this key first
+        key = _item_key(item, processor, entry, position, keyfunc)
+        if not self._wanted(processor, entry, item, key):
+            return None
         item.key = key
         item.nodeid = f"{processor.nodeid}[{key}]"
         if entry.error is not None:
@@ -539,6 +540,19 @@ class Runner:
                 item.entry_error = item.entry_error or f"{entry.location}: {exc}"
                 item.record = None
         return item
+
+    def _wanted(self, processor: Processor, entry: Entry, item: Item, key: str) -> bool:
+        """Whether the item runs in this batch: selected (--lf, -k on keys), not run by --ff yet."""
+        if processor.selected_keys is not None:
+            if key not in processor.selected_keys:
+                return False
+            self.matched_keys.add((processor.nodeid, key))  # see lastfailed.not_found
+        if entry.rerun:
+            self.rerun_keys.add(key)
+            item.rerun = True
+        elif key in self.rerun_keys:
+            return False  # --ff already ran this key first
+        return True
 
     def _source_error(self, processor: Processor, exc: BaseException) -> None:
         chunk = Chunk(processor)

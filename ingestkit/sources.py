@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .outcomes import RecordError
 
@@ -47,7 +47,10 @@ class SourceSpec:
     declared_in: Path  # directory of the declaring file: relative paths resolve here
 
 
-def source(src: Any, key: Any = None) -> Callable:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def source(src: Any, key: Any = None) -> Callable[[_F], _F]:
     """Declare where a processor's records come from, and how each is keyed.
 
     ``src`` is an iterable, a callable returning one (its parameters are
@@ -56,7 +59,7 @@ def source(src: Any, key: Any = None) -> Callable:
     1-based position in the source.
     """
 
-    def decorate(func: Callable) -> Callable:
+    def decorate(func: _F) -> _F:
         filename = getattr(getattr(func, "__code__", None), "co_filename", None)
         declared_in = Path(filename).parent if filename else Path.cwd()
         setattr(func, SOURCE_ATTR, SourceSpec(src, key, declared_in))
@@ -242,7 +245,7 @@ def escape_text(text: str) -> str:
 
 
 def unescape_text(text: str) -> str:
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         code = match.group(1)
         return "\\" if code == "\\" else "\0" if code == "x00" else chr(int(code[1:], 16))
 
@@ -271,7 +274,7 @@ class Unreplayable(Exception):
     """A stored payload that does not give back the record that was read."""
 
 
-def _tag(kind: str, value: Any) -> dict:
+def _tag(kind: str, value: Any) -> dict[str, Any]:
     return {TAG: kind, "value": value}
 
 
@@ -289,11 +292,21 @@ def _tagged(value: Any) -> Any:
             return _tag("float", text)
         return value
     if kind is dict:
-        if TAG not in value and all(type(k) is str and not _unstorable(k) for k in value):
-            return {k: _tagged(v) for k, v in value.items()}
-        return _tag("dict", [[_tagged(k), _tagged(v)] for k, v in value.items()])
+        return _tagged_dict(value)
     if kind is list:
         return [_tagged(v) for v in value]
+    return _tagged_python(kind, value)
+
+
+def _tagged_dict(value: dict[Any, Any]) -> Any:
+    """A dict as a JSON object, or tagged as key/value pairs when its keys cannot be."""
+    if TAG not in value and all(type(k) is str and not _unstorable(k) for k in value):
+        return {k: _tagged(v) for k, v in value.items()}
+    return _tag("dict", [[_tagged(k), _tagged(v)] for k, v in value.items()])
+
+
+def _tagged_python(kind: type, value: Any) -> Any:
+    """A value of a type JSON has not, tagged with the type's name."""
     if kind is tuple:
         return _tag("tuple", [_tagged(v) for v in value])
     if kind in (set, frozenset):
@@ -310,7 +323,6 @@ def _tagged(value: Any) -> Any:
         return _tag("uuid", str(value))
     name = f"{kind.__module__}.{kind.__qualname__}"
     return {TAG: "unreplayable", "type": name, "value": _tagged(str(value))}
-
 
 _UNTAG: dict[str, Callable[[Any], Any]] = {
     "str": unescape_text,

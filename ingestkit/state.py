@@ -30,8 +30,8 @@ from .stash import StashKey
 from .transaction import Listener
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import Processor
-    from .runner import Chunk
     from .session import Session
     from .transaction import Transaction
 
@@ -250,13 +250,14 @@ class State(dict[str, Any], Listener):
 @fixture(scope="processor")
 def state(request: FixtureRequest) -> Any:
     """This processor's incremental state: a dict in ingestkit.state, saved with each chunk."""
-    session = request.config.session  # type: ignore[attr-defined]  # set by Session (session.py)
+    session = request.config.session
     nodeid = request.nodeid
     with session.control.cursor() as cur:
         cur.execute(q("state-load"), {"processor": nodeid})
         row = cur.fetchone()
     value = row[0] if row and isinstance(row[0], dict) else {}
     txn = session.txn
+    assert txn is not None, "the state fixture runs inside a session's transaction"
     current = State(nodeid, value, txn)
     live = request.config.stash.setdefault(_STASH, {})
     live[nodeid] = current

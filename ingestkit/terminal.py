@@ -20,10 +20,10 @@ from .fixtures import FixtureRequest
 from .reports import COUNTED, ItemReport, message_shape
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .collection import CollectReport, Processor
     from .config import ArgumentParser as Parser
     from .config import Config
-    from .runner import Chunk
     from .session import Session
 
 hookimpl = pluggy.HookimplMarker("ingestkit")

@@ -75,7 +75,7 @@ class ReplayChunk(Exception):
         self.culprits = culprits
 
 
-def _critical(method: Callable) -> Callable:
+def _critical(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``method`` as one step that Ctrl-C does not cut in two.
 
     A SIGINT (or an item's timeout) arriving while ingestkit talks to the
@@ -98,7 +98,8 @@ def _as_bytes(query: Any, cur: Any) -> bytes:
         query = query.as_string(cur)
     if isinstance(query, str):
         return query.encode(psycopg2.extensions.encodings.get(cur.connection.encoding, "utf-8"))
-    return query
+    raw: bytes = query
+    return raw
 
 
 _WRITE = re.compile(
@@ -189,7 +190,7 @@ def table_identifier(name: str) -> sql.Composable:
     return sql.Identifier(*parts)
 
 
-def _blank_to_null(row: tuple, blank: list[int]) -> tuple:
+def _blank_to_null(row: tuple[Any, ...], blank: list[int]) -> tuple[Any, ...]:
     for i in blank:
         if row[i] == "" and type(row[i]) is str:
             return tuple(
@@ -198,7 +199,7 @@ def _blank_to_null(row: tuple, blank: list[int]) -> tuple:
     return row
 
 
-def _name_the_column(exc: Any, table: str, cols: tuple, values: list) -> None:
+def _name_the_column(exc: Any, table: str, cols: tuple[Any, ...], values: list[Any]) -> None:
     """Give a COPY error that names a column a message naming table, column and value
     (``exc.ingestkit_message``, used for the item's error_message)."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
@@ -262,7 +263,7 @@ class Transaction:
         self.dry_run = dry_run
         self.owner: Any = None  # the item running now, or None
         self._savepoint_owner: Any = _NOBODY
-        self._rows: list[tuple[Any, tuple[str, tuple[str, ...]], tuple]] = []
+        self._rows: list[tuple[Any, tuple[Any, ...], tuple[Any, ...]]] = []
         self._table_oids: dict[str, int | None] = {}
         self._sees_others: set[str] = set()  # views and the like: reading them flushes all
         self._row_tables: set[str] = set()  # the tables of the buffered rows (or more)
@@ -274,8 +275,8 @@ class Transaction:
         self._fk_parents: dict[int, set[int]] = {}
         #: per table: its columns and whether each is of a text type (None: unknown)
         self._columns: dict[str, dict[str, bool] | None] = {}
-        self._targets: dict[tuple, tuple[tuple[str, ...], list[int]]] = {}
-        self._temps: dict[tuple, str] = {}  # upsert staging tables, per table and columns
+        self._targets: dict[tuple[Any, ...], tuple[tuple[str, ...], list[int]]] = {}
+        self._temps: dict[tuple[Any, ...], str] = {}  # upsert staging tables, per table and columns
         self.isolated = False  # replay mode: every item flushes its own rows
         self._job: threading.Thread | None = None  # a chunk committing in the background
         self._job_error: BaseException | None = None
@@ -367,22 +368,7 @@ class Transaction:
         try:
             cur.execute(prefix + statement if prefix else statement)
         except psycopg2.Error as exc:
-            if is_connection_error(self.conn, exc):
-                raise ConnectionLost(str(exc).strip()) from exc
-            if self._ended_here(owner):  # a refused COMMIT: the server rolled back
-                raise
-            if prefix and exc.pgcode == "3B001" and self._savepoint_owner not in (_NOBODY, owner):
-                # the savepoint's owner released or rolled back past it: the
-                # transaction is aborted now, through that item's doing
-                self._lost(self._savepoint_owner)
-                raise TransactionEnded() from exc
-            if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
-                self._savepoint_owner = owner
-            if owner is None:
-                # sources and wider fixtures: keep the transaction usable
-                self._rollback_to_savepoint()
-            elif owner.statement_error is None:  # the first error is the cause
-                owner.statement_error = exc
+            self._statement_failed(exc, owner, prefix)
             raise
         if self._ended_here(owner):
             raise TransactionEnded()
@@ -392,8 +378,28 @@ class Transaction:
             owner.has_statements = True
         return cur
 
+    def _statement_failed(self, exc: psycopg2.Error, owner: Any, prefix: bytes) -> None:
+        """Account for a statement the server refused; raises in place of ``exc`` when the
+        connection or the transaction is gone, else returns for ``exc`` to be raised."""
+        if is_connection_error(self.conn, exc):
+            raise ConnectionLost(str(exc).strip()) from exc
+        if self._ended_here(owner):  # a refused COMMIT: the server rolled back
+            return
+        if prefix and exc.pgcode == "3B001" and self._savepoint_owner not in (_NOBODY, owner):
+            # the savepoint's owner released or rolled back past it: the
+            # transaction is aborted now, through that item's doing
+            self._lost(self._savepoint_owner)
+            raise TransactionEnded() from exc
+        if prefix and exc.pgcode != "3B001":  # the savepoint ran; the statement failed
+            self._savepoint_owner = owner
+        if owner is None:
+            # sources and wider fixtures: keep the transaction usable
+            self._rollback_to_savepoint()
+        elif owner.statement_error is None:  # the first error is the cause
+            owner.statement_error = exc
+
     @_critical
-    def batch_statement(self, query: Any, params: Any = None) -> list[tuple]:
+    def batch_statement(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
         """Run one of the batch's own statements (its locks, its row): the rows.
 
         The batch's advisory locks live on this, the committing connection: a
@@ -457,7 +463,9 @@ class Transaction:
             return True
         if not self._in_chunk:
             return False
-        idle = self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        idle: bool = (
+            self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
         if not idle and raw and self._guarded:
             # a ROLLBACK followed by more statements: a new transaction, without the guard
             try:
@@ -542,7 +550,7 @@ class Transaction:
 
     # -- items -------------------------------------------------------------
 
-    def insert(self, owner: Any, table: str, rows: Sequence[dict]) -> None:
+    def insert(self, owner: Any, table: str, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
             if not isinstance(row, dict):
                 raise TypeError(
@@ -556,7 +564,9 @@ class Transaction:
         if self.listeners:
             self._wrote(owner, {table})
 
-    def upsert(self, owner: Any, table: str, rows: Sequence[dict], conflict: tuple) -> None:
+    def upsert(
+        self, owner: Any, table: str, rows: Sequence[dict[str, Any]], conflict: tuple[Any, ...]
+    ) -> None:
         """Buffer rows for ``INSERT ... ON CONFLICT (conflict) DO UPDATE``, written
         per chunk: COPY into a staging table, then one INSERT ... SELECT."""
         for row in rows:
@@ -662,7 +672,7 @@ class Transaction:
         self, keep: Any, tables: set[str] | None = None
     ) -> list[tuple[Any, BaseException]]:
         """Write other owners' rows (of ``tables``); pin failures on them and return those."""
-        def written(row: tuple) -> bool:
+        def written(row: tuple[Any, ...]) -> bool:
             return row[0] is not keep and (tables is None or row[1][0] in tables)
 
         others = [r for r in self._rows if written(r)]
@@ -682,7 +692,7 @@ class Transaction:
             raise ReplayChunk(culprits)
         return culprits
 
-    def _flush_protected(self, rows: list) -> list[tuple[Any, BaseException]]:
+    def _flush_protected(self, rows: list[Any]) -> list[tuple[Any, BaseException]]:
         if not rows:
             return []
         self.wait()  # the chunk before may still be committing on this connection
@@ -723,7 +733,7 @@ class Transaction:
         self._raw("RELEASE SAVEPOINT ingestkit_flush")
         return []
 
-    def _loadable(self, rows: list, owners: list) -> bool:
+    def _loadable(self, rows: list[Any], owners: list[Any]) -> bool:
         """Can a failed COPY of ``rows`` go again row by row on the server? One
         table, one row per item, and no deferred constraint to check at the end."""
         return (
@@ -734,7 +744,7 @@ class Transaction:
             and self._oid(rows[0][1][0]) is not None
         )
 
-    def _load_row_by_row(self, rows: list) -> list[tuple[Any, BaseException]] | None:
+    def _load_row_by_row(self, rows: list[Any]) -> list[tuple[Any, BaseException]] | None:
         """Stage the rows as text and insert them one at a time in a server-side
         loop, each under its own exception block: one round trip for the whole
         group, whatever the share of bad rows (a bisection pays a few per bad row)."""
@@ -761,20 +771,20 @@ class Transaction:
             self._raw("RELEASE SAVEPOINT ingestkit_flush")
             cur.execute(loader.run)
             failed = cur.fetchall()
-        culprits = []
+        culprits: list[tuple[Any, BaseException]] = []
         for n, state, message, detail, column in failed:
             try:
                 error_class = psycopg2.errors.lookup(state)
             except KeyError:
                 error_class = psycopg2.DatabaseError
-            exc = error_class(f"{message}\nDETAIL:  {detail}" if detail else message)
+            error = error_class(f"{message}\nDETAIL:  {detail}" if detail else message)
             if column is not None:  # a value the column's type rejects: name both
                 text = repr(values[n][cols.index(column)])
                 text = text if len(text) <= 80 else text[:77] + "..."
-                exc.ingestkit_message = (  # type: ignore[attr-defined]
+                error.ingestkit_message = (  # type: ignore[attr-defined]
                     f"table {table}, column {column}: value {text} rejected: {message}"
                 )
-            culprits.append((rows[n][0], exc))
+            culprits.append((rows[n][0], error))
         return culprits
 
     def _make_loader(self, cur: Any, table: str, cols: tuple[str, ...]) -> _Loader | None:
@@ -825,13 +835,13 @@ class Transaction:
         self._new_loaders[(table, cols)] = loader
         return loader
 
-    def _copy(self, rows: list) -> None:
+    def _copy(self, rows: list[Any]) -> None:
         self.wait()
-        groups: dict[tuple, list[tuple]] = {}
+        groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         # Rows of a table go in one COPY per column set; where upserts are involved,
         # a change of column set or kind starts a new segment, so that the order of
         # writes to one table is kept (two statements in order, as SPEC §7 says).
-        last: dict[str, tuple] = {}
+        last: dict[str, tuple[Any, ...]] = {}
         segment: dict[str, int] = {}
         for _owner, group, values in rows:
             table = group[0]
@@ -852,7 +862,7 @@ class Transaction:
                     self._upsert(cur, table, target, self._map(table, conflict), values)
 
     def _copy_into(
-        self, cur: Any, table: str, into: sql.Composable, cols: tuple, values: list
+        self, cur: Any, table: str, into: sql.Composable, cols: tuple[Any, ...], values: list[Any]
     ) -> None:
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             into, sql.SQL(", ").join(map(sql.Identifier, cols))
@@ -864,7 +874,14 @@ class Transaction:
             _name_the_column(exc, table, cols, values)
             raise
 
-    def _upsert(self, cur: Any, table: str, cols: tuple, conflict: tuple, values: list) -> None:
+    def _upsert(
+        self,
+        cur: Any,
+        table: str,
+        cols: tuple[Any, ...],
+        conflict: tuple[Any, ...],
+        values: list[Any],
+    ) -> None:
         """COPY into a staging table, then ``INSERT ... SELECT ... ON CONFLICT``.
 
         Two rows with the same conflict key cannot be in one such INSERT ("cannot
@@ -876,7 +893,7 @@ class Transaction:
         where = [cols.index(c) for c in conflict if c in cols]
         rounds = 1
         if len(where) == len(conflict):
-            seen: dict[tuple, int] = {}
+            seen: dict[tuple[Any, ...], int] = {}
             staged = []
             for row in values:
                 key = tuple(row[i] for i in where)
@@ -963,7 +980,7 @@ class Transaction:
                 self._columns[table] = dict(cur.fetchall())
         return self._columns[table]
 
-    def _in_fk_order(self, groups: dict) -> list:
+    def _in_fk_order(self, groups: dict[Any, Any]) -> list[Any]:
         """Groups ordered so that tables referenced by foreign keys come first."""
         tables = list(dict.fromkeys(t for t, *_ in groups))
         if len(tables) < 2:
@@ -1088,7 +1105,7 @@ class Transaction:
         self._job.start()
 
     @_critical
-    def claim(self, query: Any, params: Any) -> tuple | None:
+    def claim(self, query: Any, params: Any) -> tuple[Any, ...] | None:
         """Start a chunk by running ``query``, a row-locking ``SELECT``: its row or None.
 
         The locks it takes (a worker's claim on a task) last until the chunk
@@ -1099,7 +1116,7 @@ class Transaction:
         try:
             with self.conn.cursor() as cur:
                 cur.execute(query, params)
-                row = cur.fetchone()
+                row: tuple[Any, ...] | None = cur.fetchone()
         except psycopg2.Error as exc:
             if is_connection_error(self.conn, exc):
                 raise ConnectionLost(str(exc).strip()) from exc
