@@ -730,7 +730,7 @@ SELECT EXISTS (
 );
 
 
--- == leases (docs/workers.md, "Leases") ==============================
+-- == leases (docs/workers.md, "Leases") =====================================
 
 -- name: tcp-lease
 -- How long a connection's locks outlive its machine: the server drops a connection
@@ -771,7 +771,7 @@ WITH stale AS (
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
 FROM doomed
 WHERE pg_has_role(usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER');
-=======
+
 -- == the HTML report's failure lifecycle (ingestkit/html.py) ==
 
 -- name: report-retired-counts
