@@ -62,6 +62,7 @@ class Lease:
         self.batch_id = batch_id
         self.seconds = seconds
         self.ended = 0  # connections of expired leases this process terminated
+        self.problem: str | None = None  # why a beat could not end the others' leases
         self._conn = connect(dsn, beat_name(batch_id, held))
         self._conn.autocommit = True
         self._stopped = threading.Event()
@@ -83,10 +84,13 @@ class Lease:
         while True:
             try:
                 self.ended += sweep(self._conn, self.batch_id, self.seconds)
-            except psycopg2.Error:
+            except psycopg2.Error as exc:
                 if self._conn.closed:
                     return  # the server is out of reach, or ended this lease
-                # an error answered is a beat still: the server heard from us
+                # an error answered is a beat still: the server heard from us; but
+                # one that is not about the connection means no lease ever ends
+                if not isinstance(exc, psycopg2.OperationalError) and self.problem is None:
+                    self.problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if self._stopped.wait(interval):
                 return
 
@@ -115,3 +119,8 @@ def hold_lease(session: Session) -> Iterator[Lease | None]:
         yield lease
     finally:
         lease.stop()
+        if lease.problem is not None:
+            session.warnings.append(
+                f"the workers' leases could not be enforced ({lease.problem}): a paused "
+                "or cut-off worker would have kept its claims"
+            )

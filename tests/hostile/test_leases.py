@@ -327,3 +327,21 @@ def test_leader_left_with_a_partitioned_worker_only(project, network):
     assert again.returncode == 0, again.stdout
     assert summary_counts(again.stdout) == f"{N - done} succeeded, {done} unchanged"
     assert_exact(project)
+
+
+def test_a_lease_sweep_that_fails_is_said_not_swallowed(project):
+    """A sweep the server answers with an error (once, a stray merge marker in its
+    query) ends no lease: the batch says so instead of beating on silently."""
+    write_pipeline(project, sleep=0.001)
+    project.write(
+        "conftest.py",
+        "import psycopg2\n"
+        "import ingestkit.lease\n\n"
+        "def _broken(conn, batch_id, seconds):\n"
+        "    with conn.cursor() as cur:\n"
+        "        cur.execute('SELECT FROM no_such_table')\n\n"
+        "ingestkit.lease.sweep = _broken\n",
+    )
+    out = finish(spawn(project, "-n", "2"))
+    assert "the workers' leases could not be enforced" in out, out
+    assert 'relation "no_such_table" does not exist' in out, out
