@@ -48,10 +48,11 @@ BUILTIN_PLUGINS = (
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
 #: The built-in plugins a worker of a shared batch does without: its leader keeps the
-#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
+#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``), reads the
+#: files and keeps their ledger (``files``) and reports.
 LEADER_ONLY = frozenset(
-    {"batches", "keyword", "lastfailed", "junitxml", "lookback", "forget", "prune", "html"}
-    | {"notify"}
+    {"batches", "keyword", "lastfailed", "files", "junitxml", "lookback", "forget", "prune"}
+    | {"html", "notify"}
 )
 #: The built-in plugins a worker loads.
 WORKER_PLUGINS = tuple(name for name in BUILTIN_PLUGINS if name not in LEADER_ONLY)

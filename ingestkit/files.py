@@ -159,7 +159,7 @@ def _ledgers(session: Session) -> dict[str, FileLedger]:
 @hookimpl
 def ingestkit_make_source(spec: SourceSpec, processor: Processor, session: Session) -> Any:
     """File readers read through the processor's ledger."""
-    if not isinstance(spec.src, FileReader) or session.role == "worker":
+    if not isinstance(spec.src, FileReader):
         return None
     ledger = FileLedger(session, processor)
     _ledgers(session)[processor.nodeid] = ledger
@@ -180,7 +180,7 @@ def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
 @hookimpl
 def ingestkit_batch_finish(session: Session, exitstatus: int) -> None:
     ledgers = _ledgers(session)
-    if session.batch.dry_run or session.role == "worker":
+    if session.batch.dry_run:
         return
     rows = [ledger.rows() for ledger in ledgers.values() if ledger.read_files]
     if not rows:

@@ -257,7 +257,7 @@ def _summarize_changes(terminalreporter: Any, config: Config) -> None:
     session = getattr(config, "session", None)
     if session is None or session.batch.dry_run or session.control is None:
         return
-    if session.control.closed or session.role == "worker" or session.fatal:
+    if session.control.closed or session.fatal:
         return
     try:
         with session.control.cursor() as cur:

@@ -142,7 +142,7 @@ class Notifier:
 
     @hookimpl
     def ingestkit_batch_finish(self, session: Session, exitstatus: int) -> None:
-        if session.role == "worker" or not (session.counts["failed"] or session.counts["error"]):
+        if not (session.counts["failed"] or session.counts["error"]):
             return
         from .terminal import rerun_command
 
