@@ -112,7 +112,9 @@ CREATE TEMP TABLE IF NOT EXISTS ingestkit_outcomes (
     error_message  text,
     traceback      text,
     log            text,
-    payload        jsonb,
+    -- json, not jsonb: validated once on COPY, and parsed into jsonb only for the
+    -- rows ingestkit.items keeps it for; ingestkit.latest.record is json too
+    payload        json,
     finished_epoch double precision,
     location       text,
     track          boolean
@@ -163,7 +165,7 @@ INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_
                              payload, finished_at, location)
 SELECT %(batch_id)s, processor, key, status, attempt, content_hash, duration_ms,
        error_type, error_message, traceback, log,
-       CASE WHEN status IN ('failed', 'error') OR %(store_all)s THEN payload END,
+       CASE WHEN status IN ('failed', 'error') OR %(store_all)s THEN payload::jsonb END,
        to_timestamp(finished_epoch), location
 FROM pg_temp.ingestkit_outcomes ORDER BY seq;
 
@@ -175,7 +177,7 @@ INSERT INTO ingestkit.latest AS l (processor, key, batch_id, status, attempt, co
                                    record)
 SELECT DISTINCT ON (processor, key)
        processor, key, %(batch_id)s, status, attempt, content_hash, error_message,
-       CASE WHEN status IN ('failed', 'error') THEN payload END,
+       CASE WHEN status IN ('failed', 'error') THEN payload::jsonb END,
        to_timestamp(finished_epoch),
        CASE WHEN status = 'succeeded' THEN content_hash END,
        CASE WHEN status = 'succeeded' THEN payload END
@@ -555,12 +557,13 @@ INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_
                              payload, finished_at, location, changes)
 SELECT %(batch_id)s, o.processor, o.key, o.status, o.attempt, o.content_hash, o.duration_ms,
        o.error_type, o.error_message, o.traceback, o.log,
-       CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload END,
+       CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload::jsonb END,
        to_timestamp(o.finished_epoch), o.location,
-       CASE WHEN jsonb_typeof(l.record) = 'object' AND jsonb_typeof(o.payload) = 'object' THEN
-           (SELECT jsonb_object_agg(f, jsonb_build_array(l.record -> f, o.payload -> f))
-            FROM jsonb_object_keys(l.record || o.payload) f
-            WHERE l.record -> f IS DISTINCT FROM o.payload -> f)
+       CASE WHEN json_typeof(l.record) = 'object' AND json_typeof(o.payload) = 'object' THEN
+           (SELECT jsonb_object_agg(f, jsonb_build_array(l.record::jsonb -> f,
+                                                         o.payload::jsonb -> f))
+            FROM jsonb_object_keys(l.record::jsonb || o.payload::jsonb) f
+            WHERE l.record::jsonb -> f IS DISTINCT FROM o.payload::jsonb -> f)
        END
 FROM pg_temp.ingestkit_outcomes o
 LEFT JOIN ingestkit.latest l

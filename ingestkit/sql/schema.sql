@@ -83,8 +83,10 @@ CREATE TABLE ingestkit.latest (
     finished_at    timestamptz NOT NULL,
     -- the content whose writes are in the database: its last success
     succeeded_hash text,
-    -- that success's record (store_payloads latest or all), to show what changed
-    record         jsonb,
+    -- that success's record (store_payloads latest or all), to show what changed:
+    -- json (its text as sent), not jsonb: parsed only when a changed record is
+    -- compared with it (migration 0009)
+    record         json,
     -- set when a full read of the source no longer yielded this failed key: the
     -- batch that found it gone. --lf does not feed it; a new outcome clears it.
     retired_batch  uuid,
