@@ -418,3 +418,26 @@ def test_latest_keeps_the_succeeded_records_under_workers_too(project):
     again = project.run("-n", "2")
     assert again.exit_code == 0, again.output
     assert "1 changed record" in again.output, again.output
+
+
+def test_records_kept_as_jsonb_before_migration_0009_still_show_what_changed(project):
+    """Migration 0009 turns ingestkit.latest.record from jsonb into json: a database
+    of version 8 keeps its records, and the next change is still diffed against them."""
+    project.write("ingest_rows.py", ROWS)
+    write_rows(project, [(1, 99), (2, 20)])
+    project.run()
+    # the database as version 8 left it: records as jsonb
+    project.query(
+        "ALTER TABLE ingestkit.latest ALTER COLUMN record TYPE jsonb USING record::jsonb;"
+        "; UPDATE ingestkit.schema_version SET version = 8 WHERE version = 9"
+    )
+    write_rows(project, [(1, 100), (2, 20)])
+    second = project.run()
+    assert second.counts == {"succeeded": 1, "unchanged": 1}
+    assert '[1] w: "99" → "100"' in second.output
+    assert project.scalar(
+        "SELECT data_type FROM information_schema.columns"
+        " WHERE table_schema = 'ingestkit' AND table_name = 'latest' AND column_name = 'record'"
+    ) == "json"
+    kept = project.query("SELECT key, record FROM ingestkit.latest ORDER BY key")
+    assert [r["record"] for r in kept] == [{"id": "1", "w": "100"}, {"id": "2", "w": "20"}]
