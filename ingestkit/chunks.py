@@ -14,6 +14,11 @@ Whichever process commits a chunk calls ``ingestkit_chunk_commit`` (plugins add
 what commits with it: the outcome rows, the task's deletion) and, once it has
 committed, ``ingestkit_chunk_finish`` (the leader calls it for the chunks its
 workers committed).
+
+A folder of files is split by file under ``-n``: the leader's file ledger
+hands each file that needs reading to ``ingestkit_file_dispatch``, the leader
+queues it as one task, and the worker that claims it reads the whole file,
+committing its chunks with the task's progress (:class:`ingestkit.worker.FileTask`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .stash import StashKey
+
 if TYPE_CHECKING:
     from .collection import Processor
     from .reports import ItemReport
     from .runner import Item
+
+#: True in a process whose chunks other processes commit (the leader of ``-n``): what
+#: would commit with its chunks (a file's ledger row) waits for the batch's end.
+COMMITTED_ELSEWHERE = StashKey[bool]()
 
 
 class Claim(Protocol):

@@ -48,10 +48,10 @@ BUILTIN_PLUGINS = (
 )
 ESSENTIAL = frozenset({"session", "collection", "builtin", "runner", "recorder", "batches"})
 #: The built-in plugins a worker of a shared batch does without: its leader keeps the
-#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``), reads the
-#: files and keeps their ledger (``files``) and reports.
+#: batch's row (``batches``), selects (``keyword``), reruns (``lastfailed``) and reports.
+#: (``files`` it keeps: a worker records the files the leader hands it, see leader.py.)
 LEADER_ONLY = frozenset(
-    {"batches", "keyword", "lastfailed", "files", "junitxml", "lookback", "forget", "prune"}
+    {"batches", "keyword", "lastfailed", "junitxml", "lookback", "forget", "prune"}
     | {"html", "notify"}
 )
 #: The built-in plugins a worker loads.

@@ -10,6 +10,15 @@ to the leader through ``ingestkit.results``, written in that transaction too.
 
 Records travel as JSON, as ``--lf`` re-feeds them; keys and content hashes
 are worked out once, by the leader.
+
+A *file task* is one file of a glob for a worker to read whole (its ``items``
+a JSON object: the file, the entries of it committed so far, whether any of
+them failed). A worker holds it by a session advisory lock while it commits
+the file chunk by chunk, each chunk moving the task's progress on in its
+transaction, and deletes it with the file's ledger row at the end. A worker
+that dies frees the lock; the next one reads the file again and runs it from
+the first entry no chunk committed. Keys of file tasks are reserved per batch
+(``ingestkit.batch_keys``) so that two files with the same key run it once.
 """
 
 from __future__ import annotations
@@ -29,8 +38,11 @@ from .runner import Item
 from .sources import _json_default
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .chunks import Chunk
     from .collection import Processor
+    from .worker import FileTask
 
 #: First key of the shared advisory locks each worker of a batch holds.
 WORKER_NAMESPACE = 0x696B_0004
@@ -72,6 +84,7 @@ def items_to_json(items: list[Item]) -> str:
                 it.entry_error,
                 it.rerun,
                 it.duplicate,
+                it.first,
             )
             for it in items
         ]
@@ -80,13 +93,23 @@ def items_to_json(items: list[Item]) -> str:
 
 def items_from_json(processor: Processor, text: str) -> list[Item]:
     items = []
-    for key, record, location, chash, attempt, previous, entry_error, rerun, dup in json.loads(
-        text
-    ):
+    for (
+        key,
+        record,
+        location,
+        chash,
+        attempt,
+        previous,
+        entry_error,
+        rerun,
+        dup,
+        first,
+    ) in json.loads(text):
         item = Item(processor, record, location)
         item.key, item.nodeid = key, f"{processor.nodeid}[{key}]"
         item.content_hash, item.attempt, item.previous_error = chash, attempt, previous
         item.entry_error, item.rerun, item.duplicate = entry_error, rerun, dup
+        item.first = (first[0], first[1]) if first else None
         items.append(item)
     return items
 
@@ -158,6 +181,12 @@ class Queue:
             items=items_to_json(items),
         )
 
+    def put_file(self, processor: str, fresh: bool, path: Path) -> None:
+        """Queue one file of a glob for a worker to read (a file task)."""
+        self.seq += 1
+        items = _dumps({"file": str(path), "done": 0, "failed": False})
+        self._run("put-task", seq=self.seq, processor=processor, fresh=fresh, size=1, items=items)
+
     def pending(self) -> tuple[int, int, str | None]:
         """Tasks and items not yet committed by a worker, and why the batch stops."""
         with self._run("pending-tasks") as cur:
@@ -215,6 +244,38 @@ class Queue:
     def join(self, lock_key: int) -> None:
         self._run("lock-worker", ns=WORKER_NAMESPACE, lock_key=lock_key).close()
 
+    def hold_file(self, lock_key: int, seq: int) -> bool:
+        """Hold file task ``seq`` past its chunks' commits (False: another worker does)."""
+        with self._run("hold-file-task", lock_key=lock_key, seq=seq) as cur:
+            return bool(cur.fetchone()[0])
+
+    def release_file(self, lock_key: int, seq: int) -> None:
+        self._run("release-file-task", lock_key=lock_key, seq=seq).close()
+
+    def reserve_keys(self, processor: str, items: list[Item]) -> dict[str, tuple[str | None, str]]:
+        """Reserve the keys of a file task's chunk for it; those another file of the
+        batch had first, with that record's content hash and location."""
+        params = {
+            "processor": processor,
+            "keys": [it.key for it in items],
+            "locations": [it.location for it in items],
+            "hashes": [it.content_hash for it in items],
+        }
+        with self._run("reserve-keys", **params) as cur:
+            mine = {row[0] for row in cur.fetchall()}
+        taken = [it for it in items if it.key not in mine]
+        if not taken:
+            return {}
+        ask = {"processor": processor, "keys": [it.key for it in taken]}
+        with self._run("reserved-keys", **ask) as cur:
+            first = {key: (chash, location) for key, chash, location in cur.fetchall()}
+        # a key reserved at the same place is this file's (a worker before died)
+        return {
+            it.key: first[it.key]
+            for it in taken
+            if first.get(it.key, ("", it.location))[1] != it.location
+        }
+
     @contextlib.contextmanager
     def setting_up(self, lock_key: int) -> Iterator[None]:
         """One worker at a time sets up fixtures (see ``lock-setup``)."""
@@ -224,6 +285,36 @@ class Queue:
             yield
         finally:
             self._run("unlock-setup", **params).close()
+
+    def file_writes(self, chunk: Chunk, task: FileTask) -> Any:
+        """The write that moves file task ``task`` on past ``chunk`` (or ends it)."""
+        failed = task.failed or any(r.status in ("failed", "error") for r in chunk.reports)
+        done = task.done if chunk.left else task.done + task.reading
+        before = task.text
+        task.done, task.reading, task.failed = done, 0, failed
+        task.text = _dumps({"file": task.path, "done": done, "failed": failed})
+        params = {
+            "batch_id": self.batch_id,
+            "seq": task.seq,
+            "processor": task.processor,
+            "before": before,
+            "items": task.text,
+            "unchanged": chunk.unchanged,
+            "reports": reports_to_json(chunk.reports),
+        }
+        end = task.ended
+
+        def write(cur: Any) -> None:
+            cur.execute(q("batch-still-running"), params)
+            if cur.fetchone() is None:
+                raise BatchOver("the batch is over (its leader died): this chunk is undone")
+            cur.execute(q("end-file-task" if end else "move-file-task"), params)
+            if cur.rowcount != 1:  # another worker took the task on (this one was cut off)
+                raise RuntimeError(f"file task {task.seq} of batch {self.batch_id} was not ours")
+            if chunk.reports or chunk.unchanged:
+                cur.execute(q("put-result"), params)
+
+        return write
 
     def finish_writes(self, chunk: Chunk) -> Any:
         """The write that ends ``chunk``'s task, in the chunk's transaction."""

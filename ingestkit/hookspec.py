@@ -220,6 +220,31 @@ def ingestkit_processor_entries(processor: Processor, session: Session) -> Itera
     """
 
 
+@hookspec(firstresult=True)
+def ingestkit_file_dispatch(
+    session: Session, processor: Processor, path: Path, size: int, sha256: str
+) -> bool | None:
+    """Whether another process reads a file of a processor's glob.
+
+    Called by the file ledger before a file is parsed, once the file was found
+    not read completely before. The leader of ``-n`` implements it: it queues the
+    file as one task, and the worker that claims the task reads the whole file
+    itself, commits its chunks with the task's progress (a worker that dies is
+    followed by the next from the last committed chunk on) and records the file
+    in ``ingestkit.files`` with its last chunk.
+
+    :param session: the session.
+    :param processor: the processor whose source the file is in.
+    :param path: the file, as the glob found it.
+    :param size: its size in bytes.
+    :param sha256: the hex sha256 of its content.
+    :return: True when the file is read elsewhere (it is not parsed here); None
+        to read it here.
+
+    Use in conftest.py: no; a run mode is a plugin (``-p``, an entry point).
+    """
+
+
 # -- running ---------------------------------------------------------------
 
 

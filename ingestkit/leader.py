@@ -5,6 +5,12 @@ in-process :class:`~ingestkit.runner.Runner`, but its ``ingestkit_chunk_run``
 queues each chunk as a task (:mod:`ingestkit.dispatch`) instead of running
 it; its workers (:mod:`ingestkit.worker`) set up the fixtures and run the
 items. It reports what the workers commit as the runner reports its own.
+
+A folder of files (a glob read in full) is split by file: the leader hashes
+each file for the ledger and queues the files that need reading, one task
+each (``ingestkit_file_dispatch``); a worker reads the whole file itself.
+Two files of a batch with the same key: the worker that reaches the key first
+runs it, the other gets a ``DuplicateKey`` failure naming where it was first.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from .chunks import Chunk
+from .chunks import COMMITTED_ELSEWHERE, Chunk
 from .dispatch import Queue, reports_from_json
-from .recorder import store_payloads
+from .readers import FileReader
+from .recorder import is_new, store_payloads
 from .runner import FIRST_CHUNK, Item, Plan, Runner
 
 if TYPE_CHECKING:
@@ -61,6 +68,7 @@ class Leader:
     def __init__(self, session: Session, workers: int, queue: Queue) -> None:
         self.session = session
         self.config = session.config
+        self.config.stash[COMMITTED_ELSEWHERE] = True
         self.workers = workers
         self.queue = queue
         self.runner = Runner(session, setup_fixtures=False)  # the workers set them up
@@ -157,8 +165,6 @@ class Leader:
     @hookimpl
     def ingestkit_chunk_run(self, plan: Plan, items: list[Item]) -> bool:
         """Queue the chunk as tasks, a few ahead of the workers."""
-        from .recorder import is_new
-
         processor = plan.processor
         fresh = is_new(self.session, processor.nodeid)
         try:
@@ -173,6 +179,25 @@ class Leader:
             per_item = max(self.reported_seconds / self.reported, 1e-6)
             self.task_size = max(FIRST_CHUNK, min(int(TASK_SECONDS / per_item), MAX_TASK))
         self.runner.chunk_size = self.task_size  # read the source a task at a time
+        return True
+
+    @hookimpl
+    def ingestkit_file_dispatch(self, processor: Processor, path: Path) -> bool | None:
+        """Queue a file of a glob read in full for a worker to read whole."""
+        option = self.config.option
+        src = processor.source.src if processor.source is not None else None
+        if not isinstance(src, FileReader) or not src.is_glob:
+            return None  # one file: the leader reads it, its chunks spread over the workers
+        if processor.selected_keys is not None:
+            return None
+        if option.last_failed or option.failed_first:
+            return None  # re-fed keys first: the reading skips them (see Runner._wanted)
+        try:
+            self.queue.put_file(processor.nodeid, is_new(self.session, processor.nodeid), path)
+            self._wait(lambda tasks, _items: tasks < self._room())
+        except BaseException:
+            self.session.shouldstop = self.session.shouldstop or "the leader stopped"
+            raise
         return True
 
     @hookimpl(tryfirst=True)

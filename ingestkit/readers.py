@@ -41,7 +41,8 @@ class Ledger(Protocol):
     rootdir: Path
 
     def skip(self, path: Path, size: int, sha256: str) -> bool:
-        """Whether the file was read completely already (it is not parsed again)."""
+        """Whether the file is not parsed here: read completely already, or handed
+        to another process (a worker of ``-n`` reads it)."""
 
     def header_problem(self, path: Path, columns: list[str]) -> str | None:
         """Why the processor cannot read a file with these columns (a typed record's
@@ -113,8 +114,17 @@ class FileReader(Reader):
 
     def entries(self, base: Path | None = None, ledger: Ledger | None = None) -> Iterator[Entry]:
         self.check()
-        paths = self.files(base)
-        many = self.is_glob
+        yield from self._read(self.files(base), base, ledger, self.is_glob)
+
+    def file_entries(self, path: Path, base: Path | None, ledger: Ledger) -> Iterator[Entry]:
+        """The entries of ``path``, one file of the glob, read as :meth:`entries`
+        reads each (a worker of ``-n`` reads a file its leader handed it so)."""
+        self.check()
+        yield from self._read([path], base, ledger, True)
+
+    def _read(
+        self, paths: list[Path], base: Path | None, ledger: Ledger | None, many: bool
+    ) -> Iterator[Entry]:
         sizes = {}
         for path in paths:
             try:

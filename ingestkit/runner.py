@@ -81,6 +81,7 @@ class Item:
         "content_hash",
         "rerun",
         "duplicate",
+        "first",
         "entry_error",
         "has_statements",
         "statement_error",
@@ -102,6 +103,8 @@ class Item:
         self.content_hash: str | None = None
         self.rerun = False
         self.duplicate = False  # its key came earlier in this batch
+        #: where that was and that record's content hash, when known
+        self.first: tuple[str | None, str] | None = None
         self.entry_error: str | None = None
         self.has_statements = False
         self.statement_error: BaseException | None = None
@@ -226,10 +229,10 @@ FIRSTS_KEPT = 100_000
 MATCHED_KEYS = StashKey[set[tuple[str, str]]]()
 
 
-def _duplicate_message(item: Item, firsts: dict[str, tuple[str | None, str]]) -> str:
+def _duplicate_message(item: Item) -> str:
     """Whether a duplicate's content differs from the first record's, and where that was."""
     message = f"duplicate key {item.key!r} in this batch ({item.location}); "
-    first = firsts.get(item.key)
+    first = item.first
     if first is None:
         return message + "the first record with this key was already processed"
     same = "the same content as" if first[0] == item.content_hash else "content that differs from"
@@ -344,7 +347,7 @@ class Runner:
             if plan.model is not None and plan.setup_error is None and self._bad_header(plan):
                 return
             entries = self.ihook.ingestkit_processor_entries(processor=processor, session=session)
-            self._run_entries(plan, iter(entries or ()))
+            self.run_entries(plan, iter(entries or ()))
         except BaseException:
             self.broken_off = True
             raise
@@ -468,7 +471,8 @@ class Runner:
 
     # -- entries and chunks ------------------------------------------------
 
-    def _run_entries(self, plan: Plan, entries: Iterator[Entry]) -> None:
+    def run_entries(self, plan: Plan, entries: Iterator[Entry]) -> None:
+        """Read ``entries`` a chunk at a time: key them, de-duplicate them, run the chunks."""
         processor = plan.processor
         keyfunc = plan.keyfunc
         seen = KeySet(spill=self.session.control)
@@ -500,8 +504,10 @@ class Runner:
                     items.append(item)
             if processor.source is not None:
                 for item, first in zip(items, seen.add_all([it.key for it in items]), strict=True):
-                    item.duplicate = not first
-                    if first and len(self.firsts) < FIRSTS_KEPT:  # for the duplicate-key message
+                    if not first:
+                        item.duplicate = True
+                        item.first = self.firsts.get(item.key)  # for the duplicate-key message
+                    elif len(self.firsts) < FIRSTS_KEPT:
                         self.firsts[item.key] = (item.content_hash, item.location)
             self.run_items(plan, items, len(batch))
         if broken is not None and not self.session.shouldstop:
@@ -565,7 +571,7 @@ class Runner:
         if not isinstance(exc, (SourceUnreadable, RecordInvalid)):
             report.error_message = f"the source{where} could not be read: {_message(exc)}"
         chunk.reports.append(report)
-        self._commit(chunk)
+        self.commit(chunk)
 
     def run_chunk(
         self, plan: Plan, items: list[Item], task: Any = None, claim: Claim | None = None
@@ -622,7 +628,7 @@ class Runner:
     def _duplicate(self, item: Item) -> ItemReport:
         report = self._report(item, "failed", None, 0.0)
         report.error_type = "DuplicateKey"
-        report.error_message = _duplicate_message(item, getattr(self, "firsts", {}))
+        report.error_message = _duplicate_message(item)
         report.location = item.location
         report.track = False
         return report
@@ -699,7 +705,7 @@ class Runner:
             assert item.report is not None, item  # every item that ran has its report
             chunk.reports.append(item.report)
         chunk.reports.sort(key=lambda r: r.finished_epoch)
-        self._commit(chunk)
+        self.commit(chunk)
 
     def _replay(self, ran: list[Item], plan: Plan) -> list[tuple[Item, BaseException]]:
         """Roll the chunk back and run it again, each item writing its own rows."""
@@ -725,7 +731,7 @@ class Runner:
         item.report = fresh
         self.txn.forget(item)
 
-    def _commit(self, chunk: Chunk) -> None:
+    def commit(self, chunk: Chunk) -> None:
         """Commit a chunk with what plugins add to it (the outcome rows).
 
         The COMMIT runs in the background while the next chunk's items run;

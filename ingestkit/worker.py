@@ -13,13 +13,17 @@ batch, selects, reruns and reports.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from .chunks import Chunk
 from .dispatch import BatchOver, Queue, Task, items_from_json
+from .files import handed_ledger
 from .leader import BATCH_OPTIONS
 from .outcomes import UsageError
 from .queries import q
@@ -28,6 +32,7 @@ from .runner import Plan, Runner
 
 if TYPE_CHECKING:
     from .collection import Processor
+    from .runner import Item
     from .session import Session
     from .transaction import Transaction
 
@@ -80,6 +85,20 @@ class TaskClaim:
                 raise GaveWay(f"task {self.task.seq} gave way to an earlier task")
             time.sleep(pause)
             pause = min(pause * 2, IDLE_MAX)
+
+
+@dataclass
+class FileTask:
+    """A claimed file task: one file of a glob, read here whole (see dispatch.py)."""
+
+    seq: int
+    processor: str
+    path: str
+    done: int  # entries of the file committed, by this worker or one before it
+    failed: bool  # whether any of them failed or errored
+    text: str  # the task's ``items`` as committed last (the progress a commit expects)
+    reading: int = 0  # entries of the chunk running now
+    ended: bool = False  # the chunk that ends the task (and records the file)
 
 
 def join(session: Session, prefix: str) -> Queue:
@@ -140,6 +159,8 @@ class Worker:
             "ns": LOCK_NAMESPACE,
             "lock_key": self.lock_key,
         }
+        self.file_task: FileTask | None = None  # the file task being read
+        self.skip_entries = 0  # of its first entries, those committed already
 
     @hookimpl
     def ingestkit_runtestloop(self) -> bool:
@@ -154,9 +175,41 @@ class Worker:
 
     @hookimpl
     def ingestkit_chunk_commit(self, chunk: Chunk) -> None:
-        """End the chunk's task in its transaction (or shrink it to what was not run)."""
-        if chunk.task is not None:
+        """End the chunk's task in its transaction (or shrink it to what was not run);
+        a file task's chunk moves its task on."""
+        if chunk.task is None and self.file_task is not None:
+            chunk.task = self.file_task  # (a broken source's error item, read here)
+        if isinstance(chunk.task, FileTask):
+            chunk.writes.append(self.queue.file_writes(chunk, chunk.task))
+        elif chunk.task is not None:
             chunk.writes.append(self.queue.finish_writes(chunk))
+
+    @hookimpl
+    def ingestkit_chunk_run(
+        self, runner: Runner, plan: Plan, items: list[Item], read: int
+    ) -> bool | None:
+        """A chunk of the file task being read: run it here, its keys reserved."""
+        task = self.file_task
+        if task is None:
+            return None  # a queued chunk: _run_task runs it
+        # entries and items are one to one here: the leader hands off only files read
+        # in full (no keys selected, none re-fed), so none is left out
+        skip = min(self.skip_entries, read)
+        self.skip_entries -= skip
+        items = items[skip:]
+        if not items:
+            return True  # committed before this worker took the file on
+        task.reading = read - skip
+        firsts = self.queue.reserve_keys(
+            plan.processor.nodeid, [it for it in items if not it.duplicate]
+        )
+        for item in items:
+            if item.key in firsts:
+                item.duplicate, item.first = True, firsts[item.key]
+        started = time.perf_counter()
+        runner.run_chunk(plan, items, task)
+        runner.adapt(time.perf_counter() - started, read)
+        return True
 
     def _take_tasks(self, runner: Runner) -> None:
         session = self.session
@@ -182,7 +235,10 @@ class Worker:
                     current, plan = processor, self._start(runner, processor)
                     continue
                 assert plan is not None
-                self._run_task(runner, plan, task)
+                if task.items.startswith("{"):
+                    self._run_file_task(runner, plan, task)
+                else:
+                    self._run_task(runner, plan, task)
         finally:
             try:
                 if current is not None:
@@ -193,13 +249,56 @@ class Worker:
                 runner.teardown("batch")
                 self._report_problems()
 
-    def _run_task(self, runner: Runner, plan: Plan, task: Task) -> None:
-        session = self.session
-        fresh = session.config.stash.setdefault(NEW_PROCESSORS, set())
+    def _note_fresh(self, task: Task) -> None:
+        fresh = self.session.config.stash.setdefault(NEW_PROCESSORS, set())
         if task.fresh:
             fresh.add(task.processor)
         else:
             fresh.discard(task.processor)
+
+    def _run_file_task(self, runner: Runner, plan: Plan, task: Task) -> None:
+        """Read the task's file and run it chunk by chunk from where the task stands."""
+        session = self.session
+        held = self.queue.hold_file(self.lock_key, task.seq)
+        self.txn.release()  # the claim's row lock: the session lock holds the task now
+        if not held:
+            return
+        try:
+            self._note_fresh(task)
+            progress = json.loads(task.items)
+            file = FileTask(
+                task.seq,
+                task.processor,
+                progress["file"],
+                progress["done"],
+                progress["failed"],
+                task.items,
+            )
+            processor = plan.processor
+            spec = processor.source
+            assert spec is not None, "the leader hands off files of sources only"
+            ledger = handed_ledger(session, processor)
+            if file.failed:
+                ledger.failed_shown.add(file.path)
+            entries = spec.src.file_entries(Path(file.path), spec.declared_in, ledger)
+            self.file_task, self.skip_entries = file, file.done
+            try:
+                runner.run_entries(plan, iter(entries))
+            finally:
+                self.file_task = None
+            if session.shouldstop:
+                self.queue.stop(str(session.shouldstop))
+                return  # the task stays queued; the batch is over
+            file.ended = True
+            runner.commit(Chunk(processor, task=file))  # the file's row commits with it
+            runner.complete()
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection freed it already
+                self.queue.release_file(self.lock_key, task.seq)
+
+    def _run_task(self, runner: Runner, plan: Plan, task: Task) -> None:
+        session = self.session
+        self._note_fresh(task)
         items = items_from_json(plan.processor, task.items)
         failures = runner.failures
         try:

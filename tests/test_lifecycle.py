@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 ROWS = """
 import ingestkit
 
@@ -225,10 +227,13 @@ def test_an_undecodable_record_keeps_its_real_key_when_its_key_field_reads(proje
     assert "nothing to rerun" in project.run("--lf").output
 
 
-def test_a_duplicate_key_says_whether_its_content_differs_and_where_the_first_was(project):
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one process", "workers"])
+def test_a_duplicate_key_says_whether_its_content_differs_and_where_the_first_was(
+    project, workers
+):
     project.write("ingest_rows.py", ROWS)
     write_rows(project, [(1, 10), (2, 20), (1, 10), (2, 21)])
-    run = project.run()
+    run = project.run(*workers)
     messages = sorted(i["error_message"] for i in run.items if i["error_type"] == "DuplicateKey")
     assert messages == [
         "duplicate key '1' in this batch (rows.csv:4); it has the same content as"
@@ -426,10 +431,11 @@ def test_records_kept_as_jsonb_before_migration_0009_still_show_what_changed(pro
     project.write("ingest_rows.py", ROWS)
     write_rows(project, [(1, 99), (2, 20)])
     project.run()
-    # the database as version 8 left it: records as jsonb
+    # the database as version 8 left it: records as jsonb (and no later migration's table)
     project.query(
         "ALTER TABLE ingestkit.latest ALTER COLUMN record TYPE jsonb USING record::jsonb;"
-        "; UPDATE ingestkit.schema_version SET version = 8 WHERE version = 9"
+        " DROP TABLE ingestkit.batch_keys;"
+        " UPDATE ingestkit.schema_version SET version = 8 WHERE version > 8"
     )
     write_rows(project, [(1, 100), (2, 20)])
     second = project.run()

@@ -328,6 +328,9 @@ WHERE ctid = ANY (ARRAY (
 DELETE FROM ingestkit.results r
 WHERE r.batch_id = %(batch_id)s OR NOT EXISTS (
     SELECT 1 FROM ingestkit.batches b WHERE b.id = r.batch_id AND b.status = 'running');
+DELETE FROM ingestkit.batch_keys k
+WHERE k.batch_id = %(batch_id)s OR NOT EXISTS (
+    SELECT 1 FROM ingestkit.batches b WHERE b.id = k.batch_id AND b.status = 'running');
 DELETE FROM ingestkit.dispatch d
 WHERE d.batch_id = %(batch_id)s OR NOT EXISTS (
     SELECT 1 FROM ingestkit.batches b WHERE b.id = d.batch_id AND b.status = 'running');
@@ -396,9 +399,47 @@ FROM ingestkit.tasks t
 WHERE t.batch_id = %(batch_id)s
   AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
   AND (SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s))
+  -- a file task another worker holds (hold-file-task) is not claimed
+  AND (left(t.items, 1) <> '{' OR NOT EXISTS (
+      SELECT 1 FROM pg_catalog.pg_locks l
+      WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+        AND l.classid = %(lock_key)s::oid AND l.objid = t.seq::oid))
 ORDER BY t.seq
 LIMIT 1
 FOR UPDATE OF t SKIP LOCKED;
+
+-- name: hold-file-task
+-- A worker holds a file task it claimed while it commits the file's chunks: a
+-- session lock on one bigint (pg_locks shows it as classid lock_key, objid seq).
+-- It ends with the worker's connection, and then the next worker takes the file on.
+SELECT pg_try_advisory_lock((%(lock_key)s::int8 << 32) | %(seq)s::int8);
+
+-- name: release-file-task
+SELECT pg_advisory_unlock((%(lock_key)s::int8 << 32) | %(seq)s::int8);
+
+-- name: move-file-task
+-- A chunk of a file task commits: the task's progress moves past it. The old
+-- progress must still be there: else another worker took the file on.
+UPDATE ingestkit.tasks SET items = %(items)s
+WHERE batch_id = %(batch_id)s AND seq = %(seq)s AND items = %(before)s;
+
+-- name: end-file-task
+DELETE FROM ingestkit.tasks
+WHERE batch_id = %(batch_id)s AND seq = %(seq)s AND items = %(before)s;
+
+-- name: reserve-keys
+-- The keys of a file task's chunk, for that file: of two files of a batch with
+-- the same key, the first to reserve it runs it. Autocommit, before the chunk runs.
+INSERT INTO ingestkit.batch_keys (batch_id, processor, key, location, content_hash)
+SELECT %(batch_id)s, %(processor)s, k.key, k.location, k.content_hash
+FROM unnest(%(keys)s::text[], %(locations)s::text[], %(hashes)s::text[])
+     AS k(key, location, content_hash)
+ON CONFLICT DO NOTHING
+RETURNING key;
+
+-- name: reserved-keys
+SELECT key, content_hash, location FROM ingestkit.batch_keys
+WHERE batch_id = %(batch_id)s AND processor = %(processor)s AND key = ANY (%(keys)s::text[]);
 
 -- name: reclaim-task
 -- The claim again, after a processor's own ROLLBACK ended the transaction that held it.

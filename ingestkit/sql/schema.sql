@@ -132,6 +132,17 @@ CREATE UNLOGGED TABLE ingestkit.results (
 );
 CREATE INDEX results_batch_idx ON ingestkit.results (batch_id);
 
+-- The keys of a shared batch's file tasks (ingestkit/dispatch.py): of two files
+-- with the same key, the one whose worker reserved it first runs it.
+CREATE UNLOGGED TABLE ingestkit.batch_keys (
+    batch_id      uuid NOT NULL,
+    processor     text NOT NULL,
+    key           text NOT NULL,
+    location      text,
+    content_hash  text,
+    PRIMARY KEY (batch_id, processor, key)
+);
+
 -- The monthly partitions of ingestkit.items from the month of ``at`` on, ``months``
 -- of them, those no partition covers yet. Each is created apart and attached (which
 -- does not block runs writing items); a month that cannot be made now (the default
