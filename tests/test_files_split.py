@@ -73,16 +73,16 @@ def test_workers_read_the_files_themselves(project, events):
     for n in range(4):
         drop(project, f"d{n}.csv", range(n * 100, n * 100 + 100))
     project.write("ingest_x.py", pipeline())
-    project.write_noted("conftest.py", READS)
-    result = project.run("-n", "2")
-    assert result.exit_code == 0, result.output
+    project.write_noted("conftest.py", READS)  # (it patches the reader: run in subprocesses)
+    result = project.cli("-n", "2")
+    assert result.returncode == 0, result.stdout
     readers = events()
     assert sorted(readers) == sorted(f"worker drops/d{n}.csv" for n in range(4)), readers
     assert project.scalar("SELECT count(*) FROM t") == 400
     assert set(ledger(project).values()) == {(100, "complete")}
-    again = project.run("-n", "2")
-    assert again.exit_code == 0, again.output
-    assert "4 files skipped" in again.output
+    again = project.cli("-n", "2")
+    assert again.returncode == 0, again.stdout
+    assert "4 files skipped" in again.stdout
     assert len(events()) == 4  # none parsed again
 
 
