@@ -856,10 +856,17 @@ def files_folder(server: str, count: int, rows: int) -> list[str]:
         one, _ = run_ingestkit(folder, dsn, expect=0)
         record("one file changed", total, one)
         print(f"    one file changed: counts {outcome_counts_last(dsn)}")
+        with database(server) as dsn_n:  # the first load again, on 2 workers
+            cpu = time.process_time()
+            first_n, _ = run_ingestkit(folder, dsn_n, "-n", "2", expect=0)
+            leader_cpu = time.process_time() - cpu
+            record(f"first load: {count:,} files, -n 2", total, first_n)
+            print(f"    -n 2: the leader's CPU {leader_cpu:.2f} s (the workers read the files)")
     lines.append(
         f"unchanged rerun / first load, {count:,} files       {again / first:6.1%}   [< 3%]"
     )
     lines.append(f"one file changed / first load                    {one / first:6.1%}")
+    lines.append(f"first load -n 2 / one process                     {first / first_n:5.2f}x")
     return lines
 
 
