@@ -790,14 +790,20 @@ def history_bytes(server: str, rows: int) -> tuple[float, float]:
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("VACUUM ANALYZE ingestkit.items, ingestkit.latest")
+            # the rows of ingestkit.items are in ingestkit.outcomes (migration 0011)
+            cur.execute("SELECT to_regclass('ingestkit.outcomes') IS NOT NULL")
+            stored_in = "ingestkit.outcomes" if cur.fetchone()[0] else "ingestkit.items"
+            cur.execute(f"VACUUM ANALYZE {stored_in}, ingestkit.latest")
             cur.execute("SELECT count(*) FROM ingestkit.items")
             outcomes = cur.fetchone()[0]
             cur.execute("SELECT count(*) FROM ingestkit.latest")
             keys = cur.fetchone()[0]
             per = {}
-            for table, count in (("ingestkit.items", outcomes), ("ingestkit.latest", keys)):
-                cur.execute(HISTORY_BYTES, {"t": table})
+            for table, stored, count in (
+                ("ingestkit.items", stored_in, outcomes),
+                ("ingestkit.latest", "ingestkit.latest", keys),
+            ):
+                cur.execute(HISTORY_BYTES, {"t": stored})
                 total, indexes = cur.fetchone()
                 per[table] = total / count
                 print(

@@ -34,6 +34,8 @@ PROCESSOR_NAMESPACE = 0x696B_0003
 LOCK_NAMESPACE = 0x696B_0002
 #: Processors with no recorded outcome before this batch: their chunks need no history.
 NEW_PROCESSORS = StashKey[set[str]]()
+#: Node ids this process knows to have their number in ``ingestkit.processors``.
+NUMBERED = StashKey[set[str]]()
 
 
 def mark_interrupted(conn: Any, own: Any = None) -> list[str]:
@@ -162,6 +164,7 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
         chunk.writes.append(lambda cur: cur.execute(q("restore-succeeded"), restore))
     if not chunk.reports:
         return
+    _number_processors(session, {r.processor for r in chunk.reports})
     data = outcome_rows(chunk.reports)
     # A processor with no recorded outcome gets plain inserts into ingestkit.latest:
     # its lock keeps other batches out, and a key comes once per batch. Key "" is
@@ -175,3 +178,14 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
         cur.execute(statement, params)
 
     chunk.writes.append(write_outcomes)
+
+
+def _number_processors(session: Session, nodeids: set[str]) -> None:
+    """Give the node ids a number in ``ingestkit.processors``, committed before the
+    chunk whose outcome rows refer to it (on the control connection)."""
+    known = session.config.stash.setdefault(NUMBERED, set())
+    new = nodeids - known
+    if new:
+        with session.live_control().cursor() as cur:
+            cur.execute(q("number-processors"), {"processors": sorted(new)})
+        known |= new

@@ -41,8 +41,8 @@ def age_batch(project, batch_id: str, days: int) -> None:
     project.query(
         "UPDATE ingestkit.batches SET started_at = started_at - make_interval(days => %(d)s),"
         " finished_at = finished_at - make_interval(days => %(d)s) WHERE id = %(id)s;"
-        " UPDATE ingestkit.items SET finished_at = finished_at - make_interval(days => %(d)s)"
-        " WHERE batch_id = %(id)s;"
+        " UPDATE ingestkit.outcomes SET finished_at = finished_at - make_interval(days => %(d)s)"
+        " WHERE batch_no = (SELECT no FROM ingestkit.batches WHERE id = %(id)s);"
         " UPDATE ingestkit.latest SET finished_at = finished_at - make_interval(days => %(d)s)"
         " WHERE batch_id = %(id)s",
         {"d": days, "id": batch_id},
@@ -50,17 +50,18 @@ def age_batch(project, batch_id: str, days: int) -> None:
 
 
 def partitions(project) -> dict[str, int]:
-    """Partitions of ingestkit.items and how many rows each holds."""
+    """Partitions of ingestkit.outcomes (the rows of ingestkit.items) and how many rows
+    each holds."""
     names = [
         r["name"]
         for r in project.query(
             "SELECT c.relname AS name FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid"
-            " WHERE h.inhparent = 'ingestkit.items'::regclass"
+            " WHERE h.inhparent = 'ingestkit.outcomes'::regclass"
         )
     ]
     return {
         n: project.scalar(
-            "SELECT count(*) FROM ingestkit.items WHERE tableoid = %s::regclass",
+            "SELECT count(*) FROM ingestkit.outcomes WHERE tableoid = %s::regclass",
             (f"ingestkit.{n}",),
         )
         for n in names
@@ -88,7 +89,7 @@ def test_a_batch_writes_its_items_into_this_months_partition(project):
     assert parts[f"items_{month}"] == 3, parts
     assert parts[f"items_{after}"] == 0 and parts["items_default"] == 0, parts
     assert (
-        project.scalar("SELECT relkind FROM pg_class WHERE oid = 'ingestkit.items'::regclass")
+        project.scalar("SELECT relkind FROM pg_class WHERE oid = 'ingestkit.outcomes'::regclass")
         == "p"
     )
     # the next batch finds them made: no DDL
@@ -276,6 +277,8 @@ def test_runs_go_on_while_prune_drops_and_rebuilds_partitions(project, workers):
 # -- migration 0005 -----------------------------------------------------------------
 
 V3_SCHEMA = Path(__file__).parent / "data" / "schema_v3.sql"
+#: schema.sql as version 10 had it: ingestkit.items a partitioned table.
+V10_SCHEMA = Path(__file__).parent / "data" / "schema_v10.sql"
 
 
 def test_a_version_3_history_is_partitioned_without_losing_a_row(project):
@@ -330,14 +333,16 @@ def test_a_version_3_history_is_partitioned_without_losing_a_row(project):
     assert versions[0] == 3 and versions[-1] == ingestkit.schema.current_version(), versions
     assert (
         project.scalar("SELECT relkind FROM pg_class WHERE oid = 'ingestkit.items'::regclass")
-        == "p"
+        == "v"
     )
     after = project.query("SELECT * FROM ingestkit.items ORDER BY finished_at, key")
     assert [{c: row[c] for c in before[0]} for row in after] == before  # later columns added
-    assert partitions(project)["items_legacy"] == 11
+    # the rows moved into monthly partitions of ingestkit.outcomes (0011), none lost
+    parts = partitions(project)
+    assert sum(parts.values()) == 11 and parts["items_default"] == 0, parts
     indexes = {
         r["indexname"]
-        for r in project.query("SELECT indexname FROM pg_indexes WHERE tablename = 'items'")
+        for r in project.query("SELECT indexname FROM pg_indexes WHERE tablename = 'outcomes'")
     }
     assert indexes == {"items_batch_status_idx", "items_key_idx", "items_changes_idx"}, indexes
     # the trace reads the old rows; the run after the migration writes into the new month
@@ -348,11 +353,12 @@ def test_a_version_3_history_is_partitioned_without_losing_a_row(project):
     assert run.counts == {"succeeded": 10}  # the content hashes differ from the fake ones
     month = project.scalar("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')")
     parts = partitions(project)
-    # the legacy partition covers up to the end of this month, so its rows stay there
-    assert parts["items_legacy"] == 21 and f"items_{month}" not in parts, parts
-    # prune: row by row in the legacy partition (it is not all old yet)
+    # the old rows kept their months (0011 copied them into monthly partitions)
+    assert sum(parts.values()) == 21 and parts[f"items_{month}"] >= 10, parts
+    # prune: the month 90 days back is all old, and none of its rows is a latest outcome
     result = json.loads(project.run("--prune", "--keep", "30", "--json").output)
-    assert (result["items"], result["batches"], result["dropped"]) == (10, 1, 0), result
+    assert (result["items"], result["batches"]) == (10, 1), result
+    assert result["dropped"] >= 1, result
     assert latest_rows_present(project) == 0
     # and the migration does not run twice
     assert project.run("--batches").exit_code == 0
@@ -369,3 +375,83 @@ def test_partitions_are_made_once_when_batches_start_at_once(project):
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     month = project.scalar("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')")
     assert f"items_{month}" in partitions(project)
+
+
+def test_a_version_10_history_moves_into_compact_rows_without_changing_a_value(project):
+    """Migration 0011: ingestkit.items, a table up to version 10, becomes a view over
+    ingestkit.outcomes; every row reads back as it was (hashes too, one that is not
+    32 hex digits included), in the same months, and the next run writes on."""
+    hexhash = "0123456789abcdef0123456789abcdef"
+    conn = psycopg2.connect(project.dsn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA ingestkit")
+        cur.execute(V10_SCHEMA.read_text())
+        cur.execute("INSERT INTO ingestkit.schema_version (version) VALUES (10)")
+        cur.execute("SELECT ingestkit.add_items_partitions(now() - interval '40 days', 3)")
+        for batch, days in (("00000000-0000-0000-0000-000000000001", 40), (None, 1)):
+            cur.execute(
+                "INSERT INTO ingestkit.batches (id, started_at, finished_at, status, exit_code)"
+                " VALUES (coalesce(%s::uuid, gen_random_uuid()), now() - make_interval(days => %s),"
+                " now() - make_interval(days => %s), 'finished', 1) RETURNING id",
+                (batch, days, days),
+            )
+            batch_id = cur.fetchone()[0]
+            cur.execute(
+                "INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt,"
+                " content_hash, duration_ms, error_type, error_message, traceback, payload,"
+                " finished_at, location, changes)"
+                " SELECT %s, %s, k::text, CASE WHEN k = 7 THEN 'failed' ELSE 'succeeded' END,"
+                " 1, CASE WHEN k = 3 THEN 'h3' ELSE %s END, k / 3.0,"
+                " CASE WHEN k = 7 THEN 'ValueError' END, CASE WHEN k = 7 THEN 'bad' END,"
+                " CASE WHEN k = 7 THEN 'Traceback...' END,"
+                " CASE WHEN k = 7 THEN jsonb_build_object('id', k) END,"
+                " now() - make_interval(days => %s), 'data.json#' || k,"
+                ' CASE WHEN k = 5 THEN \'{"v": ["a", "b"]}\'::jsonb END'
+                " FROM generate_series(1, 10) k",
+                (batch_id, NODE, hexhash, days),
+            )
+        # a batch row deleted by hand, its rows left (no foreign key: see 0003)
+        cur.execute(
+            "INSERT INTO ingestkit.items (batch_id, processor, key, status, finished_at)"
+            " VALUES ('00000000-0000-0000-0000-0000000000ff', 'gone.py::process', 'x',"
+            " 'succeeded', now() - interval '2 days')"
+        )
+        cur.execute(
+            "INSERT INTO ingestkit.latest (processor, key, batch_id, status, attempt, content_hash,"
+            " error_message, payload, finished_at, succeeded_hash)"
+            " SELECT DISTINCT ON (processor, key) processor, key, batch_id, status, attempt,"
+            " content_hash, error_message, payload, finished_at,"
+            " CASE WHEN status = 'succeeded' THEN content_hash END"
+            " FROM ingestkit.items ORDER BY processor, key, finished_at DESC"
+        )
+    conn.commit()
+    conn.close()
+    before = project.query("SELECT * FROM ingestkit.items ORDER BY finished_at, processor, key")
+    assert len(before) == 21
+
+    project.write("ingest_rows.py", ROWS)
+    write_data(project, {i: "a" for i in range(1, 11)})
+    migrated = project.run("--batches")
+    assert migrated.exit_code == 0, migrated.output
+    assert project.scalar("SELECT max(version) FROM ingestkit.schema_version") == (
+        ingestkit.schema.current_version()
+    )
+    assert (
+        project.scalar("SELECT relkind FROM pg_class WHERE oid = 'ingestkit.items'::regclass")
+        == "v"
+    )
+    after = project.query("SELECT * FROM ingestkit.items ORDER BY finished_at, processor, key")
+    assert after == before
+    assert (
+        project.scalar("SELECT content_hash FROM ingestkit.items WHERE key = '3' LIMIT 1") == "h3"
+    )
+    parts = partitions(project)
+    assert sum(parts.values()) == 21 and parts["items_default"] == 0, parts
+    assert "hashtextextended(key, (0)::bigint)" in project.scalar(
+        "SELECT pg_get_indexdef('ingestkit.items_key_idx'::regclass)"
+    )
+    trace = json.loads(project.run("--trace", f"{NODE}[7]", "--json").output)
+    assert [t["status"] for t in trace] == ["failed", "failed"]
+    run = project.run()
+    assert run.exit_code == 0, run.output
+    assert project.scalar("SELECT count(*) FROM ingestkit.items") == 21 + run.counts["succeeded"]

@@ -160,14 +160,27 @@ COPY pg_temp.ingestkit_outcomes FROM STDIN;
 -- blocks below, sent as one statement (recorder.py).
 
 -- name: insert-items
-INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
-                             duration_ms, error_type, error_message, traceback, log,
-                             payload, finished_at, location)
-SELECT %(batch_id)s, processor, key, status, attempt, content_hash, duration_ms,
-       error_type, error_message, traceback, log,
-       CASE WHEN status IN ('failed', 'error') OR %(store_all)s THEN payload::jsonb END,
-       to_timestamp(finished_epoch), location
-FROM pg_temp.ingestkit_outcomes ORDER BY seq;
+-- Into ingestkit.outcomes, the compact rows behind the view ingestkit.items: the
+-- batch and the processor by number (the recorder added the processor's row
+-- before; a missing one fails the NOT NULL, never drops a row), the hash as a uuid.
+INSERT INTO ingestkit.outcomes (finished_at, duration_ms, batch_no, processor_no, attempt,
+                                content_hash, key, status, error_type, error_message,
+                                traceback, log, payload, location, content_hash_text)
+SELECT to_timestamp(o.finished_epoch), o.duration_ms,
+       (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s), p.no, o.attempt,
+       h.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
+       CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload::jsonb END,
+       o.location, CASE WHEN h.hash IS NULL THEN o.content_hash END
+FROM pg_temp.ingestkit_outcomes o
+LEFT JOIN ingestkit.processors p ON p.processor = o.processor
+CROSS JOIN LATERAL (SELECT ingestkit.hash_uuid(o.content_hash) AS hash) h
+ORDER BY o.seq;
+
+-- name: number-processors
+-- Node ids get their number before a chunk with their first outcome rows commits.
+INSERT INTO ingestkit.processors (processor)
+SELECT unnest(%(processors)s::text[])
+ON CONFLICT (processor) DO NOTHING;
 
 -- name: insert-latest
 -- Followed by latest-on-conflict, unless no key of the chunk can have a row
@@ -518,7 +531,7 @@ WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- name: add-items-partitions
 -- At each batch start: the current and the next month's partitions of
--- ingestkit.items, when missing (a catalog read when they exist).
+-- ingestkit.outcomes, when missing (a catalog read when they exist).
 SELECT ingestkit.add_items_partitions(now(), 2);
 
 -- name: prune-lock
@@ -539,12 +552,13 @@ WHERE started_at < %(cutoff)s AND status <> 'running'
 ORDER BY started_at;
 
 -- name: items-partitions
--- The partitions of ingestkit.items with their upper bounds (NULL: the default one).
+-- The partitions of ingestkit.outcomes (the rows of ingestkit.items) with their upper
+-- bounds (NULL: the default one).
 SELECT c.relname AS name,
        (regexp_match(pg_get_expr(c.relpartbound, c.oid), $re$TO \('([^']+)'\)$re$))[1]::timestamptz
            AS upper
 FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid
-WHERE h.inhparent = 'ingestkit.items'::regclass
+WHERE h.inhparent = 'ingestkit.outcomes'::regclass
 ORDER BY upper NULLS LAST, name;
 
 -- name: prune-partition
@@ -554,11 +568,12 @@ SELECT removed, how FROM ingestkit.prune_items_partition(%(partition)s, %(cutoff
 
 -- name: prune-batch-items
 -- One old batch's outcome rows, but for the latest outcome of each key.
-DELETE FROM ingestkit.items i
-WHERE i.batch_id = %(batch_id)s
+DELETE FROM ingestkit.outcomes i
+WHERE i.batch_no = (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s)
   AND NOT EXISTS (SELECT 1 FROM ingestkit.latest l
-                  WHERE l.processor = i.processor AND l.key = i.key
-                    AND l.batch_id = i.batch_id);
+                  JOIN ingestkit.processors p ON p.processor = l.processor
+                  WHERE p.no = i.processor_no AND l.key = i.key
+                    AND l.batch_id = %(batch_id)s);
 
 -- name: prune-kept
 -- Outcome rows of the old batches that stay: latest outcomes.
@@ -568,7 +583,7 @@ SELECT count(*) FROM ingestkit.items WHERE batch_id = ANY(%(batch_ids)s::uuid[])
 -- Old batch rows with no outcome rows left, that no latest outcome refers to.
 DELETE FROM ingestkit.batches b
 WHERE b.id = ANY(%(batch_ids)s::uuid[])
-  AND NOT EXISTS (SELECT 1 FROM ingestkit.items i WHERE i.batch_id = b.id)
+  AND NOT EXISTS (SELECT 1 FROM ingestkit.outcomes i WHERE i.batch_no = b.no)
   AND NOT EXISTS (SELECT 1 FROM ingestkit.latest l WHERE l.batch_id = b.id);
 
 -- name: state-load
@@ -593,20 +608,25 @@ UPDATE ingestkit.batches SET argv = %(argv)s WHERE id = %(id)s;
 -- insert-items for a processor with history: each row that ran because its content
 -- differs from the key's last succeeded record gets the fields that changed,
 -- {"field": [before, after]} (a field that is new or gone has null on that side).
-INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
-                             duration_ms, error_type, error_message, traceback, log,
-                             payload, finished_at, location, changes)
-SELECT %(batch_id)s, o.processor, o.key, o.status, o.attempt, o.content_hash, o.duration_ms,
-       o.error_type, o.error_message, o.traceback, o.log,
+INSERT INTO ingestkit.outcomes (finished_at, duration_ms, batch_no, processor_no, attempt,
+                                content_hash, key, status, error_type, error_message,
+                                traceback, log, payload, location, changes,
+                                content_hash_text)
+SELECT to_timestamp(o.finished_epoch), o.duration_ms,
+       (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s), p.no, o.attempt,
+       h.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
        CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload::jsonb END,
-       to_timestamp(o.finished_epoch), o.location,
+       o.location,
        CASE WHEN json_typeof(l.record) = 'object' AND json_typeof(o.payload) = 'object' THEN
            (SELECT jsonb_object_agg(f, jsonb_build_array(l.record::jsonb -> f,
                                                          o.payload::jsonb -> f))
             FROM jsonb_object_keys(l.record::jsonb || o.payload::jsonb) f
             WHERE l.record::jsonb -> f IS DISTINCT FROM o.payload::jsonb -> f)
-       END
+       END,
+       CASE WHEN h.hash IS NULL THEN o.content_hash END
 FROM pg_temp.ingestkit_outcomes o
+LEFT JOIN ingestkit.processors p ON p.processor = o.processor
+CROSS JOIN LATERAL (SELECT ingestkit.hash_uuid(o.content_hash) AS hash) h
 LEFT JOIN ingestkit.latest l
        ON o.track AND l.processor = o.processor AND l.key = o.key
       AND l.record IS NOT NULL AND o.content_hash IS DISTINCT FROM l.succeeded_hash
@@ -653,11 +673,15 @@ VALUES (%(id)s, %(argv)s, %(hostname)s, %(pid)s, %(meta)s, 'finished', now(), 0,
 WITH f AS (
     SELECT * FROM unnest(%(processors)s::text[], %(keys)s::text[]) AS t(processor, key)
 ), items AS (
-    INSERT INTO ingestkit.items (batch_id, processor, key, status, attempt, content_hash,
-                                 error_type, error_message, payload)
-    SELECT %(batch_id)s, l.processor, l.key, 'skipped', l.attempt, l.content_hash,
-           'Forgotten', %(reason)s, l.payload
+    INSERT INTO ingestkit.outcomes (batch_no, processor_no, key, status, attempt,
+                                    content_hash, error_type, error_message, payload,
+                                    content_hash_text)
+    SELECT (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s), p.no, l.key,
+           'skipped', l.attempt, ingestkit.hash_uuid(l.content_hash), 'Forgotten',
+           %(reason)s, l.payload,
+           CASE WHEN ingestkit.hash_uuid(l.content_hash) IS NULL THEN l.content_hash END
     FROM ingestkit.latest l JOIN f USING (processor, key)
+    LEFT JOIN ingestkit.processors p ON p.processor = l.processor
     WHERE l.status IN ('failed', 'error')
 )
 UPDATE ingestkit.latest l

@@ -28,46 +28,75 @@ CREATE TABLE ingestkit.batches (
     -- not public: liveness of a running batch (an advisory lock held by its process)
     pid          int,
     backend_pid  int DEFAULT pg_backend_pid(),  -- of the connection holding the locks
-    lock_key     int NOT NULL DEFAULT nextval('ingestkit.batch_lock_seq')::int
+    lock_key     int NOT NULL DEFAULT nextval('ingestkit.batch_lock_seq')::int,
+    -- not public: the batch's number in ingestkit.outcomes (4 bytes a row, not 16)
+    no           int GENERATED ALWAYS AS IDENTITY UNIQUE
 );
 CREATE INDEX batches_started_at_idx ON ingestkit.batches (started_at DESC);
 CREATE INDEX batches_running_idx ON ingestkit.batches (id) WHERE status = 'running';
 
+-- A number for each processor (node id) with outcome rows: ingestkit.outcomes
+-- holds it instead of the node id. Rows are added, on the control connection, before
+-- a chunk with a new processor commits (recorder.py); never changed or removed.
+CREATE TABLE ingestkit.processors (
+    no         int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    processor  text NOT NULL UNIQUE
+);
+
 -- One row per item outcome (append-only audit trail). "unchanged" items add no row.
+-- Stored compactly (migration 0011): the batch and the processor by number, the
+-- content hash (32 hex digits) as a uuid's 16 bytes, fixed-width columns first;
+-- ingestkit.items, the public view below, shows the rows with their public columns.
 -- Partitioned by month of finished_at (UTC) so that --prune drops or rebuilds whole
 -- months instead of rewriting the table: ingestkit.items_YYYY_MM, made at each batch
 -- start for the current and the next month (add_items_partitions below), and
 -- items_default for rows outside them. No primary key: none is needed, and one
 -- would have to include finished_at.
-CREATE TABLE ingestkit.items (
-    batch_id       uuid NOT NULL,  -- ingestkit.batches (id); no foreign key: see 0003
-    processor      text NOT NULL,
+CREATE TABLE ingestkit.outcomes (
+    finished_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    duration_ms    double precision,
+    batch_no       int NOT NULL,   -- ingestkit.batches (no); no foreign key: see 0003
+    processor_no   int NOT NULL,   -- ingestkit.processors (no)
+    attempt        int NOT NULL DEFAULT 1,
+    content_hash   uuid,           -- a content hash of 32 hex digits, as their 16 bytes
     key            text NOT NULL,
     status         text NOT NULL CONSTRAINT items_status_check
                    CHECK (status IN ('succeeded', 'failed', 'error', 'skipped')),
-    attempt        int NOT NULL DEFAULT 1,
-    content_hash   text,
-    duration_ms    double precision,
     error_type     text,
     error_message  text,
     traceback      text,
     log            text,
     payload        jsonb,
-    finished_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    -- not public
     location       text,
     -- the fields that differ from the key's last succeeded record (store_payloads
     -- latest or all): {"field": [before, after]}, for the summary and --trace
-    changes        jsonb
+    changes        jsonb,
+    content_hash_text text         -- a content hash that is not 32 hex digits (a plugin's)
 ) PARTITION BY RANGE (finished_at);
-CREATE TABLE ingestkit.items_default PARTITION OF ingestkit.items DEFAULT;
--- (batch_id, status) deduplicates to a few bytes a row; a key is looked up by an
+CREATE TABLE ingestkit.items_default PARTITION OF ingestkit.outcomes DEFAULT;
+-- (batch_no, status) deduplicates to a few bytes a row; a key is looked up by an
 -- 8-byte hash of it alone (--trace re-checks the key and filters the processor
 -- from the few rows a key has; see migration 0008).
-CREATE INDEX items_batch_status_idx ON ingestkit.items (batch_id, status);
-CREATE INDEX items_key_idx ON ingestkit.items (hashtextextended(key, 0));
+CREATE INDEX items_batch_status_idx ON ingestkit.outcomes (batch_no, status);
+CREATE INDEX items_key_idx ON ingestkit.outcomes (hashtextextended(key, 0));
 -- the few rows that changed a key's record, for the batch's summary
-CREATE INDEX items_changes_idx ON ingestkit.items (batch_id) WHERE changes IS NOT NULL;
+CREATE INDEX items_changes_idx ON ingestkit.outcomes (batch_no) WHERE changes IS NOT NULL;
+
+-- The audit trail with its public columns (SPEC §3): what users query.
+CREATE VIEW ingestkit.items AS
+SELECT b.id AS batch_id, p.processor, o.key, o.status, o.attempt,
+       coalesce(replace(o.content_hash::text, '-', ''), o.content_hash_text) AS content_hash,
+       o.duration_ms, o.error_type, o.error_message, o.traceback, o.log, o.payload,
+       o.finished_at, o.location, o.changes
+FROM ingestkit.outcomes o
+JOIN ingestkit.batches b ON b.no = o.batch_no
+JOIN ingestkit.processors p ON p.no = o.processor_no;
+
+-- A content hash as ingestkit.outcomes stores it: 32 hex digits as a uuid, else NULL
+-- (and the text goes to content_hash_text).
+CREATE FUNCTION ingestkit.hash_uuid(hash text) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$ SELECT CASE WHEN hash ~ '^[0-9a-f]{32}$' THEN hash::uuid END $fn$;
 
 -- The latest outcome of each (processor, key): what "already ingested", --lf and
 -- item.attempt are decided from, in one indexed read per chunk.
@@ -143,7 +172,7 @@ CREATE UNLOGGED TABLE ingestkit.batch_keys (
     PRIMARY KEY (batch_id, processor, key)
 );
 
--- The monthly partitions of ingestkit.items from the month of ``at`` on, ``months``
+-- The monthly partitions of ingestkit.outcomes from the month of ``at`` on, ``months``
 -- of them, those no partition covers yet. Each is created apart and attached (which
 -- does not block runs writing items); a month that cannot be made now (the default
 -- partition holds rows of it, a lock is busy, no privilege) is left to the default
@@ -166,14 +195,14 @@ BEGIN
             FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class c ON c.oid = h.inhrelid,
                  regexp_match(pg_get_expr(c.relpartbound, c.oid),
                               $re$FROM \((.+)\) TO \((.+)\)$re$) b
-            WHERE h.inhparent = 'ingestkit.items'::regclass
+            WHERE h.inhparent = 'ingestkit.outcomes'::regclass
               AND (b[1] = 'MINVALUE' OR btrim(b[1], '''')::timestamptz < hi)
               AND (b[2] = 'MAXVALUE' OR btrim(b[2], '''')::timestamptz > lo));
         BEGIN
             PERFORM set_config('lock_timeout', '2s', true);
-            EXECUTE format('CREATE TABLE ingestkit.%I (LIKE ingestkit.items INCLUDING DEFAULTS'
-                           ' INCLUDING CONSTRAINTS)', part);
-            EXECUTE format('ALTER TABLE ingestkit.items ATTACH PARTITION ingestkit.%I'
+            EXECUTE format('CREATE TABLE ingestkit.%I (LIKE ingestkit.outcomes'
+                           ' INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+            EXECUTE format('ALTER TABLE ingestkit.outcomes ATTACH PARTITION ingestkit.%I'
                            ' FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
             made := made + 1;
         EXCEPTION WHEN invalid_object_definition OR check_violation OR lock_not_available
@@ -185,7 +214,7 @@ BEGIN
 END
 $fn$;
 
--- --prune on one partition of ingestkit.items whose rows all finished before
+-- --prune on one partition of ingestkit.outcomes whose rows all finished before
 -- ``cutoff``: the rows it keeps are each key's latest outcome and the rows of
 -- batches that are running or started after the cutoff. With none kept the
 -- partition is detached and dropped; with fewer kept than removed it is rebuilt
@@ -198,13 +227,15 @@ CREATE FUNCTION ingestkit.prune_items_partition(
 DECLARE
     kept_rows CONSTANT text := $k$(EXISTS (
         SELECT 1 FROM ingestkit.latest l
-        WHERE l.processor = i.processor AND l.key = i.key AND l.batch_id = i.batch_id)
+        JOIN ingestkit.processors p ON p.processor = l.processor
+        JOIN ingestkit.batches lb ON lb.id = l.batch_id
+        WHERE p.no = i.processor_no AND l.key = i.key AND lb.no = i.batch_no)
       OR EXISTS (
         SELECT 1 FROM ingestkit.batches b
-        WHERE b.id = i.batch_id AND (b.status = 'running' OR b.started_at >= $1)))$k$;
-    columns CONSTANT text := 'batch_id, processor, key, status, attempt, content_hash,'
-        ' duration_ms, error_type, error_message, traceback, log, payload, finished_at, location,'
-        ' changes';
+        WHERE b.no = i.batch_no AND (b.status = 'running' OR b.started_at >= $1)))$k$;
+    columns CONSTANT text := 'finished_at, duration_ms, batch_no, processor_no, attempt,'
+        ' content_hash, key, status, error_type, error_message, traceback, log, payload,'
+        ' location, changes, content_hash_text';
     copy text := left(part, 50) || '_pruned';
     bound text;
     total bigint;
@@ -225,17 +256,17 @@ BEGIN
             FROM pg_catalog.pg_class c
             WHERE c.relnamespace = 'ingestkit'::regnamespace AND c.relname = part;
             IF kept > 0 THEN
-                EXECUTE format('CREATE TABLE ingestkit.%I (LIKE ingestkit.items'
+                EXECUTE format('CREATE TABLE ingestkit.%I (LIKE ingestkit.outcomes'
                                ' INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', copy);
                 EXECUTE format('INSERT INTO ingestkit.%I (%s) SELECT %s FROM ingestkit.%I i'
                                ' WHERE %s', copy, columns, columns, part, kept_rows)
                     USING cutoff;
             END IF;
-            EXECUTE format('ALTER TABLE ingestkit.items DETACH PARTITION ingestkit.%I', part);
+            EXECUTE format('ALTER TABLE ingestkit.outcomes DETACH PARTITION ingestkit.%I', part);
             EXECUTE format('DROP TABLE ingestkit.%I', part);
             IF kept > 0 THEN
                 EXECUTE format('ALTER TABLE ingestkit.%I RENAME TO %I', copy, part);
-                EXECUTE format('ALTER TABLE ingestkit.items ATTACH PARTITION ingestkit.%I %s',
+                EXECUTE format('ALTER TABLE ingestkit.outcomes ATTACH PARTITION ingestkit.%I %s',
                                part, bound);
             END IF;
             PERFORM set_config('lock_timeout', '0', true);
@@ -243,7 +274,7 @@ BEGIN
             how := CASE WHEN kept > 0 THEN 'rebuilt' ELSE 'dropped' END;
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
-            NULL;  -- runs are busy with ingestkit.items: delete row by row instead
+            NULL;  -- runs are busy with ingestkit.outcomes: delete row by row instead
         END;
     END IF;
     EXECUTE format('DELETE FROM ingestkit.%I i WHERE NOT %s', part, kept_rows) USING cutoff;

@@ -85,7 +85,12 @@ def lock_items_meanwhile(project, seconds: float) -> threading.Thread:
     started = threading.Event()
     locker = threading.Thread(
         target=hold_lock,
-        args=(project.dsn, "LOCK TABLE ingestkit.items IN ACCESS EXCLUSIVE MODE", seconds, started),
+        args=(
+            project.dsn,
+            "LOCK TABLE ingestkit.outcomes IN ACCESS EXCLUSIVE MODE",
+            seconds,
+            started,
+        ),
     )
     locker.start()
     started.wait(10)
@@ -94,7 +99,8 @@ def lock_items_meanwhile(project, seconds: float) -> threading.Thread:
 
 @pytest.mark.parametrize("write", ["insert", "execute"])
 def test_outcome_write_that_times_out_loses_nothing_and_blames_no_item(project, write):
-    """A lock on ingestkit.items (CREATE INDEX, VACUUM FULL) outlasts a statement_timeout."""
+    """A lock on ingestkit.items' rows (CREATE INDEX, VACUUM FULL) outlasts a
+    statement_timeout."""
     write_project(project, write)
     dbname = project.scalar("SELECT current_database()")
     project.query(f"ALTER DATABASE \"{dbname}\" SET statement_timeout = '300ms'")

@@ -45,19 +45,3 @@ def test_the_key_index_is_a_hash_and_trace_uses_it(project):
     assert traced(project, "1") == ["failed"]
     assert traced(project, KEYS[1]) == ["succeeded"]
     assert traced(project, KEYS[2]) == ["succeeded"]
-
-
-def test_a_version_5_history_gets_the_hashed_key_index(project):
-    project.write("ingest_rows.py", ROWS)
-    assert project.run().exit_code == 1
-    # as a version-5 database had it: the key itself in the index
-    project.query(
-        "DROP INDEX ingestkit.items_key_idx;"
-        " CREATE INDEX items_key_idx ON ingestkit.items (key);"
-        " DELETE FROM ingestkit.schema_version;"
-        " INSERT INTO ingestkit.schema_version (version) VALUES (5)"
-    )
-    assert project.run("--batches").exit_code == 0
-    assert "hashtextextended(key, (0)::bigint)" in key_index(project)
-    for key in KEYS[1:]:
-        assert traced(project, key) == ["succeeded"], key

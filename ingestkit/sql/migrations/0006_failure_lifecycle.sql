@@ -6,9 +6,17 @@ ALTER TABLE ingestkit.latest ADD COLUMN IF NOT EXISTS retired_batch uuid;
 DROP INDEX IF EXISTS ingestkit.latest_failed_idx;
 CREATE INDEX latest_failed_idx ON ingestkit.latest (processor, key)
     WHERE status IN ('failed', 'error') AND retired_batch IS NULL;
-ALTER TABLE ingestkit.items ADD COLUMN IF NOT EXISTS changes jsonb;
-CREATE INDEX IF NOT EXISTS items_changes_idx ON ingestkit.items (batch_id)
-    WHERE changes IS NOT NULL;
+DO $mig$
+BEGIN
+    IF (SELECT c.relkind FROM pg_catalog.pg_class c
+        WHERE c.oid = 'ingestkit.items'::regclass) NOT IN ('r', 'p') THEN
+        RETURN;  -- items is a view over ingestkit.outcomes (0011): nothing to do
+    END IF;
+    ALTER TABLE ingestkit.items ADD COLUMN IF NOT EXISTS changes jsonb;
+    CREATE INDEX IF NOT EXISTS items_changes_idx ON ingestkit.items (batch_id)
+        WHERE changes IS NOT NULL;
+END
+$mig$;
 
 -- --prune's partition rebuild copies the new column too.
 CREATE OR REPLACE FUNCTION ingestkit.prune_items_partition(
