@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from .readers import FileReader, MissingExtra, SourceUnreadable
-from .sources import Entry
 
 PIP_PARQUET = "pip install 'ingestkit[parquet]'"
 
@@ -32,8 +31,6 @@ class read_parquet(FileReader):  # noqa: N801 - public API reads like a function
     location is ``file.parquet:row N`` (1-based).
     """
 
-    batched = True  # every row is a record: a damaged file raises SourceUnreadable
-
     def check(self) -> None:
         try:
             import pyarrow.parquet  # noqa: F401
@@ -42,9 +39,8 @@ class read_parquet(FileReader):  # noqa: N801 - public API reads like a function
                 f"read_parquet needs pyarrow, which is not installed: {PIP_PARQUET}"
             ) from None
 
-    def read_file(self, raw: IO[bytes], path: Path, file_key: str | None) -> Iterator[Entry]:
-        for records, places in self.read_batches(raw, path, file_key):
-            yield from map(Entry, records, places)
+    # every row is a record (a damaged file raises SourceUnreadable): read by batches
+    read_file = FileReader.read_batched_file
 
     def read_batches(
         self, raw: IO[bytes], path: Path, file_key: str | None

@@ -113,17 +113,22 @@ class FileReader(Reader):
         error entry that stands for the whole file."""
         raise NotImplementedError  # pragma: no cover
 
-    #: The reader implements :meth:`read_batches`, which is read instead of read_file.
-    batched = False
-
     def read_batches(
         self, raw: IO[bytes], path: Path, file_key: str | None
     ) -> Iterator[tuple[list[Any], list[str]]]:
         """The records of one open file and their locations, a batch at a time (two
         lists of one length), for a reader whose every record is readable (a part
-        it cannot read raises SourceUnreadable): each is ``Entry(record, location)``,
-        made and handed on without a look at each entry (see _one_file)."""
+        it cannot read raises SourceUnreadable). Such a reader's read_file is
+        :meth:`read_batched_file`: while it is, each record is handed on as
+        ``Entry(record, location)`` without a look at each entry (see _one_file)."""
         raise NotImplementedError  # pragma: no cover
+
+    def read_batched_file(
+        self, raw: IO[bytes], path: Path, file_key: str | None
+    ) -> Iterator[Entry]:
+        """read_file of a reader that implements :meth:`read_batches`."""
+        for records, places in self.read_batches(raw, path, file_key):
+            yield from map(Entry, records, places)
 
     def entries(self, base: Path | None = None, ledger: Ledger | None = None) -> Iterator[Entry]:
         return self._read(None, base, ledger)  # a generator: nothing is read before next()
@@ -187,7 +192,8 @@ class FileReader(Reader):
             with raw:
                 self._current = raw
                 try:
-                    if self.batched:
+                    # read_file replaced (a subclass, a patch) is read as it is
+                    if type(self).read_file is FileReader.read_batched_file:
                         for records, places in self.read_batches(raw, path, key):
                             rest = iter(places)
                             try:

@@ -504,3 +504,25 @@ def test_read_parquet_ledger_counts_the_entries_handed_out(tmp_path):
     ledger = Ledger()
     assert sum(1 for _ in reader.entries(ledger=ledger)) == BATCH_ROWS + 10
     assert ledger.reads == [("p.parquet", BATCH_ROWS + 10, True)]
+
+
+def test_read_parquet_read_file_of_a_subclass_is_read(tmp_path):
+    """A reader whose read_file is replaced (a subclass, a patch) is read through it."""
+    pytest.importorskip("pyarrow")
+    import ingestkit
+    from ingestkit.sources import Entry
+
+    class Tagged(ingestkit.read_parquet):
+        def read_file(self, raw, path, file_key):
+            for entry in super().read_file(raw, path, file_key):
+                yield Entry({**entry.record, "tag": 1}, entry.location)
+            yield Entry(None, f"{path}:end", "no more")
+
+    write_parquet(tmp_path / "p.parquet", [(1, "a"), (2, "b")])
+    entries = list(Tagged(tmp_path / "p.parquet").entries())
+    assert [e.record for e in entries] == [
+        {"id": 1, "name": "a", "tag": 1},
+        {"id": 2, "name": "b", "tag": 1},
+        None,
+    ]
+    assert entries[-1].error == "no more"
