@@ -18,6 +18,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator
+from operator import length_hint
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -112,19 +113,41 @@ class FileReader(Reader):
         error entry that stands for the whole file."""
         raise NotImplementedError  # pragma: no cover
 
+    def read_batches(
+        self, raw: IO[bytes], path: Path, file_key: str | None
+    ) -> Iterator[tuple[list[Any], list[str]]]:
+        """The records of one open file and their locations, a batch at a time (two
+        lists of one length), for a reader whose every record is readable (a part
+        it cannot read raises SourceUnreadable). Such a reader's read_file is
+        :meth:`read_batched_file`: while it is, each record is handed on as
+        ``Entry(record, location)`` without a look at each entry (see _one_file)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def read_batched_file(
+        self, raw: IO[bytes], path: Path, file_key: str | None
+    ) -> Iterator[Entry]:
+        """read_file of a reader that implements :meth:`read_batches`."""
+        for records, places in self.read_batches(raw, path, file_key):
+            yield from map(Entry, records, places)
+
     def entries(self, base: Path | None = None, ledger: Ledger | None = None) -> Iterator[Entry]:
-        self.check()
-        yield from self._read(self.files(base), base, ledger, self.is_glob)
+        return self._read(None, base, ledger)  # a generator: nothing is read before next()
 
     def file_entries(self, path: Path, base: Path | None, ledger: Ledger) -> Iterator[Entry]:
         """The entries of ``path``, one file of the glob, read as :meth:`entries`
         reads each (a worker of ``-n`` reads a file its leader handed it so)."""
-        self.check()
-        yield from self._read([path], base, ledger, True)
+        return self._read([path], base, ledger)
 
     def _read(
-        self, paths: list[Path], base: Path | None, ledger: Ledger | None, many: bool
+        self, paths: list[Path] | None, base: Path | None, ledger: Ledger | None
     ) -> Iterator[Entry]:
+        """The entries of ``paths`` (None: of :meth:`files`, and one error entry for a
+        file of a glob that cannot be read; a list: as files of a glob)."""
+        self.check()
+        if paths is None:
+            paths, many = self.files(base), self.is_glob
+        else:
+            many = True
         sizes = {}
         for path in paths:
             try:
@@ -169,17 +192,26 @@ class FileReader(Reader):
             with raw:
                 self._current = raw
                 try:
-                    shown = str(path)
-                    for entry in self.read_file(raw, path, key):
-                        count += 1
-                        if (
-                            key is not None
-                            and entry.record is None
-                            and entry.key is None
-                            and entry.location.startswith(shown)
-                        ):  # an unreadable record of a glob: keyed by its file and place
-                            entry.key = key + entry.location[len(shown) :]
-                        yield entry
+                    # read_file replaced (a subclass, a patch) is read as it is
+                    if type(self).read_file is FileReader.read_batched_file:
+                        for records, places in self.read_batches(raw, path, key):
+                            rest = iter(places)
+                            try:
+                                yield from map(Entry, records, rest)
+                            finally:  # the entries handed out, also when the reading stops
+                                count += len(places) - length_hint(rest)
+                    else:
+                        shown = str(path)
+                        for entry in self.read_file(raw, path, key):
+                            count += 1
+                            if (
+                                key is not None
+                                and entry.record is None
+                                and entry.key is None
+                                and entry.location.startswith(shown)
+                            ):  # an unreadable record of a glob: keyed by its file and place
+                                entry.key = key + entry.location[len(shown) :]
+                            yield entry
                 except SourceUnreadable as exc:
                     if not many:
                         raise

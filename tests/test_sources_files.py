@@ -414,3 +414,115 @@ def test_typed_glob_checks_each_files_header(project):
     assert error["key"] == "drops/b.csv"
     assert "missing column name" in error["error_message"], error
     assert "the header has: id, nom" in error["error_message"]
+
+
+def test_read_parquet_entries_are_to_pylist_rows(tmp_path):
+    """Each record is what pyarrow's own to_pylist gives for the row, of every type
+    (a repeated column name keeps its last column's value, as there), and each
+    location is the 1-based row number, across batches and thousands."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import datetime
+    import decimal
+
+    import ingestkit
+    from ingestkit.parquet import BATCH_ROWS
+    from ingestkit.sources import Entry
+
+    rows = BATCH_ROWS * 2 + 1234
+    start = datetime.datetime(2024, 1, 1)
+    table = pa.table(
+        [
+            pa.array(range(rows), pa.int64()),
+            pa.array([None if i % 7 == 0 else f"n{i}" for i in range(rows)]),
+            pa.array([i / 4 for i in range(rows)]),
+            pa.array([decimal.Decimal(i) / 100 for i in range(rows)], pa.decimal128(12, 2)),
+            pa.array([start + datetime.timedelta(seconds=i) for i in range(rows)]),
+            pa.array([[i, None] if i % 3 else None for i in range(rows)], pa.list_(pa.int32())),
+            pa.array([{"x": i, "y": str(i)} for i in range(rows)]),
+            pa.array([[("k", i)] for i in range(rows)], pa.map_(pa.string(), pa.int64())),
+            pa.array([-i for i in range(rows)], pa.int64()),
+        ],
+        names=["id", "name", "amount", "price", "at", "tags", "nested", "map", "id"],
+    )
+    path = tmp_path / "p.parquet"
+    pq.write_table(table, path, row_group_size=5000)
+    expected = [
+        Entry(record, f"{path}:row {n}")
+        for n, record in enumerate(pq.ParquetFile(path).read().to_pylist(), 1)
+    ]
+    assert expected[1].record["id"] == -1 and list(expected[1].record)[0] == "id"
+    entries = list(ingestkit.read_parquet(path).entries())
+    assert entries == expected
+    assert [type(e) for e in entries] == [Entry] * rows
+    assert [list(e.record) for e in entries[:2]] == [list(e.record) for e in expected[:2]]
+    assert entries[999].location == f"{path}:row 1000"
+
+
+def test_read_parquet_wide_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import ingestkit
+
+    table = pa.table({f"c{i}": pa.array([i, None, -i]) for i in range(300)})
+    path = tmp_path / "wide.parquet"
+    pq.write_table(table, path)
+    records = [e.record for e in ingestkit.read_parquet(path).entries()]
+    assert records == table.to_pylist()
+
+
+def test_read_parquet_ledger_counts_the_entries_handed_out(tmp_path):
+    """A reading stopped early records the entries read so far, as each reader does."""
+    pytest.importorskip("pyarrow")
+    import ingestkit
+    from ingestkit.parquet import BATCH_ROWS
+
+    class Ledger:
+        rootdir = tmp_path
+
+        def __init__(self):
+            self.reads = []
+
+        def skip(self, path, size, sha256):
+            return False
+
+        def header_problem(self, path, columns):
+            return None
+
+        def read(self, path, size, sha256, items, complete):
+            self.reads.append((path.name, items, complete))
+
+    write_parquet(tmp_path / "p.parquet", [(i, f"n{i}") for i in range(BATCH_ROWS + 10)])
+    reader = ingestkit.read_parquet(tmp_path / "p.parquet")
+    for stop in (0, 1, 7, BATCH_ROWS, BATCH_ROWS + 3):
+        ledger = Ledger()
+        entries = reader.entries(ledger=ledger)
+        for _ in range(stop):
+            next(entries)
+        entries.close()
+        assert ledger.reads == ([("p.parquet", stop, False)] if stop else [])
+    ledger = Ledger()
+    assert sum(1 for _ in reader.entries(ledger=ledger)) == BATCH_ROWS + 10
+    assert ledger.reads == [("p.parquet", BATCH_ROWS + 10, True)]
+
+
+def test_read_parquet_read_file_of_a_subclass_is_read(tmp_path):
+    """A reader whose read_file is replaced (a subclass, a patch) is read through it."""
+    pytest.importorskip("pyarrow")
+    import ingestkit
+    from ingestkit.sources import Entry
+
+    class Tagged(ingestkit.read_parquet):
+        def read_file(self, raw, path, file_key):
+            for entry in super().read_file(raw, path, file_key):
+                yield Entry({**entry.record, "tag": 1}, entry.location)
+            yield Entry(None, f"{path}:end", "no more")
+
+    write_parquet(tmp_path / "p.parquet", [(1, "a"), (2, "b")])
+    entries = list(Tagged(tmp_path / "p.parquet").entries())
+    assert [e.record for e in entries] == [
+        {"id": 1, "name": "a", "tag": 1},
+        {"id": 2, "name": "b", "tag": 1},
+        None,
+    ]
+    assert entries[-1].error == "no more"
