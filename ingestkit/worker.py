@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from .outcomes import UsageError
 from .queries import q
 from .recorder import LOCK_NAMESPACE, NEW_PROCESSORS
 from .runner import Plan, Runner
+from .stash import StashKey
 
 if TYPE_CHECKING:
     from .collection import Processor
@@ -40,6 +43,8 @@ hookimpl = pluggy.HookimplMarker("ingestkit")
 
 #: Seconds of a worker's first and longest idle waits for a task.
 POLL, IDLE_MAX = 0.01, 0.05
+#: The host name and process id of the batch's leader (ingestkit.batches).
+LEADER = StashKey[tuple[str, int]]()
 
 
 class TaskTaken(Exception):
@@ -112,7 +117,7 @@ def join(session: Session, prefix: str) -> Queue:
                 f"{which} started with -n matches {prefix!r} (see ingestkit --batches)"
             )
         cur.execute(q("batch-row"), {"id": rows[0][0]})
-        batch_id, started_at, meta, lock_key = cur.fetchone()
+        batch_id, started_at, meta, lock_key, hostname, pid = cur.fetchone()
     batch = session.batch
     batch.id, batch.started_at, batch.meta, batch.lock_key = batch_id, started_at, meta, lock_key
     queue = Queue(session.control, batch_id)
@@ -128,6 +133,7 @@ def join(session: Session, prefix: str) -> Queue:
     if option.item_timeout:
         txn.bound_statements(option.item_timeout)
     queue.join(lock_key)
+    session.config.stash[LEADER] = (hostname, pid)
     return queue
 
 
@@ -154,11 +160,16 @@ class Worker:
         self.lock_key: int = session.batch.lock_key
         self.runner: Runner | None = None  # made when the batch starts (options joined)
         self.by_nodeid = {p.nodeid: p for p in session.processors}
+        #: file tasks this worker left: it cannot see their file
+        self.left_files: list[int] = []
         self.claim_params = {
             "batch_id": queue.batch_id,
             "ns": LOCK_NAMESPACE,
             "lock_key": self.lock_key,
+            "left": self.left_files,
         }
+        #: started by hand (``ingestkit worker``), not by the leader: maybe elsewhere
+        self.joined = session.config.stash.get(LEADER, None) != (socket.gethostname(), os.getppid())
         self.file_task: FileTask | None = None  # the file task being read
         self.skip_entries = 0  # of its first entries, those committed already
 
@@ -264,8 +275,11 @@ class Worker:
         if not held:
             return
         try:
-            self._note_fresh(task)
             progress = json.loads(task.items)
+            if self.joined and not os.path.isfile(progress["file"]):
+                self.left_files.append(task.seq)  # for the leader's own workers to read
+                return
+            self._note_fresh(task)
             file = FileTask(
                 task.seq,
                 task.processor,

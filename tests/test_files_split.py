@@ -11,10 +11,12 @@ killed is resumed by the next from the first file not recorded (issue #20).
 from __future__ import annotations
 
 import signal
+import time
 
 PIPELINE = """
 import os
 import signal
+import time
 
 import ingestkit
 
@@ -145,4 +147,64 @@ def test_a_killed_leader_is_replaced_without_reading_the_recorded_files_again(pr
     assert "files skipped" in again.stdout, again.stdout
     assert project.scalar("SELECT count(*) FROM t") == 400
     assert succeeded_twice(project) == []
+    assert set(ledger(project).values()) == {(100, "complete")}
+
+
+SLOW = """
+import os
+import time
+
+import ingestkit
+
+@ingestkit.fixture(scope="batch", autouse=True)
+def schema(db):
+    db.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, pid int NOT NULL)")
+
+@ingestkit.source(ingestkit.read_csv("drops/*.csv"), key="id")
+def process_row(record, db):
+    time.sleep(0.005)
+    db.insert("t", {"id": int(record["id"]), "pid": os.getpid()})
+"""
+
+#: In the joined worker's folder: the files are not on "its machine" (the leader's
+#: relative paths do not reach them from this folder either).
+ELSEWHERE = """
+import os
+import types
+
+import ingestkit.worker
+
+elsewhere = types.ModuleType("os")
+elsewhere.__dict__.update(os.__dict__)
+elsewhere.path = types.SimpleNamespace(isfile=lambda p: "drops" not in str(p))
+ingestkit.worker.os = elsewhere
+"""
+
+
+def test_a_worker_on_another_machine_leaves_the_files_it_cannot_see(project, tmp_path):
+    for n in range(6):
+        drop(project, f"d{n}.csv", range(n * 100, n * 100 + 100))
+    project.write("ingest_x.py", SLOW)
+    project.run("-k", "nothing")  # the schema exists before the leader starts
+    leader = project.spawn("-n", "1")
+    deadline, batch = time.time() + 30, None
+    while batch is None and time.time() < deadline:
+        batch = project.scalar(
+            "SELECT b.id::text FROM ingestkit.batches b JOIN ingestkit.dispatch d"
+            " ON d.batch_id = b.id WHERE b.status = 'running'"
+        )
+        time.sleep(0.05)
+    assert batch, "the leader did not start its batch"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "ingest_x.py").write_text(SLOW)
+    (elsewhere / "conftest.py").write_text(ELSEWHERE)
+    joined = project.spawn("worker", "--batch", batch[:8], cwd=elsewhere)
+    out, _ = leader.communicate(timeout=120)
+    joined_out, _ = joined.communicate(timeout=60)
+    assert leader.returncode == 0, out
+    assert joined.returncode == 0, joined_out
+    assert project.scalar("SELECT count(*) FROM t") == 600
+    assert project.scalar("SELECT count(*) FROM t WHERE pid = %s", (joined.pid,)) == 0
+    assert not project.query("SELECT 1 FROM ingestkit.items WHERE status <> 'succeeded'")
     assert set(ledger(project).values()) == {(100, "complete")}

@@ -363,7 +363,7 @@ ORDER BY b.started_at DESC
 LIMIT 2;
 
 -- name: batch-row
-SELECT id, started_at, meta, lock_key FROM ingestkit.batches WHERE id = %(id)s;
+SELECT id, started_at, meta, lock_key, hostname, pid FROM ingestkit.batches WHERE id = %(id)s;
 
 -- name: set-statement-timeout
 SET statement_timeout = %s;
@@ -412,7 +412,9 @@ FROM ingestkit.tasks t
 WHERE t.batch_id = %(batch_id)s
   AND (SELECT d.stop IS NULL FROM ingestkit.dispatch d WHERE d.batch_id = %(batch_id)s)
   AND (SELECT NOT pg_try_advisory_xact_lock(%(ns)s, %(lock_key)s))
-  -- a file task another worker holds (hold-file-task) is not claimed
+  -- a file task another worker holds (hold-file-task) is not claimed, nor one whose
+  -- file a joined worker cannot see (the leader's own workers read it)
+  AND t.seq <> ALL (%(left)s::int[])
   AND (left(t.items, 1) <> '{' OR NOT EXISTS (
       SELECT 1 FROM pg_catalog.pg_locks l
       WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
