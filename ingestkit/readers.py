@@ -187,40 +187,46 @@ class FileReader(Reader):
                 raise SourceUnreadable(_cannot_open(path, exc)) from None
             yield Entry(None, str(path), _cannot_open(path, exc), key=key)
             return
-        count, complete = 0, False
+        seen, complete = [0], False  # entries handed out (a list: _parsed counts them)
         try:
             with raw:
                 self._current = raw
                 try:
-                    # read_file replaced (a subclass, a patch) is read as it is
-                    if type(self).read_file is FileReader.read_batched_file:
-                        for records, places in self.read_batches(raw, path, key):
-                            rest = iter(places)
-                            try:
-                                yield from map(Entry, records, rest)
-                            finally:  # the entries handed out, also when the reading stops
-                                count += len(places) - length_hint(rest)
-                    else:
-                        shown = str(path)
-                        for entry in self.read_file(raw, path, key):
-                            count += 1
-                            if (
-                                key is not None
-                                and entry.record is None
-                                and entry.key is None
-                                and entry.location.startswith(shown)
-                            ):  # an unreadable record of a glob: keyed by its file and place
-                                entry.key = key + entry.location[len(shown) :]
-                            yield entry
+                    yield from self._parsed(raw, path, key, seen)
                 except SourceUnreadable as exc:
                     if not many:
                         raise
-                    count += 1
+                    seen[0] += 1
                     yield Entry(None, str(path), str(exc), key=key)
                 complete = True
         finally:
             if ledger is not None:
-                ledger.read(path, size, sha, count, complete)
+                ledger.read(path, size, sha, seen[0], complete)
+
+    def _parsed(
+        self, raw: IO[bytes], path: Path, key: str | None, seen: list[int]
+    ) -> Iterator[Entry]:
+        """The entries of the open file; ``seen[0]`` counts those handed out."""
+        # read_file replaced (a subclass, a patch) is read as it is
+        if type(self).read_file is FileReader.read_batched_file:
+            for records, places in self.read_batches(raw, path, key):
+                rest = iter(places)
+                try:
+                    yield from map(Entry, records, rest)
+                finally:  # the entries handed out, also when the reading stops
+                    seen[0] += len(places) - length_hint(rest)
+            return
+        shown = str(path)
+        for entry in self.read_file(raw, path, key):
+            seen[0] += 1
+            if (
+                key is not None
+                and entry.record is None
+                and entry.key is None
+                and entry.location.startswith(shown)
+            ):  # an unreadable record of a glob: keyed by its file and place
+                entry.key = key + entry.location[len(shown) :]
+            yield entry
 
     def read_header(self, base: Path | None = None) -> list[str] | None:
         """The column names of the (first) file, or None when not known."""
