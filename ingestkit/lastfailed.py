@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 import psycopg2
 
+from .chunks import COMMITTED_ELSEWHERE
 from .fixtures import argnames_of
 from .queries import q
 from .runner import MATCHED_KEYS
@@ -147,7 +148,7 @@ def ingestkit_processor_finish(processor: Processor, session: Session) -> None:
     with session.control.cursor() as cur:
         cur.execute(q("resolve-source-error"), {"processor": processor.nodeid})
     if _full_read(processor, session):
-        if session.role == "leader":  # workers may still commit its chunks
+        if session.config.stash.get(COMMITTED_ELSEWHERE, False):  # workers may still commit
             _retiring(session).append(processor.nodeid)
         else:
             retire_gone(session, processor.nodeid)
