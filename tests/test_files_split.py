@@ -13,6 +13,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 PIPELINE = """
 import os
 import signal
@@ -131,6 +133,7 @@ def test_a_killed_run_resumes_at_the_first_file_not_recorded(project):
     assert succeeded_twice(project) == []
 
 
+@pytest.mark.slow
 def test_a_killed_leader_is_replaced_without_reading_the_recorded_files_again(project):
     drop(project, "a.csv", range(0, 100))
     drop(project, "b.csv", range(100, 200))
@@ -181,6 +184,7 @@ ingestkit.worker.os = elsewhere
 """
 
 
+@pytest.mark.slow
 def test_a_worker_on_another_machine_leaves_the_files_it_cannot_see(project, tmp_path):
     for n in range(6):
         drop(project, f"d{n}.csv", range(n * 100, n * 100 + 100))

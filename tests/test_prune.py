@@ -230,6 +230,7 @@ def process_slow(record, db):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_runs_go_on_while_prune_drops_and_rebuilds_partitions(project, workers):
     """A batch (in one process, or on -n 2 workers) commits chunks while --prune

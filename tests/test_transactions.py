@@ -186,6 +186,7 @@ def test_changed_content_runs_again_and_reprocess_runs_everything(project):
     assert project.run("--reprocess").counts == {"succeeded": 5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_killed_process_leaves_a_consistent_database_and_a_rerun_finishes(project, sig):
     project.write(

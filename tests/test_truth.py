@@ -12,6 +12,7 @@ def process_once(db):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_runs_never_mark_each_other_interrupted(project):
     """16 runs at once on one database: every batch is live while the others look."""
     project.write("ingest_quick.py", QUICK)

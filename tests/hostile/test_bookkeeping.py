@@ -97,6 +97,7 @@ def lock_items_meanwhile(project, seconds: float) -> threading.Thread:
     return locker
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", ["insert", "execute"])
 def test_outcome_write_that_times_out_loses_nothing_and_blames_no_item(project, write):
     """A lock on ingestkit.items' rows (CREATE INDEX, VACUUM FULL) outlasts a
@@ -122,6 +123,7 @@ def test_outcome_write_that_times_out_loses_nothing_and_blames_no_item(project, 
     assert_exactly_once(project, 200)
 
 
+@pytest.mark.slow
 def test_item_timeout_does_not_bound_the_outcome_write(project):
     """--item-timeout bounds the user's statements, not ingestkit's own bookkeeping."""
     write_project(project, "execute")
@@ -166,6 +168,7 @@ def terminate(dsn: str, application_name: str) -> int:
         conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("history", [False, True], ids=["first-load", "with-history"])
 def test_dead_control_connection_never_lets_a_second_run_double_the_rows(project, history):
     """The connection that holds the batch's locks is the one that commits."""
@@ -190,6 +193,7 @@ def test_dead_control_connection_never_lets_a_second_run_double_the_rows(project
     assert_exactly_once(project, rows)
 
 
+@pytest.mark.slow
 def test_idle_session_timeout_of_the_database_does_not_end_a_batch(project):
     """A DBA's idle timeouts must not end the connections that hold the batch's locks."""
     project.write("ingest_x.py", NO_KEY_PIPELINE.replace("SLEEP", "0.7"))
@@ -223,6 +227,7 @@ def process_row(record, db):
 """
 
 
+@pytest.mark.slow
 def test_rows_of_a_rejecting_table_wait_for_the_chunk_committing_before(project):
     """A table that rejected rows in one chunk goes straight to the row-by-row
     loader in the next: that loader must wait for the chunk still committing in the

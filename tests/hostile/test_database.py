@@ -713,6 +713,7 @@ def process_row(record, db):
     assert values == {1: 10, 2: 10, 3: 3}  # the other writer committed; item 2 left no trace
 
 
+@pytest.mark.slow
 def test_every_connection_dropped_as_in_a_server_restart(project):
     project.write(
         "ingest_x.py",
@@ -776,6 +777,7 @@ def own_server(tmp_path):
     server.cleanup()
 
 
+@pytest.mark.slow
 def test_server_restarted_mid_batch(project, own_server):
     dsn, restart = own_server
     project.write(

@@ -102,6 +102,7 @@ def test_leader_does_not_wait_for_a_paused_worker_once_the_queue_is_empty(projec
     assert_queue_empty(project)
 
 
+@pytest.mark.slow
 def test_leader_counts_the_workers_serving_the_batch(project):
     """The queue-ahead is sized from the live workers (the shared worker lock)."""
     from ingestkit.dispatch import Queue

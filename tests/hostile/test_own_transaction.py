@@ -89,6 +89,7 @@ def test_processor_ending_the_transaction_in_every_item(project):
     assert project.query("SELECT id FROM t") == []
 
 
+@pytest.mark.slow
 def test_get_or_create_racing_across_workers(project):
     """Two workers creating the same new dimension row: both items succeed."""
     project.write(

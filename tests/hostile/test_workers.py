@@ -224,6 +224,7 @@ def in_transaction(project, backend: int) -> bool:
 # -- a worker dies -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_one_worker_mid_run(project):
     write_pipeline(project, fail_every=100)
     leader = spawn(project, "-n", "3")
@@ -255,6 +256,7 @@ def test_sigkill_one_worker_mid_run(project):
     assert_queue_empty(project)
 
 
+@pytest.mark.slow
 def test_leader_notes_a_killed_worker(project):
     write_pipeline(project, n=200)
     leader = spawn(project, "-n", "2")
@@ -268,6 +270,7 @@ def test_leader_notes_a_killed_worker(project):
     assert re.search(rf"worker \d \(pid {victim}\) was killed by signal 9", out), out
 
 
+@pytest.mark.slow
 def test_sigkill_every_worker_stops_the_leader(project):
     """With nobody left to run the queue, the leader says so and stops (no hang)."""
     write_pipeline(project)
@@ -296,6 +299,7 @@ def test_sigkill_every_worker_stops_the_leader(project):
 # -- the leader dies ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rerun", ["-n", "single"])
 def test_sigkill_leader_mid_run(project, monkeypatch, rerun):
     write_pipeline(project)
@@ -328,6 +332,7 @@ def test_sigkill_leader_mid_run(project, monkeypatch, rerun):
     assert_queue_empty(project)
 
 
+@pytest.mark.slow
 def test_rerun_right_after_the_leader_dies_waits_for_its_workers(project):
     write_pipeline(project, sleep=0.01, n=200)
     leader = spawn(project, "-n", "2", "--chunk-size", "30")
@@ -358,6 +363,7 @@ def test_workers_stop_taking_tasks_once_the_leader_is_gone(project):
 # -- Ctrl-C ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group(project):
     write_pipeline(project)
     leader = spawn(project, "-n", "2", start_new_session=True)
@@ -413,6 +419,7 @@ def terminate_worker_connection(project, which: str) -> tuple:
     return leader, finish(leader)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["chunk", "control"])
 def test_worker_connection_terminated(project, which):
     leader, out = terminate_worker_connection(project, which)
@@ -423,6 +430,7 @@ def test_worker_connection_terminated(project, which):
     assert_queue_empty(project)
 
 
+@pytest.mark.slow
 def test_worker_losing_its_control_connection_leaves_without_a_traceback(project):
     leader, out = terminate_worker_connection(project, "control")
     assert leader.returncode == 0, out
@@ -442,6 +450,7 @@ def running_batch(project) -> str:
     return str(wait_until(find, what="a running batch"))
 
 
+@pytest.mark.slow
 def test_joined_worker_killed_mid_run(project):
     write_pipeline(project)
     leader = spawn(project, "-n", "1")
@@ -457,6 +466,7 @@ def test_joined_worker_killed_mid_run(project):
     assert_queue_empty(project)
 
 
+@pytest.mark.slow
 def test_worker_started_in_another_folder(project, tmp_path):
     """A worker that does not have the batch's processors gives its task back and says why."""
     write_pipeline(project, n=300)
@@ -583,6 +593,7 @@ def process_row(record, db):
 BAD, TAKEN = {17, 123, 290}, {5, 150, 299}
 
 
+@pytest.mark.slow
 def test_failures_under_workers_and_last_failed(project):
     project.query(
         "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL);"
