@@ -226,13 +226,11 @@ def _note_failures(ledger: FileLedger, chunk: Chunk) -> None:
 def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     """The files read to their end by now commit with the chunk (see the module's doc)."""
     ledger = _ledgers(session).get(chunk.processor.nodeid)
-    if ledger is None:
-        return
+    if ledger is None or session.config.stash.get(COMMITTED_ELSEWHERE, False):
+        return  # (a leader: its workers commit the items of the files it read)
     _note_failures(ledger, chunk)  # before its rows are made: they may be this chunk's files
     if session.batch.dry_run or session.shouldstop or chunk.left:
         return  # stopping: the batch's end records what was read, as partial
-    if session.config.stash.get(COMMITTED_ELSEWHERE, False):
-        return  # (a leader: its workers commit the items of the files it read)
     params = ledger.take_rows()
     if params is not None:
         chunk.writes.append(lambda cur: cur.execute(q("files-record"), params))
@@ -240,9 +238,10 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
 
 @hookimpl
 def ingestkit_chunk_finish(session: Session, chunk: Chunk) -> None:
+    """A leader learns its workers' failures when their chunks come back."""
     ledger = _ledgers(session).get(chunk.processor.nodeid)
-    if ledger is not None:
-        _note_failures(ledger, chunk)  # (a leader: its workers' chunks)
+    if ledger is not None and session.config.stash.get(COMMITTED_ELSEWHERE, False):
+        _note_failures(ledger, chunk)
 
 
 @hookimpl

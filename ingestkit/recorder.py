@@ -164,7 +164,7 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
         chunk.writes.append(lambda cur: cur.execute(q("restore-succeeded"), restore))
     if not chunk.reports:
         return
-    _number_processors(session, {r.processor for r in chunk.reports})
+    _number_processors(session, chunk.processor.nodeid)
     data = outcome_rows(chunk.reports)
     # A processor with no recorded outcome gets plain inserts into ingestkit.latest:
     # its lock keeps other batches out, and a key comes once per batch. Key "" is
@@ -180,12 +180,11 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     chunk.writes.append(write_outcomes)
 
 
-def _number_processors(session: Session, nodeids: set[str]) -> None:
-    """Give the node ids a number in ``ingestkit.processors``, committed before the
-    chunk whose outcome rows refer to it (on the control connection)."""
+def _number_processors(session: Session, nodeid: str) -> None:
+    """Give the processor a number in ``ingestkit.processors``, committed before the
+    first chunk whose outcome rows refer to it (on the control connection)."""
     known = session.config.stash.setdefault(NUMBERED, set())
-    new = nodeids - known
-    if new:
+    if nodeid not in known:
         with session.live_control().cursor() as cur:
-            cur.execute(q("number-processors"), {"processors": sorted(new)})
-        known |= new
+            cur.execute(q("number-processors"), {"processors": [nodeid]})
+        known.add(nodeid)
