@@ -65,6 +65,20 @@ def ledger(project) -> dict[str, tuple]:
     return {r["path"]: (r["items"], r["status"]) for r in rows}
 
 
+def assert_accounted(project, records: int) -> None:
+    """Every record of the source is one outcome of the (last) batch, and every
+    succeeded one, and only those, has its row in the target table."""
+    counts = project.scalar("SELECT counts FROM ingestkit.batches ORDER BY started_at DESC LIMIT 1")
+    assert sum(counts.values()) == records, counts
+    outcomes = project.query(
+        "SELECT status, count(*) AS n FROM ingestkit.items WHERE batch_id ="
+        " (SELECT id FROM ingestkit.batches ORDER BY started_at DESC LIMIT 1) GROUP BY status"
+    )
+    by_status = {r["status"]: r["n"] for r in outcomes}
+    assert sum(by_status.values()) + counts.get("unchanged", 0) == records, by_status
+    assert project.scalar("SELECT count(*) FROM t") == by_status.get("succeeded", 0)
+
+
 def succeeded_twice(project) -> list[str]:
     rows = project.query(
         "SELECT key FROM ingestkit.items WHERE status = 'succeeded' "
@@ -83,6 +97,7 @@ def test_workers_read_the_files_themselves(project, events):
     readers = events()
     assert sorted(readers) == sorted(f"worker drops/d{n}.csv" for n in range(4)), readers
     assert project.scalar("SELECT count(*) FROM t") == 400
+    assert_accounted(project, 400)
     assert set(ledger(project).values()) == {(100, "complete")}
     again = project.cli("-n", "2")
     assert again.returncode == 0, again.stdout
@@ -103,6 +118,7 @@ def test_a_key_in_two_files_runs_once_under_workers(project):
     assert other in dup[0]["error_message"], dup[0]
     assert "the same content as" in dup[0]["error_message"]
     assert succeeded_twice(project) == []
+    assert_accounted(project, 301)
 
 
 def test_a_killed_worker_s_file_is_taken_on_from_its_last_committed_chunk(project):
@@ -115,6 +131,7 @@ def test_a_killed_worker_s_file_is_taken_on_from_its_last_committed_chunk(projec
     counts = project.scalar("SELECT counts FROM ingestkit.batches")
     # the next worker did not read what the killed one committed as "unchanged" again
     assert counts["succeeded"] == 600 and counts["unchanged"] == 0, counts
+    assert_accounted(project, 600)
     assert ledger(project) == {"drops/big.csv": (600, "complete")}
 
 

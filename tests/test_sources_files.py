@@ -357,6 +357,21 @@ def test_terminal_progress_share_for_a_file_source():
     assert count == "1,234 items, 25.0/100.0 MB"
 
 
+def test_a_failure_while_its_file_is_read_marks_only_that_file(project):
+    """A failure found while its file is still being read (a chunk before the file's
+    end) is that file's: the other files of the glob stay complete."""
+    rows = [(i, "a") for i in range(1, 301)]
+    rows[4] = ("x", "bad")  # int("x") fails in the first chunk of a.csv
+    project.write("drops/a.csv", csv_file(*rows))
+    project.write("drops/b.csv", csv_file(*((i, "b") for i in range(400, 410))))
+    project.write("ingest_x.py", pipeline('ingestkit.read_csv("drops/*.csv")'))
+    first = project.run("--chunk-size", "50")
+    assert first.exit_code == 1, first.output
+    assert ledger(project) == {"drops/a.csv": (300, "failed"), "drops/b.csv": (10, "complete")}
+    second = project.run("--chunk-size", "50")
+    assert "1 file skipped" in second.output, second.output
+
+
 def test_ledger_under_workers(project):
     project.write("drops/a.csv", csv_file(*((i, "a") for i in range(1, 40)), ("x", "bad")))
     project.write("drops/b.csv", csv_file(*((i, "b") for i in range(100, 140))))
