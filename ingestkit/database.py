@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import re
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -74,7 +75,7 @@ class Database:
         rows. A rejected row fails the item that wrote it.
         """
         self._check(table)
-        self._txn.insert(self._txn.owner, table, self._adapted(table, _rows(row_or_rows)))
+        self._txn.insert(self._txn.owner, table, self._split(table, row_or_rows, "insert"))
 
     def upsert(self, table: str, row_or_rows: Any, conflict: Sequence[str] = ("id",)) -> None:
         """``INSERT ... ON CONFLICT (conflict) DO UPDATE`` the other columns.
@@ -86,7 +87,7 @@ class Database:
         self._check(table)
         if isinstance(conflict, str):
             conflict = (conflict,)
-        rows = self._adapted(table, _rows(row_or_rows))
+        rows = self._split(table, row_or_rows, "upsert")
         self._txn.upsert(self._txn.owner, table, rows, tuple(conflict))
 
     def _check(self, table: str) -> None:
@@ -94,14 +95,17 @@ class Database:
             table_identifier(table)  # reject a bad name now, where the caller is
             self._tables.add(table)
 
-    def _adapted(self, table: str, rows: list[Any]) -> list[Any]:
-        """Values COPY does not write natively go through psycopg2's adapters (copy.py)."""
+    def _split(self, table: str, row_or_rows: Any, verb: str) -> list[Row]:
+        """One row or many as (columns, values); values COPY does not write
+        natively go through psycopg2's adapters (copy.py)."""
+        one = type(row_or_rows) is dict or _is_object(row_or_rows)
+        rows = [_split(row_or_rows, verb)] if one else [_split(r, verb) for r in row_or_rows]
         native = NATIVE.issuperset
         return [
-            r
-            if not isinstance(r, dict) or native(map(type, r.values()))
-            else adapt_row(r, self._mogrify, self._evaluate, table)
-            for r in rows
+            row
+            if native(map(type, row[1]))
+            else _adapted(row, self._mogrify, self._evaluate, table)
+            for row in rows
         ]
 
     def _mogrify(self, value: Any) -> bytes:
@@ -124,38 +128,58 @@ class Database:
         return self._txn.connection_for(self._txn.owner)
 
 
-#: per dataclass: (field name, column) of its fields
-_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+#: A buffered row: its columns and their values.
+Row = tuple[tuple[str, ...], tuple[Any, ...]]
+
+#: Per dataclass: its columns (the field names) and a getter of their values.
+_GETTERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
-def _rows(row_or_rows: Any) -> list[Any]:
-    """One row or an iterable of rows, as dicts."""
-    if isinstance(row_or_rows, dict) or _is_object(row_or_rows):
-        return [as_row(row_or_rows)]
-    return [as_row(row) for row in row_or_rows]
+def _split(row: Any, verb: str) -> Row:
+    """A dict, dataclass or pydantic instance as (columns, values), by field name
+    (a field's ``metadata={"column": ...}`` or alias names the column it is
+    *read* from, not written to)."""
+    kind = type(row)
+    if kind is not dict:
+        getter = _GETTERS.get(kind) or _dataclass_getter(kind)
+        if getter is not None:
+            columns, values = getter[0], getter[1](row)
+            if not columns:
+                raise ValueError(f"db.{verb} got an empty row")
+            return columns, values
+        if hasattr(kind, "model_fields") and hasattr(row, "model_dump"):
+            row = row.model_dump()
+        elif not isinstance(row, dict):
+            raise TypeError(f"db.{verb} takes a dict or a list of dicts, got {kind.__name__}")
+    if not row:
+        raise ValueError(f"db.{verb} got an empty row")
+    return tuple(row), tuple(row.values())
+
+
+def _dataclass_getter(
+    kind: type,
+) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]] | None:
+    if not dataclasses.is_dataclass(kind):
+        return None
+    names = tuple(f.name for f in dataclasses.fields(kind))
+    if len(names) > 1:
+        getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    else:  # attrgetter of one name gives the value, of none is an error
+        getter = lambda value: tuple(getattr(value, n) for n in names)  # noqa: E731
+    made = _GETTERS[kind] = (names, getter)
+    return made
+
+
+def _adapted(
+    row: Row, mogrify: Callable[[Any], bytes], evaluate: Callable[[Any], str | None], table: str
+) -> Row:
+    adapted = adapt_row(dict(zip(row[0], row[1], strict=True)), mogrify, evaluate, table)
+    return row[0], tuple(adapted.values())
 
 
 def _is_object(value: Any) -> bool:
     kind = type(value)
-    return kind in _FIELDS or dataclasses.is_dataclass(kind) or hasattr(kind, "model_fields")
-
-
-def as_row(value: Any) -> Any:
-    """A dataclass or pydantic instance as a dict by field name (a field's
-    ``metadata={"column": ...}`` or alias names the column it is *read* from);
-    other values as they are."""
-    if type(value) is dict:
-        return value
-    kind = type(value)
-    fields = _FIELDS.get(kind)
-    if fields is None:
-        if dataclasses.is_dataclass(kind):
-            fields = _FIELDS[kind] = tuple((f.name, f.name) for f in dataclasses.fields(kind))
-        elif hasattr(kind, "model_fields") and hasattr(value, "model_dump"):
-            return value.model_dump()
-        else:
-            return value
-    return {column: getattr(value, name) for name, column in fields}
+    return kind in _GETTERS or dataclasses.is_dataclass(kind) or hasattr(kind, "model_fields")
 
 
 # -- finding the database ----------------------------------------------------

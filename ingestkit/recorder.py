@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -76,8 +78,14 @@ def ingestkit_chunk_history(
     if is_new(session, processor.nodeid):
         return {}  # a first load: nothing can be ingested already
     with session.control.cursor() as cur:
-        cur.execute(q("history"), {"processor": processor.nodeid, "keys": keys})
+        cur.execute(q("history"), {"processor": processor.nodeid, "keys": key_list(keys)})
         return {row[0]: History(*row[1:]) for row in cur.fetchall()}
+
+
+def key_list(keys: list[str]) -> str:
+    """Keys as the JSON array that queries.sql's ``history`` and
+    ``restore-succeeded`` take (stored keys hold no NUL or lone surrogate)."""
+    return json.dumps(keys, ensure_ascii=False)
 
 
 @functools.cache
@@ -118,10 +126,12 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
             if proc is None:
                 proc = escaped[r.processor] = copy_field(r.processor)
             payload = NULL if r.payload is None else copy_field(r.payload)
+            digest = r.content_hash
             lines.append(
                 f"{seq}\t{proc}\t{copy_field(r.key)}\t{r.status}\t{r.attempt}\t"
                 f"{r.content_hash or NULL}\t{r.duration_ms!r}\t{NULL}\t{NULL}\t{NULL}\t{NULL}\t"
-                f"{payload}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\n"
+                f"{payload}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\t"
+                f"{digest if digest is not None and _as_uuid(digest) else NULL}\n"
             )
         else:
             plain.append(
@@ -141,11 +151,17 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
                     r.finished_epoch,
                     _readable(r.location),
                     r.track,
+                    r.content_hash if r.content_hash and _as_uuid(r.content_hash) else None,
                 )
             )
     # keys and payloads are made storable before (sources.storable_key, to_payload)
     data = "".join(lines).encode("utf-8", "backslashreplace")
     return data + copy_rows(plain, errors="backslashreplace") if plain else data
+
+
+#: Whether a content hash is stored as a uuid (32 lowercase hex digits, as
+#: content_hash() makes them); any other (a plugin's) is stored as text.
+_as_uuid = re.compile("[0-9a-f]{32}").fullmatch
 
 
 def _readable(text: str | None) -> str | None:
@@ -160,7 +176,7 @@ def ingestkit_chunk_commit(session: Session, chunk: Chunk) -> None:
     """Add the chunk's outcome rows to what commits with it."""
     params = {"batch_id": session.batch.id, "store_all": store_all(session)}
     if chunk.restored:
-        restore = {"processor": chunk.processor.nodeid, "keys": chunk.restored}
+        restore = {"processor": chunk.processor.nodeid, "keys": key_list(chunk.restored)}
         chunk.writes.append(lambda cur: cur.execute(q("restore-succeeded"), restore))
     if not chunk.reports:
         return

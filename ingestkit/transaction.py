@@ -190,9 +190,21 @@ def table_identifier(name: str) -> sql.Composable:
     return sql.Identifier(*parts)
 
 
+def _distinct(values: list[tuple[Any, ...]], where: list[int]) -> bool:
+    """Whether no two rows can have the same conflict key: one key column whose
+    values are all distinct and of one type (so their COPY texts differ too)."""
+    if len(where) != 1:
+        return False
+    keys = [row[where[0]] for row in values]
+    try:
+        return len(set(keys)) == len(keys) and len(set(map(type, keys))) == 1
+    except TypeError:  # unhashable (a list): compared by text
+        return False
+
+
 def _blank_to_null(row: tuple[Any, ...], blank: list[int]) -> tuple[Any, ...]:
     for i in blank:
-        if row[i] == "" and type(row[i]) is str:
+        if type(row[i]) is str and row[i] == "":
             return tuple(
                 None if i in blank and v == "" and type(v) is str else v for i, v in enumerate(row)
             )
@@ -550,33 +562,30 @@ class Transaction:
 
     # -- items -------------------------------------------------------------
 
-    def insert(self, owner: Any, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        for row in rows:
-            if not isinstance(row, dict):
-                raise TypeError(
-                    f"db.insert takes a dict or a list of dicts, got {type(row).__name__}"
-                )
-            if not row:
-                raise ValueError("db.insert got an empty row")
-            cols = tuple(row)
-            self._rows.append((owner, (table, cols), tuple(row.values())))
+    def insert(
+        self, owner: Any, table: str, rows: Sequence[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> None:
+        """Buffer rows, as (columns, values), for one COPY per table at chunk end."""
+        append = self._rows.append
+        for cols, values in rows:
+            append((owner, (table, cols), values))
         self._row_tables.add(table)
         if self.listeners:
             self._wrote(owner, {table})
 
     def upsert(
-        self, owner: Any, table: str, rows: Sequence[dict[str, Any]], conflict: tuple[Any, ...]
+        self,
+        owner: Any,
+        table: str,
+        rows: Sequence[tuple[tuple[str, ...], tuple[Any, ...]]],
+        conflict: tuple[Any, ...],
     ) -> None:
-        """Buffer rows for ``INSERT ... ON CONFLICT (conflict) DO UPDATE``, written
-        per chunk: COPY into a staging table, then one INSERT ... SELECT."""
-        for row in rows:
-            if not isinstance(row, dict):
-                raise TypeError(
-                    f"db.upsert takes a dict or a list of dicts, got {type(row).__name__}"
-                )
-            if not row:
-                raise ValueError("db.upsert got an empty row")
-            self._rows.append((owner, (table, tuple(row), conflict), tuple(row.values())))
+        """Buffer rows, as (columns, values), for ``INSERT ... ON CONFLICT (conflict)
+        DO UPDATE``, written per chunk: COPY into a staging table, then one
+        INSERT ... SELECT."""
+        append = self._rows.append
+        for cols, values in rows:
+            append((owner, (table, cols, conflict), values))
         self._row_tables.add(table)  # a read of the table writes them first, as inserts
         if self.listeners:
             self._wrote(owner, {table})
@@ -891,8 +900,8 @@ class Transaction:
         """
         updates = [c for c in cols if c not in conflict]
         where = [cols.index(c) for c in conflict if c in cols]
-        rounds = 1
-        if len(where) == len(conflict):
+        rounds, staged = 1, values
+        if len(where) == len(conflict) and not _distinct(values, where):
             seen: dict[tuple[Any, ...], int] = {}
             staged = []
             for row in values:
@@ -904,8 +913,6 @@ class Transaction:
                     if n >= rounds:
                         rounds = n + 1
                 staged.append((*row, n))
-        else:
-            staged = [(*row, 0) for row in values]
         temp = self._temps.get((table, cols))
         if temp is None:
             temp = self._temps[(table, cols)] = f"ingestkit_upsert_{len(self._temps) + 1}"
@@ -917,7 +924,10 @@ class Transaction:
                 "SELECT {1}, 0 AS ingestkit_round FROM {2} WITH NO DATA; DELETE FROM {0}"
             ).format(staging, columns, target)
         )
-        self._copy_into(cur, table, staging, (*cols, "ingestkit_round"), staged)
+        if rounds > 1:
+            self._copy_into(cur, table, staging, (*cols, "ingestkit_round"), staged)
+        else:  # one round: the rows as they are, ingestkit_round left NULL
+            self._copy_into(cur, table, staging, cols, values)
         action = (
             sql.SQL("DO UPDATE SET {}").format(
                 sql.SQL(", ").join(

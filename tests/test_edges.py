@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import os
 import pty
 import re
@@ -209,6 +210,7 @@ def test_insert_round_trips_python_values_exactly(project):
         f'''
 import datetime
 import decimal
+import json
 import ipaddress
 import uuid
 
@@ -1645,3 +1647,62 @@ def test_first_load_whose_record_and_broken_source_share_key_empty(project):
     assert sorted((i["key"], i["status"]) for i in result.items) == [("", "error"), ("#1", "error")]
     latest = project.query("SELECT key, status FROM ingestkit.latest ORDER BY key")
     assert latest == [{"key": "", "status": "error"}, {"key": "#1", "status": "error"}]
+
+
+AWKWARD_KEYS = """
+import json
+import pathlib
+import ingestkit
+
+HERE = pathlib.Path(__file__).parent
+
+@ingestkit.source(lambda: json.loads((HERE / "data.json").read_text()), key="k")
+def process_row(record):
+    if record["v"] == "bad":
+        raise ValueError("bad")
+"""
+
+#: keys that JSON, SQL and COPY each quote differently
+KEYS = [
+    "plain",
+    "o'quote",
+    'dq"uote',
+    "back\\slash",
+    "\\starts with a backslash",
+    "tab\there",
+    "new\nline",
+    "ünïcødé ✓",
+    "{a,b}",
+    " ",
+    "NULL",
+    "\\N",
+    "nul\x00inside",
+]
+
+
+def test_awkward_keys_are_found_again_unchanged_and_restored(project):
+    """The history of a chunk's keys is read by one query that takes them as a JSON
+    array: every key comes back, so an unchanged record is skipped, and one whose
+    content went back to what succeeded is restored, whatever its key holds."""
+    project.write("ingest_rows.py", AWKWARD_KEYS)
+
+    def write(bad: str | None = None) -> None:
+        rows = [{"k": k, "v": "bad" if k == bad else "ok"} for k in KEYS]
+        project.write("data.json", json.dumps(rows))
+
+    write()
+    first = project.run()
+    assert first.exit_code == 0, first.output
+    again = project.run()
+    assert again.exit_code == 0, again.output
+    assert f"{len(KEYS)} unchanged" in again.output
+    write(bad="ünïcødé ✓")
+    failed = project.run()
+    assert failed.exit_code == 1, failed.output
+    assert f"{len(KEYS) - 1} unchanged" in failed.output
+    write()  # back to what succeeded: restored, not run again
+    restored = project.run()
+    assert restored.exit_code == 0, restored.output
+    assert f"{len(KEYS)} unchanged" in restored.output
+    statuses = project.query("SELECT status, count(*) AS n FROM ingestkit.latest GROUP BY status")
+    assert statuses == [{"status": "succeeded", "n": len(KEYS)}]

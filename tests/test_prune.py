@@ -456,3 +456,30 @@ def test_a_version_10_history_moves_into_compact_rows_without_changing_a_value(p
     run = project.run()
     assert run.exit_code == 0, run.output
     assert project.scalar("SELECT count(*) FROM ingestkit.items") == 21 + run.counts["succeeded"]
+
+
+def test_a_hash_that_is_not_32_hex_digits_is_kept_as_text_on_the_next_outcome(project):
+    """The recorder stores a content hash of 32 hex digits as a uuid and any other
+    (a version-10 row's, a plugin's) as text: --lf re-feeds a failed key with the
+    hash it has in ingestkit.latest, and its new outcome shows that hash again."""
+    project.write("ingest_rows.py", ROWS)
+    write_data(project, {1: "a", 2: "bad"})
+    assert project.run().exit_code == 1
+    project.query(
+        "UPDATE ingestkit.latest SET content_hash = 'legacy-2' WHERE key = '2';"
+        " UPDATE ingestkit.latest SET payload = '{\"id\": 2, \"v\": \"fixed\"}' WHERE key = '2'"
+    )
+    result = project.run("--lf")
+    assert result.exit_code == 0, result.output
+    rows = project.query(
+        "SELECT i.key, i.status, i.content_hash, o.content_hash IS NOT NULL AS as_uuid"
+        " FROM ingestkit.items i JOIN ingestkit.outcomes o"
+        " ON o.key = i.key AND o.finished_at = i.finished_at ORDER BY i.finished_at"
+    )
+    assert [(r["key"], r["status"], r["as_uuid"]) for r in rows] == [
+        ("1", "succeeded", True),
+        ("2", "failed", True),
+        ("2", "succeeded", False),
+    ]
+    assert rows[2]["content_hash"] == "legacy-2"
+    assert len(rows[0]["content_hash"]) == 32

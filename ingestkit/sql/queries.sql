@@ -95,9 +95,13 @@ LIMIT 1;
 SELECT EXISTS (SELECT 1 FROM ingestkit.latest WHERE processor = %(processor)s);
 
 -- name: history
+-- The keys come as one JSON array (recorder.key_list): a constant array of a
+-- chunk's thousands of keys costs three times more, most of it in the planner
+-- estimating each element's selectivity.
 SELECT key, status, attempt, error_message, succeeded_hash
 FROM ingestkit.latest
-WHERE processor = %(processor)s AND key = ANY(%(keys)s);
+WHERE processor = %(processor)s
+  AND key = ANY(ARRAY(SELECT json_array_elements_text(%(keys)s::json)));
 
 -- name: create-outcomes-table
 CREATE TEMP TABLE IF NOT EXISTS ingestkit_outcomes (
@@ -117,7 +121,10 @@ CREATE TEMP TABLE IF NOT EXISTS ingestkit_outcomes (
     payload        json,
     finished_epoch double precision,
     location       text,
-    track          boolean
+    track          boolean,
+    -- content_hash as a uuid when it is 32 hex digits (recorder.py decides: a
+    -- regular expression here cost as much as the rest of insert-items)
+    hash           uuid
 );
 
 -- name: create-commit-guard
@@ -168,12 +175,11 @@ INSERT INTO ingestkit.outcomes (finished_at, duration_ms, batch_no, processor_no
                                 traceback, log, payload, location, content_hash_text)
 SELECT to_timestamp(o.finished_epoch), o.duration_ms,
        (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s), p.no, o.attempt,
-       h.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
+       o.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
        CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload::jsonb END,
-       o.location, CASE WHEN h.hash IS NULL THEN o.content_hash END
+       o.location, CASE WHEN o.hash IS NULL THEN o.content_hash END
 FROM pg_temp.ingestkit_outcomes o
 LEFT JOIN ingestkit.processors p ON p.processor = o.processor
-CROSS JOIN LATERAL (SELECT ingestkit.hash_uuid(o.content_hash) AS hash) h
 ORDER BY o.seq;
 
 -- name: number-processors
@@ -220,7 +226,8 @@ TRUNCATE pg_temp.ingestkit_outcomes;
 UPDATE ingestkit.latest
 SET status = 'succeeded', content_hash = succeeded_hash, error_message = NULL, payload = NULL,
     attempt = 1, retired_batch = NULL
-WHERE processor = %(processor)s AND key = ANY(%(keys)s);
+WHERE processor = %(processor)s
+  AND key = ANY(ARRAY(SELECT json_array_elements_text(%(keys)s::json)));
 
 -- name: last-failed
 SELECT key, attempt, error_message, payload, content_hash
@@ -616,7 +623,7 @@ INSERT INTO ingestkit.outcomes (finished_at, duration_ms, batch_no, processor_no
                                 content_hash_text)
 SELECT to_timestamp(o.finished_epoch), o.duration_ms,
        (SELECT b.no FROM ingestkit.batches b WHERE b.id = %(batch_id)s), p.no, o.attempt,
-       h.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
+       o.hash, o.key, o.status, o.error_type, o.error_message, o.traceback, o.log,
        CASE WHEN o.status IN ('failed', 'error') OR %(store_all)s THEN o.payload::jsonb END,
        o.location,
        CASE WHEN json_typeof(l.record) = 'object' AND json_typeof(o.payload) = 'object' THEN
@@ -625,10 +632,9 @@ SELECT to_timestamp(o.finished_epoch), o.duration_ms,
             FROM jsonb_object_keys(l.record::jsonb || o.payload::jsonb) f
             WHERE l.record::jsonb -> f IS DISTINCT FROM o.payload::jsonb -> f)
        END,
-       CASE WHEN h.hash IS NULL THEN o.content_hash END
+       CASE WHEN o.hash IS NULL THEN o.content_hash END
 FROM pg_temp.ingestkit_outcomes o
 LEFT JOIN ingestkit.processors p ON p.processor = o.processor
-CROSS JOIN LATERAL (SELECT ingestkit.hash_uuid(o.content_hash) AS hash) h
 LEFT JOIN ingestkit.latest l
        ON o.track AND l.processor = o.processor AND l.key = o.key
       AND l.record IS NOT NULL AND o.content_hash IS DISTINCT FROM l.succeeded_hash
