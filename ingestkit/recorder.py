@@ -126,12 +126,12 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
             if proc is None:
                 proc = escaped[r.processor] = copy_field(r.processor)
             payload = NULL if r.payload is None else copy_field(r.payload)
-            digest = r.content_hash
+            digest = _uuid_hash(r.content_hash)
             lines.append(
                 f"{seq}\t{proc}\t{copy_field(r.key)}\t{r.status}\t{r.attempt}\t"
                 f"{r.content_hash or NULL}\t{r.duration_ms!r}\t{NULL}\t{NULL}\t{NULL}\t{NULL}\t"
                 f"{payload}\t{r.finished_epoch!r}\t{NULL}\t{'t' if r.track else 'f'}\t"
-                f"{digest if digest is not None and _as_uuid(digest) else NULL}\n"
+                f"{NULL if digest is None else digest}\n"
             )
         else:
             plain.append(
@@ -151,7 +151,7 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
                     r.finished_epoch,
                     _readable(r.location),
                     r.track,
-                    r.content_hash if r.content_hash and _as_uuid(r.content_hash) else None,
+                    _uuid_hash(r.content_hash),
                 )
             )
     # keys and payloads are made storable before (sources.storable_key, to_payload)
@@ -159,9 +159,13 @@ def outcome_rows(reports: list[ItemReport]) -> bytes:
     return data + copy_rows(plain, errors="backslashreplace") if plain else data
 
 
-#: Whether a content hash is stored as a uuid (32 lowercase hex digits, as
-#: content_hash() makes them); any other (a plugin's) is stored as text.
-_as_uuid = re.compile("[0-9a-f]{32}").fullmatch
+_HEX32 = re.compile("[0-9a-f]{32}").fullmatch
+
+
+def _uuid_hash(content_hash: str | None) -> str | None:
+    """The hash for the temp table's uuid column: 32 lowercase hex digits, as
+    content_hash() makes them; any other (a plugin's) is None and stays text."""
+    return content_hash if content_hash and _HEX32(content_hash) else None
 
 
 def _readable(text: str | None) -> str | None:
